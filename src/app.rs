@@ -1,0 +1,123 @@
+//! The composition root: builds the pool, the broker handle and the listeners,
+//! and runs the chosen roles under one cancellation token.
+
+use crate::broker::{Broker, Names};
+use crate::config::Config;
+use crate::ingress::{self, IngressState, auth::Verifier};
+use crate::ops::{self, OpsState};
+use crate::worker::{self, WorkerContext};
+use crate::{db, metrics};
+use anyhow::Context;
+use sqlx::PgPool;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Which parts this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Ingress,
+    Worker,
+    All,
+}
+
+impl Role {
+    fn ingress(self) -> bool {
+        matches!(self, Self::Ingress | Self::All)
+    }
+    fn worker(self) -> bool {
+        matches!(self, Self::Worker | Self::All)
+    }
+}
+
+/// A running process.
+pub struct App {
+    pub ingress_addr: Option<SocketAddr>,
+    pub ops_addr: SocketAddr,
+    pub pool: PgPool,
+    pub broker: Broker,
+    shutdown: CancellationToken,
+    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+}
+
+/// Builds the ingress verifier from the configured secret references.
+pub fn verifier_from_env(config: &Config) -> anyhow::Result<Verifier> {
+    let hmac_secret = config.ingress.hmac_secret().map(|r| r.resolve()).transpose().context("ingress.hmac_secret")?;
+    let bearer_token = config.ingress.bearer_token().map(|r| r.resolve()).transpose().context("ingress.bearer_token")?;
+    anyhow::ensure!(
+        hmac_secret.is_some() || bearer_token.is_some(),
+        "ingress has no authentication method: set [ingress] hmac_secret_env and/or bearer_token_env"
+    );
+    Ok(Verifier { hmac_secret, bearer_token })
+}
+
+impl App {
+    /// Starts the roles. Listeners bind the configured addresses (port 0 works).
+    pub async fn start(config: Arc<Config>, role: Role, verifier: Option<Verifier>, migrate: bool, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let pool = db::pool(&config.database.url, config.database.max_connections)?;
+        if migrate {
+            let applied = db::migrate(&pool, &config.database.url).await?;
+            tracing::info!(applied = applied.len(), "migrations up to date");
+        }
+        let broker = Broker::new(&config.broker.url, Names::new(&config.broker.prefix, &config.broker.retry_delays));
+        let mut tasks = JoinSet::new();
+
+        let ops_listener = TcpListener::bind(config.ops.listen)
+            .await
+            .with_context(|| format!("cannot listen on ops.listen {}", config.ops.listen))?;
+        let ops_addr = ops_listener.local_addr()?;
+        let ops_state = OpsState { broker: broker.clone(), pool: pool.clone(), metrics: metrics::handle() };
+        let token = shutdown.clone();
+        tasks.spawn(async move { ("ops", ops::serve(ops_listener, ops_state, token).await.map_err(Into::into)) });
+
+        let mut ingress_addr = None;
+        if role.ingress() {
+            let verifier = verifier.context("the ingress needs its webhook secret or bearer token")?;
+            let listener = TcpListener::bind(config.ingress.listen)
+                .await
+                .with_context(|| format!("cannot listen on ingress.listen {}", config.ingress.listen))?;
+            ingress_addr = Some(listener.local_addr()?);
+            // Connect (and declare the topology) now when we can; if the broker is
+            // down we still start, answer 503 and report not-ready until it is back.
+            if let Err(e) = broker.publish_channel().await {
+                tracing::warn!(error = %e, "broker not reachable at start; webhooks get 503 until it is");
+            }
+            let state = IngressState::new(config.clone(), verifier, broker.clone(), pool.clone());
+            let token = shutdown.clone();
+            tasks.spawn(async move { ("ingress", ingress::serve(listener, state, token).await.map_err(Into::into)) });
+        }
+        if role.worker() {
+            let ctx = Arc::new(WorkerContext { config: config.clone(), pool: pool.clone(), broker: broker.clone() });
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                worker::run(ctx, token).await;
+                ("worker", Ok(()))
+            });
+        }
+        Ok(Self { ingress_addr, ops_addr, pool, broker, shutdown, tasks })
+    }
+
+    /// Waits until every role has stopped. A role that stops with an error
+    /// stops the others.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut first_error = None;
+        while let Some(joined) = self.tasks.join_next().await {
+            let (name, result) = joined.unwrap_or(("task", Err(anyhow::anyhow!("a task panicked"))));
+            if let Err(e) = result {
+                tracing::error!(role = name, error = %e, "role stopped with an error; stopping the others");
+                self.shutdown.cancel();
+                first_error.get_or_insert(e.context(format!("{name} failed")));
+            }
+        }
+        self.broker.close().await;
+        self.pool.close().await;
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Asks every role to stop.
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,112 @@
+//! RabbitMQ: one reconnecting handle per process role.
+//!
+//! [`Broker`] owns a connection and a confirm-mode publishing channel. When the
+//! broker goes away, the next use reconnects (and re-declares the topology);
+//! callers see errors meanwhile (ingress answers 503, readiness is false),
+//! never a crash.
+
+pub mod publisher;
+pub mod topology;
+
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Channel, Connection, ConnectionProperties};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+pub use topology::Names;
+
+/// Time allowed for a TCP + AMQP handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot connect to RabbitMQ at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("RabbitMQ refused the topology under prefix {prefix:?}: {source} (a queue declared earlier with other arguments must be deleted first)")]
+    Topology { prefix: String, source: lapin::Error },
+    #[error("RabbitMQ channel error: {0}")]
+    Channel(#[from] lapin::Error),
+}
+
+struct Live {
+    connection: Connection,
+    publish: Channel,
+}
+
+/// A lazily (re)connecting broker handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    url: String,
+    names: Arc<Names>,
+    live: Arc<Mutex<Option<Live>>>,
+}
+
+impl Broker {
+    /// A handle that connects on first use.
+    pub fn new(url: &str, names: Names) -> Self {
+        Self {
+            url: url.to_owned(),
+            names: Arc::new(names),
+            live: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Opens a new connection (workers use their own for consuming).
+    pub async fn connect_raw(&self) -> Result<Connection, BrokerError> {
+        let props = ConnectionProperties::default().with_connection_name("accessgov".into());
+        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&self.url, props)).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(BrokerError::Connect { url: crate::config::redact_url(&self.url), reason: e.to_string() }),
+            Err(_) => Err(BrokerError::Connect { url: crate::config::redact_url(&self.url), reason: "timed out".into() }),
+        }
+    }
+
+    /// Declares the topology on a channel.
+    pub async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
+        topology::declare(channel, &self.names)
+            .await
+            .map_err(|source| BrokerError::Topology { prefix: self.names.prefix.clone(), source })
+    }
+
+    /// The confirm-mode publishing channel, reconnecting if needed.
+    pub async fn publish_channel(&self) -> Result<Channel, BrokerError> {
+        let mut live = self.live.lock().await;
+        if let Some(l) = live.as_ref()
+            && l.connection.status().connected()
+            && l.publish.status().connected()
+        {
+            return Ok(l.publish.clone());
+        }
+        if let Some(old) = live.take() {
+            let _ = old.connection.close(200, "reconnecting".into()).await;
+        }
+        let connection = self.connect_raw().await?;
+        let publish = connection.create_channel().await?;
+        publish.confirm_select(ConfirmSelectOptions::default()).await?;
+        self.declare(&publish).await?;
+        tracing::info!(prefix = %self.names.prefix, "connected to RabbitMQ, topology declared");
+        *live = Some(Live { connection, publish: publish.clone() });
+        Ok(publish)
+    }
+
+    /// Forgets the current connection so that the next use reconnects.
+    pub async fn invalidate(&self) {
+        if let Some(old) = self.live.lock().await.take() {
+            let _ = old.connection.close(200, "invalidated".into()).await;
+        }
+    }
+
+    /// True when connected (or a reconnect succeeds now).
+    pub async fn ready(&self) -> bool {
+        self.publish_channel().await.is_ok()
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) {
+        self.invalidate().await;
+    }
+}

@@ -1,0 +1,775 @@
+//! Configuration: one TOML file, then `ACCESSGOV_*` environment overrides for
+//! URLs and listeners, then one [`Config::validate`] pass that `accessgov config
+//! check` and every service start share.
+//!
+//! Rules of the house:
+//! - every table is `deny_unknown_fields`, so a misspelled key is an error that
+//!   names the key, never a silently ignored setting;
+//! - secrets are never values in the file, only `*_env` / `*_file` references
+//!   ([`secret::SecretRef`]), resolved once at start into types that do not print;
+//! - cross-field rules (a rule names a configured application, ingress has an
+//!   authentication method, referenced secrets exist) live in `validate`, each
+//!   error carrying the dotted path of the offending key.
+
+pub mod duration;
+pub mod secret;
+
+use secret::{SecretError, SecretRef};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// Environment variable naming the config file when `--config` is not given.
+pub const CONFIG_ENV: &str = "ACCESSGOV_CONFIG";
+/// Default config path.
+pub const DEFAULT_CONFIG_PATH: &str = "accessgov.toml";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// RabbitMQ connection and topology.
+    #[serde(default)]
+    pub broker: BrokerConfig,
+    /// PostgreSQL connection.
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    /// The public webhook listener.
+    #[serde(default)]
+    pub ingress: IngressConfig,
+    /// The operator listener (`/metrics`, health, later `/admin`).
+    #[serde(default)]
+    pub ops: OpsConfig,
+    /// Worker concurrency and shutdown.
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    /// How JSM tickets map onto access requests.
+    pub jsm: JsmConfig,
+    /// One entry per integrated application; keys are JSM "Application" values.
+    #[serde(default)]
+    pub applications: BTreeMap<String, ApplicationConfig>,
+    /// (application, access level) -> targets and approval policy.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// Birthright bundles: department -> (application, access level) list.
+    #[serde(default)]
+    pub roles: Vec<RoleConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// AMQP URL. Override: `ACCESSGOV_BROKER_URL`.
+    pub url: String,
+    /// Prefix of every exchange and queue name. Override: `ACCESSGOV_BROKER_PREFIX`.
+    pub prefix: String,
+    /// Deliveries the broker may push to one worker before acks.
+    pub prefetch: u16,
+    /// Retry ladder for transient failures; after the last step a request is dead-lettered.
+    #[serde(deserialize_with = "duration::de_vec")]
+    pub retry_delays: Vec<Duration>,
+    /// How long ingress waits for the broker's publisher confirm before answering 503.
+    #[serde(deserialize_with = "duration::de")]
+    pub confirm_timeout: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            prefix: "accessgov".into(),
+            prefetch: 64,
+            retry_delays: ["30s", "5m", "30m", "2h"]
+                .iter()
+                .map(|s| duration::parse(s).expect("static"))
+                .collect(),
+            confirm_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// PostgreSQL URL. Override: `ACCESSGOV_DATABASE_URL`.
+    pub url: String,
+    /// Connection pool size.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/accessgov".into(),
+            max_connections: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngressConfig {
+    /// Listen address. Override: `ACCESSGOV_INGRESS_LISTEN`.
+    pub listen: SocketAddr,
+    /// Larger bodies are refused with 413.
+    pub max_body_bytes: usize,
+    /// Env var holding the Jira admin webhook secret (`X-Hub-Signature`).
+    pub hmac_secret_env: Option<String>,
+    /// File holding the Jira admin webhook secret.
+    pub hmac_secret_file: Option<String>,
+    /// Env var holding the Automation bearer token (`Authorization: Bearer`).
+    pub bearer_token_env: Option<String>,
+    /// File holding the Automation bearer token.
+    pub bearer_token_file: Option<String>,
+    /// Requests taking longer are answered 503 (so the sender retries).
+    #[serde(deserialize_with = "duration::de")]
+    pub request_timeout: Duration,
+    /// Requests handled at once; more wait.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".parse().expect("static"),
+            max_body_bytes: 1024 * 1024,
+            hmac_secret_env: None,
+            hmac_secret_file: None,
+            bearer_token_env: None,
+            bearer_token_file: None,
+            request_timeout: Duration::from_secs(15),
+            max_concurrent_requests: 256,
+        }
+    }
+}
+
+impl IngressConfig {
+    pub fn hmac_secret(&self) -> Option<SecretRef> {
+        SecretRef::from_pair(self.hmac_secret_env.as_deref(), self.hmac_secret_file.as_deref())
+    }
+    pub fn bearer_token(&self) -> Option<SecretRef> {
+        SecretRef::from_pair(self.bearer_token_env.as_deref(), self.bearer_token_file.as_deref())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// Listen address of `/metrics`, `/healthz`, `/readyz`. Override: `ACCESSGOV_OPS_LISTEN`.
+    pub listen: SocketAddr,
+    /// Env var holding the admin API bearer token.
+    pub admin_token_env: Option<String>,
+    /// File holding the admin API bearer token.
+    pub admin_token_file: Option<String>,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9090".parse().expect("static"),
+            admin_token_env: None,
+            admin_token_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Deliveries processed at once per worker process (bounded by a semaphore).
+    pub concurrency: usize,
+    /// On SIGTERM, how long in-flight deliveries may take before the rest is left for redelivery.
+    #[serde(deserialize_with = "duration::de")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsmConfig {
+    /// Site URL, e.g. `https://example.atlassian.net` (used for write-back and verification).
+    pub base_url: String,
+    pub email_env: Option<String>,
+    pub email_file: Option<String>,
+    pub api_token_env: Option<String>,
+    pub api_token_file: Option<String>,
+    /// Re-read approvals and status through the JSM API before a grant.
+    #[serde(default)]
+    pub verify_approval: bool,
+    pub fields: FieldsConfig,
+    /// Request type name -> action.
+    pub request_types: BTreeMap<String, RequestAction>,
+    /// Status name -> meaning. Statuses not listed are ignored.
+    pub statuses: BTreeMap<String, AppStatus>,
+    #[serde(default)]
+    pub write_back: WriteBackConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldsConfig {
+    /// JSM "Request Type" field id (vp-origin), e.g. `customfield_10010`.
+    pub request_type: String,
+    /// Single-select "Application" field id.
+    pub application: String,
+    /// Single-select "Access Type" field id.
+    pub access_level: String,
+    /// User-picker field id of the approver, or `assignee`.
+    pub approver: Option<String>,
+    /// JSM approvals field id (preferred source of the approver).
+    pub approvals: Option<String>,
+    /// Who access is for: `reporter` (default) or a user-picker field id.
+    #[serde(default = "default_requester")]
+    pub requester: String,
+    /// Optional duration field (`7d`).
+    pub duration: Option<String>,
+    /// Optional department field (for `[[roles]]`).
+    pub department: Option<String>,
+}
+
+fn default_requester() -> String {
+    "reporter".into()
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteBackConfig {
+    #[serde(default)]
+    pub comment: bool,
+    pub transition_on_success: Option<String>,
+    pub transition_on_failure: Option<String>,
+}
+
+/// What a request type asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestAction {
+    Grant,
+    Revoke,
+    Change,
+}
+
+/// What a ticket status means to accessgov.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppStatus {
+    Approved,
+    Denied,
+    Revoked,
+    Declined,
+}
+
+/// The provider behind an application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppKind {
+    Okta,
+    Entra,
+    Aws,
+    Google,
+    Jira,
+    Confluence,
+    Bitbucket,
+    Github,
+}
+
+impl AppKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Okta => "okta",
+            Self::Entra => "entra",
+            Self::Aws => "aws",
+            Self::Google => "google",
+            Self::Jira => "jira",
+            Self::Confluence => "confluence",
+            Self::Bitbucket => "bitbucket",
+            Self::Github => "github",
+        }
+    }
+
+    /// Provider-specific keys this kind accepts (beyond the common ones).
+    fn provider_keys(self) -> &'static [&'static str] {
+        match self {
+            Self::Okta => &[
+                "token_env", "token_file", "client_id", "private_key_env", "private_key_file", "key_id",
+                "scopes",
+            ],
+            Self::Entra => &[
+                "tenant_id", "client_id", "client_secret_env", "client_secret_file", "certificate_env",
+                "certificate_file", "login_url",
+            ],
+            Self::Aws => &["identity_store_id", "region", "role_arn"],
+            Self::Google => &[
+                "domain", "customer_id", "admin_subject", "service_account_key_env",
+                "service_account_key_file", "token_url",
+            ],
+            Self::Jira => &["email_env", "email_file", "api_token_env", "api_token_file", "cloud_id"],
+            Self::Confluence => &[
+                "site_url", "admin_email_env", "admin_email_file", "api_token_env", "api_token_file",
+                "admin_api_key_env", "admin_api_key_file", "org_id", "directory_id", "api",
+                "admin_base_url",
+            ],
+            Self::Bitbucket => &["workspace", "email_env", "email_file", "api_token_env", "api_token_file"],
+            Self::Github => &[
+                "org", "app_id", "installation_id", "private_key_env", "private_key_file", "token_env",
+                "token_file", "invite_non_members",
+            ],
+        }
+    }
+}
+
+/// Keys every application accepts besides `kind`, `owner` and `dry_run`.
+const COMMON_APP_KEYS: &[&str] = &["base_url", "subject_field", "rate_limit_per_second", "timeout"];
+
+/// One integrated application. Provider keys are kept as a table and checked
+/// against the kind's key list in [`Config::validate`] (the connector issues
+/// turn them into typed per-provider settings).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApplicationConfig {
+    pub kind: AppKind,
+    /// Who owns this integration (shown in summaries and write-back).
+    pub owner: Option<String>,
+    /// Evaluate and audit everything, call nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Provider-specific settings.
+    #[serde(flatten)]
+    pub settings: toml::Table,
+}
+
+impl ApplicationConfig {
+    /// The secret references this application names (`<name>_env` / `<name>_file`).
+    pub fn secret_refs(&self) -> Vec<(String, SecretRef)> {
+        let mut out = Vec::new();
+        for (key, value) in &self.settings {
+            if let Some(v) = value.as_str() {
+                if key.ends_with("_env") {
+                    out.push((key.clone(), SecretRef::Env(v.to_owned())));
+                } else if key.ends_with("_file") {
+                    out.push((key.clone(), SecretRef::File(v.into())));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// A key of `[applications]`.
+    pub application: String,
+    /// The JSM "Access Type" value this rule covers.
+    pub access_level: String,
+    /// Groups/teams to add the subject to.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Or a provider permission level (Bitbucket `read|write|admin`).
+    pub permission: Option<String>,
+    /// Membership role where the provider has one (GitHub `maintainer`, Google `MANAGER`).
+    pub role: Option<String>,
+    /// Allowed approvers: account ids, emails, or `group:<jira group>`.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// Refuse when the approver is the requester.
+    #[serde(default = "yes")]
+    pub require_distinct_approver: bool,
+    /// Longest time the access may be held; expiry revokes it.
+    #[serde(default, deserialize_with = "duration::de_opt")]
+    pub max_duration: Option<Duration>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl RuleConfig {
+    /// Targets this rule grants: the groups, or the permission level.
+    pub fn targets(&self) -> Vec<String> {
+        match &self.permission {
+            Some(p) => vec![p.clone()],
+            None => self.groups.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    pub department: String,
+    pub grants: Vec<RoleGrant>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleGrant {
+    pub application: String,
+    pub access_level: String,
+}
+
+/// One problem found in a config, with the dotted path of the key at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}; pass --config FILE or set ACCESSGOV_CONFIG")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path} has {} problem(s):\n{}", .problems.len(), .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: String, problems: Vec<Problem> },
+}
+
+/// Looks up an environment variable; injected so tests need not mutate the process env.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+impl Config {
+    /// Reads, overrides from the environment and validates the structure.
+    /// Secrets are checked where they are used ([`Config::check_secrets`] for
+    /// `config check`; each role resolves its own at start).
+    pub fn load(path: &Path, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: shown.clone(),
+            message,
+        })?;
+        config.apply_env_overrides(env);
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid { path: shown, problems })
+        }
+    }
+
+    /// Parses TOML text; the error names the key and line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// `ACCESSGOV_*` overrides for URLs and listeners.
+    pub fn apply_env_overrides(&mut self, env: EnvLookup<'_>) {
+        if let Some(v) = env("ACCESSGOV_BROKER_URL") {
+            self.broker.url = v;
+        }
+        if let Some(v) = env("ACCESSGOV_BROKER_PREFIX") {
+            self.broker.prefix = v;
+        }
+        if let Some(v) = env("ACCESSGOV_DATABASE_URL") {
+            self.database.url = v;
+        }
+        if let Some(v) = env("ACCESSGOV_INGRESS_LISTEN").and_then(|v| v.parse().ok()) {
+            self.ingress.listen = v;
+        }
+        if let Some(v) = env("ACCESSGOV_OPS_LISTEN").and_then(|v| v.parse().ok()) {
+            self.ops.listen = v;
+        }
+    }
+
+    /// Cross-field rules that need no environment. Empty means valid.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let mut add = |key: String, message: String| p.push(Problem { key, message });
+
+        let prefix_ok = !self.broker.prefix.is_empty()
+            && self.broker.prefix.len() <= 100
+            && self
+                .broker
+                .prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !prefix_ok {
+            add(
+                "broker.prefix".into(),
+                "must be 1-100 characters of letters, digits, '_', '-' or '.'".into(),
+            );
+        }
+        if self.broker.retry_delays.is_empty() || self.broker.retry_delays.iter().any(|d| d.is_zero()) {
+            add(
+                "broker.retry_delays".into(),
+                "needs at least one non-zero delay, e.g. [\"30s\", \"5m\"]".into(),
+            );
+        }
+        if self.broker.prefetch == 0 {
+            add("broker.prefetch".into(), "must be at least 1".into());
+        }
+        if self.worker.concurrency == 0 {
+            add("worker.concurrency".into(), "must be at least 1".into());
+        }
+        if self.ingress.hmac_secret().is_none() && self.ingress.bearer_token().is_none() {
+            add(
+                "ingress".into(),
+                "no authentication method: set hmac_secret_env (Jira webhook secret) and/or \
+                 bearer_token_env (Automation token)"
+                    .into(),
+            );
+        }
+        for (section, env, file) in [
+            ("ingress.hmac_secret", &self.ingress.hmac_secret_env, &self.ingress.hmac_secret_file),
+            ("ingress.bearer_token", &self.ingress.bearer_token_env, &self.ingress.bearer_token_file),
+            ("ops.admin_token", &self.ops.admin_token_env, &self.ops.admin_token_file),
+            ("jsm.api_token", &self.jsm.api_token_env, &self.jsm.api_token_file),
+            ("jsm.email", &self.jsm.email_env, &self.jsm.email_file),
+        ] {
+            if env.is_some() && file.is_some() {
+                add(format!("{section}_file"), format!("set either {section}_env or {section}_file, not both"));
+            }
+        }
+        if self.jsm.request_types.is_empty() {
+            add(
+                "jsm.request_types".into(),
+                "map at least one request type name to grant, revoke or change".into(),
+            );
+        }
+        if self.jsm.statuses.is_empty() {
+            add(
+                "jsm.statuses".into(),
+                "map at least one status name to approved, denied, revoked or declined".into(),
+            );
+        }
+
+        let configured: Vec<&str> = self.applications.keys().map(String::as_str).collect();
+        for (name, app) in &self.applications {
+            let allowed: BTreeSet<&str> = COMMON_APP_KEYS
+                .iter()
+                .chain(app.kind.provider_keys())
+                .copied()
+                .collect();
+            for key in app.settings.keys() {
+                if !allowed.contains(key.as_str()) {
+                    add(
+                        format!("applications.{name:?}.{key}"),
+                        format!(
+                            "unknown key for kind {}; accepted keys: kind, owner, dry_run, {}",
+                            app.kind.as_str(),
+                            allowed.iter().copied().collect::<Vec<_>>().join(", ")
+                        ),
+                    );
+                }
+            }
+            for (key, value) in &app.settings {
+                if (key.ends_with("_env") || key.ends_with("_file")) && !value.is_str() {
+                    add(
+                        format!("applications.{name:?}.{key}"),
+                        "must be a string naming an environment variable or a file".into(),
+                    );
+                }
+            }
+            if !app.dry_run {
+                add(
+                    format!("applications.{name:?}.dry_run"),
+                    format!(
+                        "this build has no {} connector yet, so the application must run with \
+                         dry_run = true (decisions are audited, no provider is called)",
+                        app.kind.as_str()
+                    ),
+                );
+            }
+        }
+
+        let mut seen = BTreeSet::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            if !self.applications.contains_key(&rule.application) {
+                add(
+                    format!("rules[{i}].application"),
+                    format!(
+                        "names application {:?}, which is not configured under [applications] \
+                         (configured: {})",
+                        rule.application,
+                        if configured.is_empty() { "none".into() } else { configured.join(", ") }
+                    ),
+                );
+            }
+            if rule.groups.is_empty() && rule.permission.is_none() {
+                add(
+                    format!("rules[{i}]"),
+                    "grants nothing: set groups = [...] or permission = \"...\"".into(),
+                );
+            }
+            if !rule.groups.is_empty() && rule.permission.is_some() {
+                add(format!("rules[{i}]"), "set groups or permission, not both".into());
+            }
+            if rule.approvers.is_empty() {
+                add(
+                    format!("rules[{i}].approvers"),
+                    "lists no approver, so no request could ever be granted; add account ids, \
+                     emails or group:<jira group>"
+                        .into(),
+                );
+            }
+            if !seen.insert((rule.application.as_str(), rule.access_level.as_str())) {
+                add(
+                    format!("rules[{i}]"),
+                    format!(
+                        "a second rule for application {:?} and access level {:?}; merge them",
+                        rule.application, rule.access_level
+                    ),
+                );
+            }
+        }
+        for (i, role) in self.roles.iter().enumerate() {
+            for (j, g) in role.grants.iter().enumerate() {
+                if !seen.contains(&(g.application.as_str(), g.access_level.as_str())) {
+                    add(
+                        format!("roles[{i}].grants[{j}]"),
+                        format!(
+                            "no rule covers application {:?} with access level {:?}",
+                            g.application, g.access_level
+                        ),
+                    );
+                }
+            }
+        }
+        p
+    }
+
+    /// Checks that every secret this config will use can be read now.
+    /// Application secrets are only needed when the application is live (not dry-run).
+    pub fn check_secrets(&self, env: EnvLookup<'_>) -> Vec<Problem> {
+        let mut refs: Vec<(String, SecretRef)> = Vec::new();
+        if let Some(r) = self.ingress.hmac_secret() {
+            refs.push(("ingress.hmac_secret".into(), r));
+        }
+        if let Some(r) = self.ingress.bearer_token() {
+            refs.push(("ingress.bearer_token".into(), r));
+        }
+        if let Some(r) = self.ops_admin_token() {
+            refs.push(("ops.admin_token".into(), r));
+        }
+        if self.jsm.verify_approval {
+            match self.jsm_api_token() {
+                Some(r) => refs.push(("jsm.api_token".into(), r)),
+                None => {
+                    return vec![Problem {
+                        key: "jsm.api_token_env".into(),
+                        message: "verify_approval = true needs JSM API credentials".into(),
+                    }];
+                }
+            }
+        }
+        for (name, app) in &self.applications {
+            if !app.dry_run {
+                for (key, r) in app.secret_refs() {
+                    refs.push((format!("applications.{name:?}.{key}"), r));
+                }
+            }
+        }
+        refs.into_iter()
+            .filter_map(|(key, r)| {
+                r.resolve_with(env).err().map(|e: SecretError| Problem {
+                    key,
+                    message: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    pub fn ops_admin_token(&self) -> Option<SecretRef> {
+        SecretRef::from_pair(self.ops.admin_token_env.as_deref(), self.ops.admin_token_file.as_deref())
+    }
+
+    pub fn jsm_api_token(&self) -> Option<SecretRef> {
+        SecretRef::from_pair(self.jsm.api_token_env.as_deref(), self.jsm.api_token_file.as_deref())
+    }
+
+    /// The rule for an (application, access level), if any. Access levels match case-insensitively.
+    pub fn rule_for(&self, application: &str, access_level: &str) -> Option<&RuleConfig> {
+        self.rules
+            .iter()
+            .find(|r| r.application == application && r.access_level.eq_ignore_ascii_case(access_level))
+    }
+
+    /// A summary for `config check`, safe to print (names of secrets, never values).
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(s, "broker     {} (prefix {:?}, prefetch {})", redact_url(&self.broker.url), self.broker.prefix, self.broker.prefetch);
+        let _ = writeln!(
+            s,
+            "           retry ladder {}",
+            self.broker.retry_delays.iter().map(|d| duration::format(*d)).collect::<Vec<_>>().join(" -> ")
+        );
+        let _ = writeln!(s, "database   {} (pool {})", redact_url(&self.database.url), self.database.max_connections);
+        let auth: Vec<String> = [
+            self.ingress.hmac_secret().map(|r| format!("HMAC signature ({})", r.describe())),
+            self.ingress.bearer_token().map(|r| format!("bearer token ({})", r.describe())),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let _ = writeln!(s, "ingress    {} , auth: {}", self.ingress.listen, auth.join(" + "));
+        let _ = writeln!(
+            s,
+            "ops        {} , admin API {}",
+            self.ops.listen,
+            self.ops_admin_token().map_or("disabled (no admin token)".into(), |r| format!("token from {}", r.describe()))
+        );
+        let _ = writeln!(
+            s,
+            "jsm        {} ; {} request type(s), {} status(es)",
+            self.jsm.base_url,
+            self.jsm.request_types.len(),
+            self.jsm.statuses.len()
+        );
+        let _ = writeln!(s, "applications ({}):", self.applications.len());
+        for (name, app) in &self.applications {
+            let rules = self.rules.iter().filter(|r| &r.application == name).count();
+            let _ = writeln!(
+                s,
+                "  {name:<20} kind {:<10} {:<8} {rules} rule(s){}",
+                app.kind.as_str(),
+                if app.dry_run { "dry-run" } else { "live" },
+                app.owner.as_deref().map(|o| format!(", owner {o}")).unwrap_or_default()
+            );
+        }
+        let _ = writeln!(s, "rules {} , roles {}", self.rules.len(), self.roles.len());
+        s
+    }
+}
+
+/// Hides the password of a URL for display.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let creds = &url[scheme_end + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &creds[..colon], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

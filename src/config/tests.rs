@@ -1,0 +1,143 @@
+use super::*;
+
+const EXAMPLE: &str = include_str!("../../accessgov.example.toml");
+
+fn env_with(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+    move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+}
+
+const EXAMPLE_ENV: &[(&str, &str)] = &[
+    ("JSM_WEBHOOK_SECRET", "whsec"),
+    ("JSM_AUTOMATION_TOKEN", "autotoken"),
+    ("ACCESSGOV_ADMIN_TOKEN", "admintoken"),
+];
+
+#[test]
+fn the_example_file_is_valid_and_names_every_section() {
+    let config = Config::parse(EXAMPLE).expect("example parses");
+    assert_eq!(config.validate(), vec![]);
+    assert_eq!(config.check_secrets(&env_with(EXAMPLE_ENV)), vec![]);
+    assert_eq!(config.broker.retry_delays.len(), 4);
+    assert_eq!(config.applications["Confluence"].kind, AppKind::Confluence);
+    assert_eq!(config.jsm.statuses["Approved by Manager"], AppStatus::Approved);
+    let rule = config.rule_for("Confluence", "write").expect("case-insensitive level");
+    assert_eq!(rule.targets(), vec!["confluence-developers".to_owned()]);
+    assert_eq!(rule.max_duration, Some(Duration::from_secs(90 * 86_400)));
+}
+
+#[test]
+fn every_key_of_the_example_has_a_comment_above_or_beside_it() {
+    // A key line is documented when it carries a trailing comment or the
+    // nearest non-blank line above it (within its block) is a comment.
+    let lines: Vec<&str> = EXAMPLE.lines().collect();
+    let mut undocumented = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') || t.starts_with('[') || !t.contains('=') {
+            continue;
+        }
+        let key = t.split('=').next().unwrap().trim().trim_matches('"');
+        let trailing = t.contains(" # ");
+        let above = lines[..i]
+            .iter()
+            .rev()
+            .map(|l| l.trim())
+            .find(|l| !l.is_empty())
+            .is_some_and(|l| l.starts_with('#'));
+        // Repeated blocks (second rule, request type / status maps) are documented once by their table.
+        let in_documented_map = lines[..i].iter().rev().find(|l| l.trim().starts_with('[')).is_some_and(|h| {
+            matches!(h.trim(), "[jsm.request_types]" | "[jsm.statuses]" | "[jsm.fields]")
+        });
+        // Or an earlier comment already explained this key (the common application keys, repeated blocks).
+        let documented_earlier = lines[..i].iter().filter(|l| l.trim().starts_with('#')).any(|c| {
+            c.split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_')).any(|w| w == key)
+        });
+        if !(trailing || above || in_documented_map || documented_earlier) {
+            undocumented.push(format!("line {}: {key}", i + 1));
+        }
+    }
+    assert!(undocumented.is_empty(), "undocumented keys: {undocumented:?}");
+}
+
+#[test]
+fn a_misspelled_key_is_rejected_and_named() {
+    let text = EXAMPLE.replacen("prefix = \"accessgov\"", "prefx = \"accessgov\"", 1);
+    let err = Config::parse(&text).unwrap_err();
+    assert!(err.contains("prefx"), "{err}");
+}
+
+#[test]
+fn a_rule_naming_an_unknown_application_names_both() {
+    let text = EXAMPLE.replacen("application = \"Confluence\"", "application = \"Confluense\"", 1);
+    let problems = Config::parse(&text).unwrap().validate();
+    let p = problems.iter().find(|p| p.key == "rules[0].application").expect("problem on the rule");
+    assert!(p.message.contains("Confluense") && p.message.contains("Confluence"), "{p}");
+}
+
+#[test]
+fn ingress_without_any_authentication_method_is_refused() {
+    let text = EXAMPLE
+        .replace("hmac_secret_env = \"JSM_WEBHOOK_SECRET\"", "")
+        .replace("bearer_token_env = \"JSM_AUTOMATION_TOKEN\"", "");
+    let problems = Config::parse(&text).unwrap().validate();
+    assert!(problems.iter().any(|p| p.key == "ingress" && p.message.contains("no authentication")));
+}
+
+#[test]
+fn an_unknown_provider_key_is_rejected_with_the_accepted_list() {
+    let text = EXAMPLE.replacen("token_env = \"OKTA_API_TOKEN\"", "tokn_env = \"OKTA_API_TOKEN\"", 1);
+    let problems = Config::parse(&text).unwrap().validate();
+    let p = problems.iter().find(|p| p.key.ends_with(".tokn_env")).expect("named");
+    assert!(p.message.contains("token_env"), "{p}");
+}
+
+#[test]
+fn a_missing_secret_is_named_by_key_and_variable() {
+    let config = Config::parse(EXAMPLE).unwrap();
+    let problems = config.check_secrets(&env_with(&[("JSM_AUTOMATION_TOKEN", "x"), ("ACCESSGOV_ADMIN_TOKEN", "y")]));
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].key, "ingress.hmac_secret");
+    assert!(problems[0].message.contains("JSM_WEBHOOK_SECRET"));
+}
+
+#[test]
+fn a_live_application_is_refused_while_no_connector_exists() {
+    let text = EXAMPLE.replacen("dry_run = true", "dry_run = false", 1);
+    let problems = Config::parse(&text).unwrap().validate();
+    assert!(problems.iter().any(|p| p.key == "applications.\"Okta\".dry_run"), "{problems:?}");
+}
+
+#[test]
+fn a_rule_without_approvers_or_targets_is_refused() {
+    let text = EXAMPLE
+        .replacen("groups = [\"okta-everyone\"]", "", 1)
+        .replacen("approvers = [\"5f8e1b2c3d4a5b6c7d8e9f01\"]\n", "", 1);
+    let problems = Config::parse(&text).unwrap().validate();
+    assert!(problems.iter().any(|p| p.key == "rules[1]" && p.message.contains("grants nothing")));
+    assert!(problems.iter().any(|p| p.key == "rules[1].approvers"));
+}
+
+#[test]
+fn env_overrides_replace_urls_and_listeners() {
+    let mut config = Config::parse(EXAMPLE).unwrap();
+    config.apply_env_overrides(&env_with(&[
+        ("ACCESSGOV_BROKER_URL", "amqp://u:p@mq:5672/%2f"),
+        ("ACCESSGOV_BROKER_PREFIX", "tenant1"),
+        ("ACCESSGOV_DATABASE_URL", "postgres://db/x"),
+        ("ACCESSGOV_INGRESS_LISTEN", "127.0.0.1:18080"),
+    ]));
+    assert_eq!(config.broker.url, "amqp://u:p@mq:5672/%2f");
+    assert_eq!(config.broker.prefix, "tenant1");
+    assert_eq!(config.database.url, "postgres://db/x");
+    assert_eq!(config.ingress.listen.port(), 18080);
+}
+
+#[test]
+fn the_summary_never_shows_passwords() {
+    let mut config = Config::parse(EXAMPLE).unwrap();
+    config.broker.url = "amqp://guest:hunter2@mq:5672/%2f".into();
+    let summary = config.summary();
+    assert!(!summary.contains("hunter2"));
+    assert!(summary.contains("guest:***@mq"));
+    assert!(summary.contains("Confluence"));
+}

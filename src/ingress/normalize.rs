@@ -1,0 +1,365 @@
+//! JSM / Automation JSON -> [`AccessEvent`] or an ignore reason. Pure: no I/O,
+//! no clock (the caller passes `now`), never panics on any JSON.
+//!
+//! The facts this follows are in `shared/jsm.md`:
+//! - a *transition* is only a changelog item with `fieldId == "status"`; the
+//!   issue's current status is never taken as one (comment events and field
+//!   edits arrive while a ticket already sits in "Approved");
+//! - `jira:issue_created` is a creation, not a transition;
+//! - Automation bodies carry no changelog: their current status is a snapshot;
+//! - people are identified by `accountId`; emails are often hidden;
+//! - the approver is the latest final decision of the JSM approvals field, else
+//!   the configured approver field; the actor (`user`) is never the approver.
+
+use crate::config::{AppStatus, JsmConfig};
+use crate::event::{
+    AccessEvent, Approver, ApproverSource, Person, SCHEMA_V1, Source, StatusChange, Ticket, event_id_for,
+};
+use chrono::{DateTime, TimeZone, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// Transport facts about the request, beside the body.
+#[derive(Debug, Default, Clone)]
+pub struct Meta {
+    /// `X-Atlassian-Webhook-Identifier`.
+    pub delivery_id: Option<String>,
+}
+
+/// Why a well-authenticated body is not an access event. Answered 200.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IgnoreReason {
+    /// No mapped JSM request type.
+    NotAnAccessRequest,
+    /// An update without a status changelog item (comment, field edit).
+    NoStatusChange,
+    /// The status (or creation) is not in `[jsm.statuses]`.
+    StatusNotActionable,
+    /// A webhook event other than issue created/updated.
+    UnsupportedEvent,
+    /// JSON, but neither a Jira webhook nor an Automation issue body.
+    UnrecognizedFormat,
+}
+
+impl IgnoreReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotAnAccessRequest => "not_an_access_request",
+            Self::NoStatusChange => "no_status_change",
+            Self::StatusNotActionable => "status_not_actionable",
+            Self::UnsupportedEvent => "unsupported_event",
+            Self::UnrecognizedFormat => "unrecognized_format",
+        }
+    }
+}
+
+/// What the normalizer made of a body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Normalized {
+    Accepted(Box<AccessEvent>),
+    Ignored(IgnoreReason),
+}
+
+/// Normalizes one authenticated body.
+pub fn normalize(body: &Value, meta: &Meta, jsm: &JsmConfig, now: DateTime<Utc>) -> Normalized {
+    match detect(body) {
+        Some(Format::Webhook { event, issue }) => webhook(body, event, issue, meta, jsm, now),
+        Some(Format::Automation { source, issue }) => automation(issue, source, meta, jsm, now),
+        None => Normalized::Ignored(IgnoreReason::UnrecognizedFormat),
+    }
+}
+
+enum Format<'a> {
+    Webhook { event: &'a str, issue: &'a Value },
+    Automation { source: Source, issue: &'a Value },
+}
+
+fn detect(body: &Value) -> Option<Format<'_>> {
+    let obj = body.as_object()?;
+    if let Some(event) = obj.get("webhookEvent") {
+        return Some(Format::Webhook {
+            event: event.as_str().unwrap_or(""),
+            issue: obj.get("issue").unwrap_or(&Value::Null),
+        });
+    }
+    if let Some(issue) = obj.get("issue").filter(|i| i.get("fields").is_some_and(Value::is_object)) {
+        return Some(Format::Automation { source: Source::AutomationJira, issue });
+    }
+    if obj.get("fields").is_some_and(Value::is_object) && obj.contains_key("key") {
+        return Some(Format::Automation { source: Source::AutomationIssue, issue: body });
+    }
+    None
+}
+
+/// The parts common to both formats, read from the issue.
+struct IssueParts<'a> {
+    key: String,
+    id: String,
+    fields: &'a Map<String, Value>,
+    request_type: String,
+    action: crate::config::RequestAction,
+}
+
+fn issue_parts<'a>(issue: &'a Value, jsm: &JsmConfig) -> Result<IssueParts<'a>, IgnoreReason> {
+    let fields = issue.get("fields").and_then(Value::as_object).ok_or(IgnoreReason::UnrecognizedFormat)?;
+    let key = issue.get("key").and_then(non_empty_str).ok_or(IgnoreReason::UnrecognizedFormat)?;
+    let id = issue.get("id").and_then(id_string).ok_or(IgnoreReason::UnrecognizedFormat)?;
+    let request_type = fields
+        .get(&jsm.fields.request_type)
+        .and_then(request_type_name)
+        .ok_or(IgnoreReason::NotAnAccessRequest)?;
+    let action = *jsm.request_types.get(&request_type).ok_or(IgnoreReason::NotAnAccessRequest)?;
+    Ok(IssueParts { key, id, fields, request_type, action })
+}
+
+fn webhook(body: &Value, event: &str, issue: &Value, meta: &Meta, jsm: &JsmConfig, now: DateTime<Utc>) -> Normalized {
+    if !matches!(event, "jira:issue_created" | "jira:issue_updated") {
+        return Normalized::Ignored(IgnoreReason::UnsupportedEvent);
+    }
+    let parts = match issue_parts(issue, jsm) {
+        Ok(p) => p,
+        Err(r) => return Normalized::Ignored(r),
+    };
+    if event == "jira:issue_created" {
+        // A creation carries a Status item "from null" in its changelog: still not a transition.
+        return Normalized::Ignored(IgnoreReason::StatusNotActionable);
+    }
+    let changelog = body.get("changelog");
+    let Some(item) = changelog
+        .and_then(|c| c.get("items"))
+        .and_then(Value::as_array)
+        .and_then(|items| items.iter().find(|i| i.get("fieldId").and_then(Value::as_str) == Some("status")))
+    else {
+        return Normalized::Ignored(IgnoreReason::NoStatusChange);
+    };
+    let Some(to) = item.get("toString").and_then(non_empty_str) else {
+        return Normalized::Ignored(IgnoreReason::NoStatusChange);
+    };
+    let Some(app_status) = map_status(jsm, &to) else {
+        return Normalized::Ignored(IgnoreReason::StatusNotActionable);
+    };
+    let status = StatusChange {
+        from: item.get("fromString").and_then(non_empty_str),
+        to,
+        from_id: item.get("from").and_then(id_string),
+        to_id: item.get("to").and_then(id_string),
+    };
+    let changelog_id = changelog.and_then(|c| c.get("id")).and_then(id_string);
+    let dedupe_key = match (&changelog_id, &meta.delivery_id) {
+        // The same change delivered to two registered webhooks has two identifiers
+        // but one changelog id: prefer the latter.
+        (Some(cl), _) => format!("jira:{}:{cl}", parts.id),
+        (None, Some(d)) => format!("jira-delivery:{d}"),
+        (None, None) => format!("jira:{}:{}:{}", parts.id, status.to_id.as_deref().unwrap_or(&status.to), body.get("timestamp").map(Value::to_string).unwrap_or_default()),
+    };
+    let occurred_at = body
+        .get("timestamp")
+        .and_then(Value::as_i64)
+        .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+        .unwrap_or(now);
+    let actor = body.get("user").and_then(person);
+    Normalized::Accepted(Box::new(build(parts, Source::JiraWebhook, meta, jsm, app_status, status, actor, changelog_id, dedupe_key, occurred_at)))
+}
+
+fn automation(issue: &Value, source: Source, meta: &Meta, jsm: &JsmConfig, now: DateTime<Utc>) -> Normalized {
+    let parts = match issue_parts(issue, jsm) {
+        Ok(p) => p,
+        Err(r) => return Normalized::Ignored(r),
+    };
+    let status_value = parts.fields.get("status");
+    let Some(to) = status_value.and_then(|s| s.get("name")).and_then(non_empty_str) else {
+        return Normalized::Ignored(IgnoreReason::NoStatusChange);
+    };
+    let Some(app_status) = map_status(jsm, &to) else {
+        return Normalized::Ignored(IgnoreReason::StatusNotActionable);
+    };
+    let to_id = status_value.and_then(|s| s.get("id")).and_then(id_string);
+    let updated = parts.fields.get("updated").and_then(Value::as_str).unwrap_or("");
+    let dedupe_key = format!("automation:{}:{}:{updated}", parts.id, to_id.as_deref().unwrap_or(&to));
+    let occurred_at = parse_jira_time(updated).unwrap_or(now);
+    let status = StatusChange { from: None, to, from_id: None, to_id };
+    Normalized::Accepted(Box::new(build(parts, source, meta, jsm, app_status, status, None, None, dedupe_key, occurred_at)))
+}
+
+#[expect(clippy::too_many_arguments, reason = "one private assembly step shared by both formats")]
+fn build(
+    parts: IssueParts<'_>,
+    source: Source,
+    meta: &Meta,
+    jsm: &JsmConfig,
+    app_status: AppStatus,
+    status: StatusChange,
+    actor: Option<Person>,
+    changelog_id: Option<String>,
+    dedupe_key: String,
+    occurred_at: DateTime<Utc>,
+) -> AccessEvent {
+    let f = &jsm.fields;
+    let fields = parts.fields;
+    let mut errors = Vec::new();
+    let mut required = |name: &str, id: &str| match single_value(fields.get(id)) {
+        Ok(v) => Some(v),
+        Err(Shape::Missing) => {
+            errors.push(format!("missing_required:{name}"));
+            None
+        }
+        Err(Shape::Unexpected(shape)) => {
+            errors.push(format!("unexpected_shape:{name}:{shape}"));
+            None
+        }
+    };
+    let application = required("application", &f.application);
+    let access_level = required("access_level", &f.access_level);
+    let optional = |id: &Option<String>| id.as_ref().and_then(|id| single_value(fields.get(id)).ok());
+
+    let requester_field = if f.requester == "reporter" { "reporter" } else { f.requester.as_str() };
+    let requester = fields.get(requester_field).and_then(person);
+    let approver = f
+        .approvals
+        .as_ref()
+        .and_then(|id| fields.get(id))
+        .and_then(latest_decision_approver)
+        .map(|person| Approver { person, source: ApproverSource::JsmApprovals })
+        .or_else(|| {
+            f.approver
+                .as_ref()
+                .and_then(|id| fields.get(id))
+                .and_then(person)
+                .map(|person| Approver { person, source: ApproverSource::ApproverField })
+        });
+
+    let mut raw_fields = Map::new();
+    for id in [Some(&f.request_type), Some(&f.application), Some(&f.access_level), f.approver.as_ref(), f.approvals.as_ref(), f.duration.as_ref(), f.department.as_ref(), Some(&f.requester)]
+        .into_iter()
+        .flatten()
+    {
+        if let Some(v) = fields.get(id) {
+            raw_fields.insert(id.clone(), v.clone());
+        }
+    }
+
+    AccessEvent {
+        schema: SCHEMA_V1.to_owned(),
+        event_id: event_id_for(&dedupe_key),
+        dedupe_key,
+        source,
+        delivery_id: meta.delivery_id.clone(),
+        ticket: Ticket {
+            key: parts.key,
+            id: parts.id,
+            project_key: fields.get("project").and_then(|p| p.get("key")).and_then(non_empty_str),
+            request_type: parts.request_type,
+        },
+        action: parts.action,
+        app_status,
+        status,
+        application,
+        access_level,
+        requester,
+        approver,
+        actor,
+        changelog_id,
+        occurred_at,
+        duration: optional(&f.duration),
+        department: optional(&f.department),
+        errors,
+        raw_fields,
+    }
+}
+
+fn map_status(jsm: &JsmConfig, name: &str) -> Option<AppStatus> {
+    jsm.statuses.get(name).copied().or_else(|| {
+        jsm.statuses
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+    })
+}
+
+enum Shape {
+    Missing,
+    Unexpected(&'static str),
+}
+
+/// A single-select value (`{"value": ...}`), or a plain string. Arrays are an error, not a guess.
+fn single_value(v: Option<&Value>) -> Result<String, Shape> {
+    match v {
+        None | Some(Value::Null) => Err(Shape::Missing),
+        Some(Value::String(s)) if s.trim().is_empty() => Err(Shape::Missing),
+        Some(Value::String(s)) => Ok(s.trim().to_owned()),
+        Some(Value::Object(o)) => match o.get("value") {
+            Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+            None | Some(Value::Null) => Err(Shape::Missing),
+            Some(_) => Err(Shape::Unexpected("object")),
+        },
+        Some(Value::Array(_)) => Err(Shape::Unexpected("array")),
+        Some(Value::Number(_)) => Err(Shape::Unexpected("number")),
+        Some(Value::Bool(_)) => Err(Shape::Unexpected("boolean")),
+    }
+}
+
+/// The JSM request type's name (`{"requestType": {"name": ...}}`), or a plain string.
+fn request_type_name(v: &Value) -> Option<String> {
+    v.get("requestType")
+        .and_then(|rt| rt.get("name"))
+        .and_then(non_empty_str)
+        .or_else(|| non_empty_str(v))
+}
+
+/// The approver of the latest final decision (approved or declined) in a JSM approvals field.
+fn latest_decision_approver(v: &Value) -> Option<Person> {
+    let approvals = v.as_array()?;
+    let decided = approvals.iter().filter_map(|a| {
+        let decision = a.get("finalDecision").and_then(Value::as_str)?;
+        if !matches!(decision, "approved" | "declined") {
+            return None;
+        }
+        let when = a
+            .get("completedDate")
+            .and_then(|d| d.get("epochMillis"))
+            .and_then(Value::as_i64)
+            .unwrap_or(i64::MIN);
+        Some((when, decision, a))
+    });
+    let (_, decision, approval) = decided.max_by_key(|(when, _, _)| *when)?;
+    let approvers = approval.get("approvers").and_then(Value::as_array)?;
+    approvers
+        .iter()
+        .find(|a| a.get("approverDecision").and_then(Value::as_str) == Some(decision))
+        .or_else(|| approvers.first())
+        .and_then(|a| a.get("approver"))
+        .and_then(person)
+}
+
+fn person(v: &Value) -> Option<Person> {
+    let account_id = v.get("accountId").and_then(id_string)?;
+    Some(Person {
+        account_id,
+        email: v.get("emailAddress").and_then(non_empty_str),
+        display_name: v.get("displayName").and_then(non_empty_str),
+    })
+}
+
+fn non_empty_str(v: &Value) -> Option<String> {
+    v.as_str().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+/// Ids arrive as strings or numbers; both become strings.
+fn id_string(v: &Value) -> Option<String> {
+    match v {
+        Value::Number(n) => Some(n.to_string()),
+        other => non_empty_str(other),
+    }
+}
+
+/// Jira's `2024-03-01T10:15:30.000+0000` (offset without a colon) or RFC 3339.
+fn parse_jira_time(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z")
+        .or_else(|_| DateTime::parse_from_rfc3339(s))
+        .ok()
+        .map(|d| d.with_timezone(&Utc))
+}
+
+#[cfg(test)]
+mod tests;

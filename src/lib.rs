@@ -1,0 +1,40 @@
+//! # accessgov
+//!
+//! Access governance for Jira Service Management. Data flows one way:
+//!
+//! ```text
+//! JSM webhook / Automation --> ingress --> RabbitMQ --> worker --> provider API
+//!                              (verify,     (events,     (dedupe, decide,   + audit_log
+//!                               normalize,   retry,       apply, audit,     + access_grants
+//!                               confirm)     dead)        ack)              (PostgreSQL)
+//! ```
+//!
+//! - [`config`]: the TOML file, env overrides, validation, secret references.
+//! - [`ingress`]: `POST /webhooks/jsm`; [`ingress::auth`] and the pure [`ingress::normalize`].
+//! - [`event`]: `AccessEvent` v1, the message between ingress and workers.
+//! - [`broker`]: RabbitMQ topology and confirmed publishing.
+//! - [`worker`]: the consume loop and [`worker::process`], one delivery end to end.
+//! - [`rules`]: the pure decision (rule match, approver policy).
+//! - [`audit`]: the append-only, hash-chained trail and its verification.
+//! - [`db`]: pool and embedded migrations.
+//! - [`ops`]: `/metrics` and health on the operator listener.
+//! - [`app`]: the composition root; [`commands`]: one function per CLI command.
+//!
+//! Errors: `thiserror` enums at module boundaries (`ConfigError`, `BrokerError`,
+//! `PublishError`, `DbError`); `anyhow` only in [`app`], [`commands`] and `main`.
+
+pub mod app;
+pub mod audit;
+pub mod broker;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod db;
+pub mod event;
+pub mod ingress;
+pub mod metrics;
+pub mod ops;
+pub mod rules;
+pub mod shutdown;
+pub mod telemetry;
+pub mod worker;
