@@ -102,7 +102,8 @@ fn a_missing_secret_is_named_by_key_and_variable() {
 
 #[test]
 fn a_live_application_is_refused_while_no_connector_exists() {
-    let text = EXAMPLE.replacen("dry_run = true", "dry_run = false", 1);
+    let text = EXAMPLE.replacen("owner = \"it-admins@example.com\"\ndry_run = true", "owner = \"x\"\ndry_run = false", 1);
+    assert_ne!(text, EXAMPLE);
     let problems = Config::parse(&text).unwrap().validate();
     assert!(problems.iter().any(|p| p.key == "applications.\"Okta\".dry_run"), "{problems:?}");
 }

@@ -1,0 +1,118 @@
+//! The binary's commands: exit codes and what they print.
+
+use crate::helpers::{EXAMPLE_CONFIG, WEBHOOK_SECRET, fixture};
+use std::process::{Command, Output};
+
+fn accessgov(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_accessgov"));
+    cmd.args(args).env_remove("ACCESSGOV_CONFIG").env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("binary runs")
+}
+
+fn write_config(dir: &tempfile::TempDir, text: &str) -> String {
+    let path = dir.path().join("accessgov.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+const SECRETS: &[(&str, &str)] = &[
+    ("JSM_WEBHOOK_SECRET", WEBHOOK_SECRET),
+    ("JSM_AUTOMATION_TOKEN", "tok"),
+    ("ACCESSGOV_ADMIN_TOKEN", "adm"),
+];
+
+#[test]
+fn every_command_has_help_that_describes_it() {
+    let top = accessgov(&["--help"], &[]);
+    assert!(top.status.success());
+    let text = String::from_utf8_lossy(&top.stdout);
+    for sub in ["ingress", "worker", "all", "migrate", "config", "simulate", "audit"] {
+        assert!(text.contains(sub), "top-level help lists {sub}");
+    }
+    for args in [
+        &["ingress", "--help"][..],
+        &["worker", "--help"],
+        &["all", "--help"],
+        &["migrate", "--help"],
+        &["config", "check", "--help"],
+        &["simulate", "--help"],
+        &["audit", "verify", "--help"],
+    ] {
+        let out = accessgov(args, &[]);
+        assert!(out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("--config"), "{args:?} documents --config");
+    }
+}
+
+#[test]
+fn config_check_accepts_the_example_and_prints_a_summary_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, EXAMPLE_CONFIG);
+    let out = accessgov(&["config", "check", "--config", &path], SECRETS);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("Confluence") && stdout.contains("dry-run"));
+    assert!(!stdout.contains(WEBHOOK_SECRET));
+}
+
+#[test]
+fn config_check_names_a_misspelled_key_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, &EXAMPLE_CONFIG.replacen("max_body_bytes", "max_body_byte", 1));
+    let out = accessgov(&["config", "check", "--config", &path], SECRETS);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_body_byte"));
+}
+
+#[test]
+fn config_check_names_the_rule_and_the_unknown_application() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, &EXAMPLE_CONFIG.replacen("application = \"Okta\"", "application = \"Okat\"", 1));
+    let out = accessgov(&["config", "check", "--config", &path], SECRETS);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("rules[1].application") && stderr.contains("Okat"), "{stderr}");
+}
+
+#[test]
+fn config_check_names_a_missing_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, EXAMPLE_CONFIG);
+    let out = accessgov(&["config", "check", "--config", &path], &SECRETS[1..]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("JSM_WEBHOOK_SECRET"));
+}
+
+#[test]
+fn a_missing_config_file_says_how_to_point_at_one() {
+    let out = accessgov(&["config", "check", "--config", "/nonexistent/accessgov.toml"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
+}
+
+#[test]
+fn simulate_prints_the_event_and_decision_and_checks_given_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, EXAMPLE_CONFIG);
+    let event = dir.path().join("event.json");
+    std::fs::write(&event, fixture("webhook-approved-confluence-write.json")).unwrap();
+    let event = event.display().to_string();
+
+    let out = accessgov(&["simulate", "--config", &path, "--event", &event], SECRETS);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["outcome"], "accepted");
+    assert_eq!(v["event"]["schema"], "accessgov.access-event/v1");
+    assert_eq!(v["event"]["ticket"]["key"], "ACC-42");
+    assert_eq!(v["decision"]["decision"], "grant");
+
+    let sig = accessgov::ingress::auth::sign(WEBHOOK_SECRET, &fixture("webhook-approved-confluence-write.json"));
+    let good = accessgov(&["simulate", "--config", &path, "--event", &event, "--header", &format!("X-Hub-Signature: {sig}")], SECRETS);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&good.stdout).unwrap()["outcome"], "accepted");
+    let bad = accessgov(&["simulate", "--config", &path, "--event", &event, "--header", "X-Hub-Signature: sha256=00"], SECRETS);
+    let v: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
+    assert_eq!((v["outcome"].as_str(), v["event"].is_null()), (Some("unauthorized"), true));
+}

@@ -1,0 +1,182 @@
+//! `spawn_app()`: a whole accessgov (ingress + worker + ops) on port 0, with its
+//! own database and its own broker prefix, torn down when dropped.
+
+use accessgov::app::{App, Role};
+use accessgov::broker::{Names, topology};
+use accessgov::config::Config;
+use accessgov::ingress::auth::{Verifier, sign};
+use secrecy::SecretString;
+use sqlx::PgPool;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+pub const WEBHOOK_SECRET: &str = "test-webhook-secret";
+pub const BEARER_TOKEN: &str = "test-automation-token";
+pub const EXAMPLE_CONFIG: &str = include_str!("../../../accessgov.example.toml");
+
+pub fn amqp_url() -> String {
+    std::env::var("ACCESSGOV_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// The server URL without a database name.
+pub fn pg_server_url() -> String {
+    std::env::var("ACCESSGOV_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/tests/fixtures/jsm/{name}", env!("CARGO_MANIFEST_DIR"))).expect("fixture exists")
+}
+
+/// A test config: the example file, with this test's database, prefix and port-0 listeners.
+pub fn test_config(db_name: &str, prefix: &str) -> Config {
+    let mut c = Config::parse(EXAMPLE_CONFIG).expect("example config parses");
+    c.database.url = format!("{}/{db_name}", pg_server_url());
+    c.database.max_connections = 5;
+    c.broker.url = amqp_url();
+    c.broker.prefix = prefix.to_owned();
+    c.broker.retry_delays = vec![Duration::from_millis(50), Duration::from_millis(100)];
+    c.broker.prefetch = 16;
+    c.ingress.listen = "127.0.0.1:0".parse().unwrap();
+    c.ops.listen = "127.0.0.1:0".parse().unwrap();
+    c.worker.shutdown_grace = Duration::from_secs(5);
+    assert_eq!(c.validate(), vec![], "test config must be valid");
+    c
+}
+
+pub fn verifier() -> Verifier {
+    Verifier {
+        hmac_secret: Some(SecretString::from(WEBHOOK_SECRET)),
+        bearer_token: Some(SecretString::from(BEARER_TOKEN)),
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub ops_addr: SocketAddr,
+    pub pool: PgPool,
+    pub config: Arc<Config>,
+    pub names: Names,
+    pub http: reqwest::Client,
+    db_name: String,
+    token: CancellationToken,
+    app: Option<App>,
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Spawns with a tweak applied to the config first.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let db_name = unique("accessgov_test");
+    let prefix = unique("agtest");
+    let mut config = test_config(&db_name, &prefix);
+    tweak(&mut config);
+    let config = Arc::new(config);
+    let token = CancellationToken::new();
+    let app = App::start(config.clone(), Role::All, Some(verifier()), true, token.clone())
+        .await
+        .expect("app starts");
+    TestApp {
+        addr: app.ingress_addr.expect("ingress runs"),
+        ops_addr: app.ops_addr,
+        pool: app.pool.clone(),
+        names: Names::new(&config.broker.prefix, &config.broker.retry_delays),
+        config,
+        http: reqwest::Client::new(),
+        db_name,
+        token,
+        app: Some(app),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Posts a body signed as a Jira admin webhook.
+    pub async fn post_signed(&self, body: &[u8], delivery_id: Option<&str>) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(self.url("/webhooks/jsm"))
+            .header("content-type", "application/json")
+            .header("X-Hub-Signature", sign(WEBHOOK_SECRET, body))
+            .body(body.to_vec());
+        if let Some(d) = delivery_id {
+            req = req.header("X-Atlassian-Webhook-Identifier", d);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    /// Audit rows (action, outcome, target) of one event, in order.
+    pub async fn audit_actions(&self, event_id: uuid::Uuid) -> Vec<(String, String, Option<String>)> {
+        sqlx::query_as("SELECT action, outcome, target FROM audit_log WHERE event_id = $1 ORDER BY seq")
+            .bind(event_id)
+            .fetch_all(&self.pool)
+            .await
+            .expect("audit query")
+    }
+
+    /// Stops the app and waits for it.
+    pub async fn stop(&mut self) {
+        self.token.cancel();
+        if let Some(app) = self.app.take() {
+            tokio::time::timeout(Duration::from_secs(15), app.wait())
+                .await
+                .expect("app stops within 15s")
+                .expect("app stops cleanly");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.token.cancel();
+        let db_name = self.db_name.clone();
+        let names = self.names.clone();
+        // Teardown on its own runtime: Drop cannot await, and the test's runtime may be ending.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                if let Ok(conn) = lapin::Connection::connect(&amqp_url(), Default::default()).await {
+                    if let Ok(ch) = conn.create_channel().await {
+                        let _ = topology::delete(&ch, &names).await;
+                    }
+                    let _ = conn.close(200, "test teardown".into()).await;
+                }
+                if let Ok(admin) = PgPool::connect(&format!("{}/postgres", pg_server_url())).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)")))
+                        .execute(&admin)
+                        .await;
+                    admin.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Polls `f` every 25 ms until it yields `Some`, or panics after `timeout`
+/// naming what it waited for. Use instead of sleeps.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
