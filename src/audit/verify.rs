@@ -48,7 +48,7 @@ pub async fn verify(pool: &PgPool, since_seq: i64, every: u64, mut progress: imp
             return Ok(report);
         }
         prev = Some(row.hash);
-        if every > 0 && report.rows_checked % every == 0 {
+        if every > 0 && report.rows_checked.is_multiple_of(every) {
             progress(report.rows_checked);
         }
     }

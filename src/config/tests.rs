@@ -142,3 +142,16 @@ fn the_summary_never_shows_passwords() {
     assert!(summary.contains("guest:***@mq"));
     assert!(summary.contains("Confluence"));
 }
+
+#[test]
+fn the_shipped_demo_and_kubernetes_configs_are_valid() {
+    for (name, text) in [
+        ("deploy/compose/accessgov.toml", include_str!("../../deploy/compose/accessgov.toml")),
+        ("deploy/k8s/accessgov.toml", include_str!("../../deploy/k8s/accessgov.toml")),
+    ] {
+        let config = Config::parse(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(config.validate(), vec![], "{name}");
+        assert!(config.applications.values().all(|a| a.dry_run), "{name}: demo configs stay dry-run");
+        assert_eq!(config.jsm.statuses.get("Approved by Manager"), Some(&AppStatus::Approved), "{name}");
+    }
+}

@@ -324,10 +324,11 @@ fn latest_decision_approver(v: &Value) -> Option<Person> {
     });
     let (_, decision, approval) = decided.max_by_key(|(when, _, _)| *when)?;
     let approvers = approval.get("approvers").and_then(Value::as_array)?;
+    // Only an approver whose own decision is the final one decided; a pending or
+    // silent co-approver listed first is not taken as a guess.
     approvers
         .iter()
         .find(|a| a.get("approverDecision").and_then(Value::as_str) == Some(decision))
-        .or_else(|| approvers.first())
         .and_then(|a| a.get("approver"))
         .and_then(person)
 }
