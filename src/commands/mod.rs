@@ -34,7 +34,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn config_check(path: &std::path::Path, config: &Config) -> ExitCode {
-    let problems = config.check_secrets(&config::process_env);
+    let mut problems = config.check_secrets(&config::process_env);
+    if let Err(more) = crate::connectors::build(config) {
+        problems.extend(more);
+    }
     if !problems.is_empty() {
         eprintln!("error: {} has {} problem(s):", path.display(), problems.len());
         for p in problems {

@@ -585,16 +585,6 @@ impl Config {
                     );
                 }
             }
-            if !app.dry_run {
-                add(
-                    format!("applications.{name:?}.dry_run"),
-                    format!(
-                        "this build has no {} connector yet, so the application must run with \
-                         dry_run = true (decisions are audited, no provider is called)",
-                        app.kind.as_str()
-                    ),
-                );
-            }
         }
 
         let mut seen = BTreeSet::new();

@@ -104,7 +104,9 @@ fn a_missing_secret_is_named_by_key_and_variable() {
 fn a_live_application_is_refused_while_no_connector_exists() {
     let text = EXAMPLE.replacen("owner = \"it-admins@example.com\"\ndry_run = true", "owner = \"x\"\ndry_run = false", 1);
     assert_ne!(text, EXAMPLE);
-    let problems = Config::parse(&text).unwrap().validate();
+    let config = Config::parse(&text).unwrap();
+    assert_eq!(config.validate(), vec![], "structurally fine");
+    let problems = crate::connectors::build(&config).err().expect("no connector for a live application");
     assert!(problems.iter().any(|p| p.key == "applications.\"Okta\".dry_run"), "{problems:?}");
 }
 

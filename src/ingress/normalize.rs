@@ -291,6 +291,7 @@ fn single_value(v: Option<&Value>) -> Result<String, Shape> {
         Some(Value::Object(o)) => match o.get("value") {
             Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
             None | Some(Value::Null) => Err(Shape::Missing),
+            Some(Value::String(_)) => Err(Shape::Missing),
             Some(_) => Err(Shape::Unexpected("object")),
         },
         Some(Value::Array(_)) => Err(Shape::Unexpected("array")),

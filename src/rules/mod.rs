@@ -36,17 +36,30 @@ pub enum Decision {
         #[serde(with = "opt_duration")]
         max_duration: Option<Duration>,
     },
-    /// Remove the subject from the rule's targets (this ticket's hold).
+    /// Remove access: what this ticket granted (`scope: ticket`, the ticket was
+    /// revoked) or the subject's access to the rule's targets (`scope: subject`,
+    /// an approved removal request).
     Revoke {
         application: String,
         access_level: String,
         targets: Vec<String>,
         subject: Person,
+        scope: RevokeScope,
     },
     /// Denied or declined: nothing to call; audited and told to the requester.
     NoAction { reason: String },
     /// Policy says no.
     Refused { reason: Refusal },
+}
+
+/// What a revoke releases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeScope {
+    /// The holds this ticket took (status `revoked`).
+    Ticket,
+    /// Every hold on the rule's targets older than the request (removal request).
+    Subject,
 }
 
 /// Why policy refused.
@@ -138,8 +151,11 @@ pub fn decide(event: &AccessEvent, config: &Config, approver_groups: &[String]) 
     let targets = rule.targets();
 
     // Removing access is never gated on an approver: it only reduces access.
-    if event.app_status == AppStatus::Revoked || event.action == RequestAction::Revoke {
-        return Decision::Revoke { application, access_level, targets, subject };
+    if event.app_status == AppStatus::Revoked {
+        return Decision::Revoke { application, access_level, targets, subject, scope: RevokeScope::Ticket };
+    }
+    if event.action == RequestAction::Revoke {
+        return Decision::Revoke { application, access_level, targets, subject, scope: RevokeScope::Subject };
     }
 
     let Some(approver) = event.approver.as_ref().map(|a| a.person.clone()) else {

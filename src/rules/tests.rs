@@ -69,10 +69,10 @@ fn denied_and_declined_never_call_a_provider() {
 fn a_removal_request_or_a_revoked_ticket_revokes_without_an_approver() {
     let mut e = event(RequestAction::Revoke, AppStatus::Approved);
     e.approver = None;
-    assert!(matches!(decide(&e, &config(), &[]), Decision::Revoke { .. }));
+    assert!(matches!(decide(&e, &config(), &[]), Decision::Revoke { scope: RevokeScope::Subject, .. }));
     let mut e = event(RequestAction::Grant, AppStatus::Revoked);
     e.approver = None;
-    assert!(matches!(decide(&e, &config(), &[]), Decision::Revoke { .. }));
+    assert!(matches!(decide(&e, &config(), &[]), Decision::Revoke { scope: RevokeScope::Ticket, .. }));
 }
 
 #[test]

@@ -1,0 +1,111 @@
+//! The connector contract: how the worker asks a provider to grant or revoke.
+//!
+//! One implementation per provider (Okta, Entra ID, AWS, Google, Jira,
+//! Confluence, Bitbucket, GitHub), each in its own file, built from the
+//! application's `kind` in [`build`]. Every call is idempotent from the
+//! worker's point of view: "already a member" is [`GrantOutcome::AlreadyGranted`]
+//! and "not a member" is [`RevokeOutcome::AlreadyAbsent`], both successes.
+//! Errors are classified so that the worker knows whether to retry.
+
+use crate::config::Config;
+use crate::event::Person;
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What to grant: a group/team name or a permission level, with an optional role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Target {
+    pub name: String,
+    pub role: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantOutcome {
+    Granted,
+    AlreadyGranted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeOutcome {
+    Revoked,
+    AlreadyAbsent,
+}
+
+/// A classified provider failure. Messages never contain secrets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectorError {
+    /// Timeouts, connection errors, 5xx, rate limits: worth retrying.
+    #[error("transient provider error: {reason}")]
+    Transient { reason: String, retry_after: Option<Duration> },
+    /// The request can never succeed as is (4xx, refused group type, ...).
+    #[error("permanent provider error: {reason}")]
+    Permanent { reason: String },
+    /// The user or the group does not exist at the provider.
+    #[error("not found at the provider: {what}")]
+    NotFound { what: String },
+    /// The credentials are wrong, expired or lack a permission.
+    #[error("provider refused the credentials: {0}")]
+    Unauthorized(String),
+}
+
+impl ConnectorError {
+    /// The error class recorded in audit rows and dead letters.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::Transient { .. } => "transient",
+            Self::Permanent { .. } => "permanent",
+            Self::NotFound { .. } => "not_found",
+            Self::Unauthorized(_) => "unauthorized",
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient { .. })
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Transient { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// One provider integration.
+pub trait Connector: Send + Sync {
+    /// The provider kind (`okta`, `entra`, ...), for logs and audit rows.
+    fn kind(&self) -> &'static str;
+    /// Adds the subject to the target. "Already a member" is success.
+    fn grant<'a>(&'a self, subject: &'a Person, target: &'a Target) -> BoxFuture<'a, Result<GrantOutcome, ConnectorError>>;
+    /// Removes the subject from the target. "Not a member" is success.
+    fn revoke<'a>(&'a self, subject: &'a Person, target: &'a Target) -> BoxFuture<'a, Result<RevokeOutcome, ConnectorError>>;
+    /// Authenticates and makes the provider's cheapest read call.
+    fn test_connection(&self) -> BoxFuture<'_, Result<(), ConnectorError>>;
+}
+
+/// Connectors by application name (the keys of `[applications]`).
+pub type Connectors = HashMap<String, Arc<dyn Connector>>;
+
+/// Builds the connectors of every live (not dry-run) application. This build
+/// ships none yet, so a live application is an error that says what to do.
+pub fn build(config: &Config) -> Result<Connectors, Vec<crate::config::Problem>> {
+    let problems: Vec<_> = config
+        .applications
+        .iter()
+        .filter(|(_, app)| !app.dry_run)
+        .map(|(name, app)| crate::config::Problem {
+            key: format!("applications.{name:?}.dry_run"),
+            message: format!(
+                "this build has no {} connector yet, so the application must run with dry_run = true \
+                 (decisions are audited, no provider is called)",
+                app.kind.as_str()
+            ),
+        })
+        .collect();
+    if problems.is_empty() { Ok(Connectors::new()) } else { Err(problems) }
+}

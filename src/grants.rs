@@ -1,0 +1,307 @@
+//! The reference-counted grants ledger: who holds what, through which tickets.
+//!
+//! [`plan`] is pure: given the ledger rows of one (application, subject) and a
+//! decision, it says which provider calls to make and how the ledger changes.
+//! A provider write happens only when the first hold on a target is taken or
+//! the last one released; two tickets holding the same group never lead to a
+//! revoke that takes away access the other still grants.
+//!
+//! Ordering: a removal request records `revoked_through`; a grant older than
+//! that is superseded, so an old grant never overtakes a newer removal.
+
+use crate::rules::RevokeScope;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgConnection;
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// One ticket's hold on a target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hold {
+    pub ticket: String,
+    pub access_level: String,
+    pub event_at: DateTime<Utc>,
+}
+
+/// The ledger state of one target for the subject.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetState {
+    pub holds: Vec<Hold>,
+    pub revoked_through: Option<DateTime<Utc>>,
+}
+
+/// The ledger of one (application, subject): target -> state.
+pub type Ledger = BTreeMap<String, TargetState>;
+
+/// What the event asks of the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request<'a> {
+    /// Take this ticket's hold on `targets` (grant).
+    Grant { targets: &'a [String], access_level: &'a str },
+    /// Take holds on the new level's targets and release earlier tickets' holds at other levels.
+    Change { targets: &'a [String], access_level: &'a str },
+    /// Release holds.
+    Revoke { targets: &'a [String], scope: RevokeScope },
+}
+
+/// A call to make at the provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", content = "target", rename_all = "snake_case")]
+pub enum ProviderOp {
+    Grant(String),
+    Revoke(String),
+}
+
+/// A change to write once the provider calls succeeded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    AddHold { target: String, access_level: String },
+    RemoveHold { target: String, ticket: String },
+    RevokedThrough { target: String },
+}
+
+/// Something worth an audit row beside the provider calls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "note", rename_all = "snake_case")]
+pub enum Note {
+    /// Another ticket already holds the access: hold added, no provider write.
+    HoldAdded { target: String, other_holders: Vec<String> },
+    /// A hold was released but others remain: no provider write.
+    HoldReleased { target: String, ticket: String, remaining: Vec<String> },
+    /// This ticket already holds it (a replay of the same grant).
+    AlreadyHeld { target: String },
+    /// A newer removal request already covers this target.
+    Superseded { target: String, reason: String },
+    /// Nothing held by this ticket on this target.
+    NothingHeld { target: String },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub ops: Vec<ProviderOp>,
+    pub changes: Vec<Change>,
+    pub notes: Vec<Note>,
+}
+
+/// Plans an event for `ticket` that happened at `event_at`.
+pub fn plan(ledger: &Ledger, request: &Request<'_>, ticket: &str, event_at: DateTime<Utc>) -> Plan {
+    let mut p = Plan::default();
+    let empty = TargetState::default();
+    let take = |p: &mut Plan, targets: &[String], level: &str| {
+        for t in targets {
+            let st = ledger.get(t).unwrap_or(&empty);
+            if st.revoked_through.is_some_and(|r| event_at < r) {
+                p.notes.push(Note::Superseded {
+                    target: t.clone(),
+                    reason: "a newer removal request already revoked this access".into(),
+                });
+                continue;
+            }
+            if st.holds.iter().any(|h| h.ticket == ticket) {
+                p.notes.push(Note::AlreadyHeld { target: t.clone() });
+                continue;
+            }
+            p.changes.push(Change::AddHold { target: t.clone(), access_level: level.to_owned() });
+            if st.holds.is_empty() {
+                p.ops.push(ProviderOp::Grant(t.clone()));
+            } else {
+                p.notes.push(Note::HoldAdded {
+                    target: t.clone(),
+                    other_holders: st.holds.iter().map(|h| h.ticket.clone()).collect(),
+                });
+            }
+        }
+    };
+    match request {
+        Request::Grant { targets, access_level } => take(&mut p, targets, access_level),
+        Request::Change { targets, access_level } => {
+            take(&mut p, targets, access_level);
+            for (t, st) in ledger {
+                let (release, keep): (Vec<&Hold>, Vec<&Hold>) = st.holds.iter().partition(|h| {
+                    h.ticket != ticket && h.event_at < event_at && !h.access_level.eq_ignore_ascii_case(access_level)
+                });
+                if release.is_empty() {
+                    continue;
+                }
+                for h in &release {
+                    p.changes.push(Change::RemoveHold { target: t.clone(), ticket: h.ticket.clone() });
+                }
+                // The new level keeps a target it also grants; otherwise the last release revokes.
+                let kept_by_change = targets.contains(t);
+                if keep.is_empty() && !kept_by_change {
+                    p.ops.push(ProviderOp::Revoke(t.clone()));
+                } else {
+                    let remaining: Vec<String> =
+                        keep.iter().map(|k| k.ticket.clone()).chain(kept_by_change.then(|| ticket.to_owned())).collect();
+                    for h in &release {
+                        p.notes.push(Note::HoldReleased { target: t.clone(), ticket: h.ticket.clone(), remaining: remaining.clone() });
+                    }
+                }
+            }
+        }
+        Request::Revoke { targets, scope: RevokeScope::Ticket } => {
+            // What this ticket granted, wherever the ledger says it holds something
+            // (the rule may have changed since), plus the rule's targets for the record.
+            let mut any = false;
+            for (t, st) in ledger {
+                let Some(h) = st.holds.iter().find(|h| h.ticket == ticket && h.event_at <= event_at) else {
+                    continue;
+                };
+                any = true;
+                p.changes.push(Change::RemoveHold { target: t.clone(), ticket: h.ticket.clone() });
+                let remaining: Vec<String> = st.holds.iter().filter(|o| o.ticket != ticket).map(|o| o.ticket.clone()).collect();
+                if remaining.is_empty() {
+                    p.ops.push(ProviderOp::Revoke(t.clone()));
+                } else {
+                    p.notes.push(Note::HoldReleased { target: t.clone(), ticket: ticket.to_owned(), remaining });
+                }
+            }
+            if !any {
+                for t in targets.iter() {
+                    p.notes.push(Note::NothingHeld { target: t.clone() });
+                }
+            }
+        }
+        Request::Revoke { targets, scope: RevokeScope::Subject } => {
+            for t in targets.iter() {
+                let st = ledger.get(t).unwrap_or(&empty);
+                let (release, keep): (Vec<&Hold>, Vec<&Hold>) = st.holds.iter().partition(|h| h.event_at < event_at);
+                for h in &release {
+                    p.changes.push(Change::RemoveHold { target: t.clone(), ticket: h.ticket.clone() });
+                }
+                p.changes.push(Change::RevokedThrough { target: t.clone() });
+                if keep.is_empty() {
+                    // Also when the ledger held nothing: the membership may predate
+                    // accessgov, and a removal request means "take it away".
+                    p.ops.push(ProviderOp::Revoke(t.clone()));
+                } else {
+                    p.notes.push(Note::HoldReleased {
+                        target: t.clone(),
+                        ticket: release.iter().map(|h| h.ticket.as_str()).collect::<Vec<_>>().join(","),
+                        remaining: keep.iter().map(|k| k.ticket.clone()).collect(),
+                    });
+                }
+            }
+        }
+    }
+    p
+}
+
+/// Advisory lock key for one (application, subject): serializes their effects across replicas.
+pub fn lock_key(application: &str, subject: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(format!("accessgov-grant\0{application}\0{subject}").as_bytes());
+    i64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+}
+
+/// Takes the (application, subject) lock for the rest of the transaction.
+pub async fn lock(tx: &mut PgConnection, application: &str, subject: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock_key(application, subject)).execute(tx).await?;
+    Ok(())
+}
+
+/// Loads the ledger of one (application, subject).
+pub async fn load(tx: &mut PgConnection, application: &str, subject: &str) -> Result<Ledger, sqlx::Error> {
+    let rows: Vec<(String, Option<DateTime<Utc>>, Option<String>, Option<String>, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT g.target, g.revoked_through, h.ticket, h.access_level, h.event_at \
+         FROM access_grants g LEFT JOIN grant_holds h ON h.grant_id = g.id \
+         WHERE g.application = $1 AND g.subject = $2 ORDER BY g.target, h.event_at",
+    )
+    .bind(application)
+    .bind(subject)
+    .fetch_all(tx)
+    .await?;
+    let mut ledger = Ledger::new();
+    for (target, revoked_through, ticket, level, event_at) in rows {
+        let st = ledger.entry(target).or_default();
+        st.revoked_through = revoked_through;
+        if let (Some(ticket), Some(access_level), Some(event_at)) = (ticket, level, event_at) {
+            st.holds.push(Hold { ticket, access_level, event_at });
+        }
+    }
+    Ok(ledger)
+}
+
+/// What the applier needs to know about the event.
+pub struct Applied<'a> {
+    pub application: &'a str,
+    pub subject: &'a str,
+    pub ticket: &'a str,
+    pub event_id: Uuid,
+    pub event_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Writes the plan's changes (after the provider calls succeeded), then
+/// recomputes each touched row's state from its remaining holds.
+pub async fn apply(tx: &mut PgConnection, a: &Applied<'_>, changes: &[Change], revoked: &[String]) -> Result<(), sqlx::Error> {
+    let mut touched: Vec<&str> = Vec::new();
+    for c in changes {
+        let target = match c {
+            Change::AddHold { target, .. } | Change::RemoveHold { target, .. } | Change::RevokedThrough { target } => target,
+        };
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO access_grants (application, subject, target, state, last_event_id, last_event_at) \
+             VALUES ($1, $2, $3, 'revoked', $4, $5) \
+             ON CONFLICT (application, subject, target) DO UPDATE SET last_event_id = $4, last_event_at = $5, updated_at = now() \
+             RETURNING id",
+        )
+        .bind(a.application)
+        .bind(a.subject)
+        .bind(target)
+        .bind(a.event_id)
+        .bind(a.event_at)
+        .fetch_one(&mut *tx)
+        .await?;
+        match c {
+            Change::AddHold { access_level, .. } => {
+                sqlx::query(
+                    "INSERT INTO grant_holds (grant_id, ticket, access_level, event_id, event_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (grant_id, ticket) DO NOTHING",
+                )
+                .bind(id)
+                .bind(a.ticket)
+                .bind(access_level)
+                .bind(a.event_id)
+                .bind(a.event_at)
+                .bind(a.expires_at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Change::RemoveHold { ticket, .. } => {
+                sqlx::query("DELETE FROM grant_holds WHERE grant_id = $1 AND ticket = $2").bind(id).bind(ticket).execute(&mut *tx).await?;
+            }
+            Change::RevokedThrough { .. } => {
+                sqlx::query("UPDATE access_grants SET revoked_through = GREATEST(revoked_through, $2) WHERE id = $1")
+                    .bind(id)
+                    .bind(a.event_at)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        if !touched.contains(&target.as_str()) {
+            touched.push(target);
+        }
+    }
+    for target in touched {
+        let was_revoked = revoked.iter().any(|r| r == target);
+        sqlx::query(
+            "UPDATE access_grants g SET \
+               state = CASE WHEN EXISTS (SELECT 1 FROM grant_holds h WHERE h.grant_id = g.id) THEN 'active' ELSE 'revoked' END, \
+               granted_at = CASE WHEN g.state = 'revoked' AND EXISTS (SELECT 1 FROM grant_holds h WHERE h.grant_id = g.id) THEN now() ELSE g.granted_at END, \
+               revoked_at = CASE WHEN $4 THEN now() ELSE g.revoked_at END \
+             WHERE application = $1 AND subject = $2 AND target = $3",
+        )
+        .bind(a.application)
+        .bind(a.subject)
+        .bind(target)
+        .bind(was_revoked)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
