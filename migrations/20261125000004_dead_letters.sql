@@ -2,6 +2,8 @@
 -- until an operator replays or discards them.
 CREATE TABLE dead_letters (
     id               bigserial   PRIMARY KEY,
+    -- one row per dead message even if the drain is redelivered
+    dead_key         text        NOT NULL UNIQUE,
     event_id         uuid,
     ticket           text,
     application      text,

@@ -45,7 +45,8 @@ pub struct App {
 /// Builds the ingress verifier from the configured secret references.
 pub fn verifier_from_env(config: &Config) -> anyhow::Result<Verifier> {
     let hmac_secret = config.ingress.hmac_secret().map(|r| r.resolve()).transpose().context("ingress.hmac_secret")?;
-    let bearer_token = config.ingress.bearer_token().map(|r| r.resolve()).transpose().context("ingress.bearer_token")?;
+    let bearer_token =
+        config.ingress.bearer_token().map(|r| r.resolve()).transpose().context("ingress.bearer_token")?;
     anyhow::ensure!(
         hmac_secret.is_some() || bearer_token.is_some(),
         "ingress has no authentication method: set [ingress] hmac_secret_env and/or bearer_token_env"
@@ -55,7 +56,17 @@ pub fn verifier_from_env(config: &Config) -> anyhow::Result<Verifier> {
 
 impl App {
     /// Starts the roles. Listeners bind the configured addresses (port 0 works).
-    pub async fn start(config: Arc<Config>, role: Role, verifier: Option<Verifier>, migrate: bool, shutdown: CancellationToken) -> anyhow::Result<Self> {
+    pub async fn start(
+        config: Arc<Config>,
+        role: Role,
+        verifier: Option<Verifier>,
+        connectors: crate::connectors::Connectors,
+        migrate: bool,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        if let Some((name, _)) = config.applications.iter().find(|(n, a)| !a.dry_run && !connectors.contains_key(*n)) {
+            anyhow::bail!("application {name:?} is live (dry_run = false) but has no connector");
+        }
         let pool = db::pool(&config.database.url, config.database.max_connections)?;
         if migrate {
             let applied = db::migrate(&pool, &config.database.url).await?;
@@ -89,7 +100,12 @@ impl App {
             tasks.spawn(async move { ("ingress", ingress::serve(listener, state, token).await.map_err(Into::into)) });
         }
         if role.worker() {
-            let ctx = Arc::new(WorkerContext { config: config.clone(), pool: pool.clone(), broker: broker.clone() });
+            let ctx = Arc::new(WorkerContext {
+                config: config.clone(),
+                pool: pool.clone(),
+                broker: broker.clone(),
+                connectors,
+            });
             let token = shutdown.clone();
             tasks.spawn(async move {
                 worker::run(ctx, token).await;

@@ -1,7 +1,7 @@
 //! PostgreSQL: the pool and the embedded migrations.
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -21,9 +21,7 @@ pub enum DbError {
 /// A pool; connects lazily so that a service can start (and report not-ready)
 /// while the database is down.
 pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
-    let options = PgConnectOptions::from_str(url)
-        .map_err(DbError::Url)?
-        .application_name("accessgov");
+    let options = PgConnectOptions::from_str(url).map_err(DbError::Url)?.application_name("accessgov");
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
@@ -34,13 +32,10 @@ pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
 pub async fn ensure_database(url: &str) -> Result<bool, DbError> {
     use sqlx::migrate::MigrateDatabase;
     let shown = crate::config::redact_url(url);
-    let exists = sqlx::Postgres::database_exists(url)
-        .await
-        .map_err(|source| DbError::Connect { url: shown.clone(), source })?;
+    let exists =
+        sqlx::Postgres::database_exists(url).await.map_err(|source| DbError::Connect { url: shown.clone(), source })?;
     if !exists {
-        sqlx::Postgres::create_database(url)
-            .await
-            .map_err(|source| DbError::Connect { url: shown, source })?;
+        sqlx::Postgres::create_database(url).await.map_err(|source| DbError::Connect { url: shown, source })?;
     }
     Ok(!exists)
 }

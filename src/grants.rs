@@ -132,10 +132,17 @@ pub fn plan(ledger: &Ledger, request: &Request<'_>, ticket: &str, event_at: Date
                 if keep.is_empty() && !kept_by_change {
                     p.ops.push(ProviderOp::Revoke(t.clone()));
                 } else {
-                    let remaining: Vec<String> =
-                        keep.iter().map(|k| k.ticket.clone()).chain(kept_by_change.then(|| ticket.to_owned())).collect();
+                    let remaining: Vec<String> = keep
+                        .iter()
+                        .map(|k| k.ticket.clone())
+                        .chain(kept_by_change.then(|| ticket.to_owned()))
+                        .collect();
                     for h in &release {
-                        p.notes.push(Note::HoldReleased { target: t.clone(), ticket: h.ticket.clone(), remaining: remaining.clone() });
+                        p.notes.push(Note::HoldReleased {
+                            target: t.clone(),
+                            ticket: h.ticket.clone(),
+                            remaining: remaining.clone(),
+                        });
                     }
                 }
             }
@@ -150,7 +157,8 @@ pub fn plan(ledger: &Ledger, request: &Request<'_>, ticket: &str, event_at: Date
                 };
                 any = true;
                 p.changes.push(Change::RemoveHold { target: t.clone(), ticket: h.ticket.clone() });
-                let remaining: Vec<String> = st.holds.iter().filter(|o| o.ticket != ticket).map(|o| o.ticket.clone()).collect();
+                let remaining: Vec<String> =
+                    st.holds.iter().filter(|o| o.ticket != ticket).map(|o| o.ticket.clone()).collect();
                 if remaining.is_empty() {
                     p.ops.push(ProviderOp::Revoke(t.clone()));
                 } else {
@@ -203,7 +211,15 @@ pub async fn lock(tx: &mut PgConnection, application: &str, subject: &str) -> Re
 
 /// Loads the ledger of one (application, subject).
 pub async fn load(tx: &mut PgConnection, application: &str, subject: &str) -> Result<Ledger, sqlx::Error> {
-    let rows: Vec<(String, Option<DateTime<Utc>>, Option<String>, Option<String>, Option<DateTime<Utc>>)> = sqlx::query_as(
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        target: String,
+        revoked_through: Option<DateTime<Utc>>,
+        ticket: Option<String>,
+        access_level: Option<String>,
+        event_at: Option<DateTime<Utc>>,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT g.target, g.revoked_through, h.ticket, h.access_level, h.event_at \
          FROM access_grants g LEFT JOIN grant_holds h ON h.grant_id = g.id \
          WHERE g.application = $1 AND g.subject = $2 ORDER BY g.target, h.event_at",
@@ -213,10 +229,10 @@ pub async fn load(tx: &mut PgConnection, application: &str, subject: &str) -> Re
     .fetch_all(tx)
     .await?;
     let mut ledger = Ledger::new();
-    for (target, revoked_through, ticket, level, event_at) in rows {
+    for Row { target, revoked_through, ticket, access_level, event_at } in rows {
         let st = ledger.entry(target).or_default();
         st.revoked_through = revoked_through;
-        if let (Some(ticket), Some(access_level), Some(event_at)) = (ticket, level, event_at) {
+        if let (Some(ticket), Some(access_level), Some(event_at)) = (ticket, access_level, event_at) {
             st.holds.push(Hold { ticket, access_level, event_at });
         }
     }
@@ -235,11 +251,18 @@ pub struct Applied<'a> {
 
 /// Writes the plan's changes (after the provider calls succeeded), then
 /// recomputes each touched row's state from its remaining holds.
-pub async fn apply(tx: &mut PgConnection, a: &Applied<'_>, changes: &[Change], revoked: &[String]) -> Result<(), sqlx::Error> {
+pub async fn apply(
+    tx: &mut PgConnection,
+    a: &Applied<'_>,
+    changes: &[Change],
+    revoked: &[String],
+) -> Result<(), sqlx::Error> {
     let mut touched: Vec<&str> = Vec::new();
     for c in changes {
         let target = match c {
-            Change::AddHold { target, .. } | Change::RemoveHold { target, .. } | Change::RevokedThrough { target } => target,
+            Change::AddHold { target, .. } | Change::RemoveHold { target, .. } | Change::RevokedThrough { target } => {
+                target
+            }
         };
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO access_grants (application, subject, target, state, last_event_id, last_event_at) \
@@ -270,7 +293,11 @@ pub async fn apply(tx: &mut PgConnection, a: &Applied<'_>, changes: &[Change], r
                 .await?;
             }
             Change::RemoveHold { ticket, .. } => {
-                sqlx::query("DELETE FROM grant_holds WHERE grant_id = $1 AND ticket = $2").bind(id).bind(ticket).execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM grant_holds WHERE grant_id = $1 AND ticket = $2")
+                    .bind(id)
+                    .bind(ticket)
+                    .execute(&mut *tx)
+                    .await?;
             }
             Change::RevokedThrough { .. } => {
                 sqlx::query("UPDATE access_grants SET revoked_through = GREATEST(revoked_through, $2) WHERE id = $1")

@@ -34,6 +34,7 @@ pub mod db;
 pub mod event;
 pub mod grants;
 pub mod ingress;
+pub mod jsm;
 pub mod metrics;
 pub mod ops;
 pub mod rules;

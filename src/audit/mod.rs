@@ -161,10 +161,7 @@ pub async fn append(tx: &mut PgConnection, entries: &[AuditEntry]) -> Result<Vec
 
 /// Rows of one event, in order.
 pub async fn rows_for_event(pool: &sqlx::PgPool, event_id: Uuid) -> Result<Vec<AuditRow>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM audit_log WHERE event_id = $1 ORDER BY seq")
-        .bind(event_id)
-        .fetch_all(pool)
-        .await
+    sqlx::query_as("SELECT * FROM audit_log WHERE event_id = $1 ORDER BY seq").bind(event_id).fetch_all(pool).await
 }
 
 #[cfg(test)]

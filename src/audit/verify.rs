@@ -23,8 +23,15 @@ pub struct Broken {
 /// its link to the row before. From the start of the table the first
 /// `prev_hash` must be the genesis value; from the middle it is taken as given.
 /// `progress` is called every `every` rows with the count so far.
-pub async fn verify(pool: &PgPool, since_seq: i64, every: u64, mut progress: impl FnMut(u64)) -> Result<Report, sqlx::Error> {
-    let mut rows = sqlx::query_as::<_, AuditRow>("SELECT * FROM audit_log WHERE seq >= $1 ORDER BY seq").bind(since_seq).fetch(pool);
+pub async fn verify(
+    pool: &PgPool,
+    since_seq: i64,
+    every: u64,
+    mut progress: impl FnMut(u64),
+) -> Result<Report, sqlx::Error> {
+    let mut rows = sqlx::query_as::<_, AuditRow>("SELECT * FROM audit_log WHERE seq >= $1 ORDER BY seq")
+        .bind(since_seq)
+        .fetch(pool);
     let mut report = Report { rows_checked: 0, first_seq: None, last_seq: None, first_broken: None };
     let mut prev: Option<String> = None;
     while let Some(row) = rows.try_next().await? {

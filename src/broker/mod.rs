@@ -22,7 +22,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum BrokerError {
     #[error("cannot connect to RabbitMQ at {url}: {reason}")]
     Connect { url: String, reason: String },
-    #[error("RabbitMQ refused the topology under prefix {prefix:?}: {source} (a queue declared earlier with other arguments must be deleted first)")]
+    #[error(
+        "RabbitMQ refused the topology under prefix {prefix:?}: {source} (a queue declared earlier with other arguments must be deleted first)"
+    )]
     Topology { prefix: String, source: lapin::Error },
     #[error("RabbitMQ channel error: {0}")]
     Channel(#[from] lapin::Error),
@@ -44,11 +46,7 @@ pub struct Broker {
 impl Broker {
     /// A handle that connects on first use.
     pub fn new(url: &str, names: Names) -> Self {
-        Self {
-            url: url.to_owned(),
-            names: Arc::new(names),
-            live: Arc::new(Mutex::new(None)),
-        }
+        Self { url: url.to_owned(), names: Arc::new(names), live: Arc::new(Mutex::new(None)) }
     }
 
     pub fn names(&self) -> &Names {
@@ -60,8 +58,12 @@ impl Broker {
         let props = ConnectionProperties::default().with_connection_name("accessgov".into());
         match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&self.url, props)).await {
             Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(BrokerError::Connect { url: crate::config::redact_url(&self.url), reason: e.to_string() }),
-            Err(_) => Err(BrokerError::Connect { url: crate::config::redact_url(&self.url), reason: "timed out".into() }),
+            Ok(Err(e)) => {
+                Err(BrokerError::Connect { url: crate::config::redact_url(&self.url), reason: e.to_string() })
+            }
+            Err(_) => {
+                Err(BrokerError::Connect { url: crate::config::redact_url(&self.url), reason: "timed out".into() })
+            }
         }
     }
 

@@ -54,11 +54,19 @@ fn rand_span() -> [u8; 8] {
 
 impl Broker {
     /// Publishes an event to the events exchange and waits for the confirm.
-    pub async fn publish_event(&self, event: &AccessEvent, attempt: i64, timeout: Duration) -> Result<(), PublishError> {
+    pub async fn publish_event(
+        &self,
+        event: &AccessEvent,
+        attempt: i64,
+        timeout: Duration,
+    ) -> Result<(), PublishError> {
         let body = serde_json::to_vec(event).expect("an AccessEvent always serializes");
         let mut headers = FieldTable::default();
         headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(attempt));
-        headers.insert(TRACEPARENT_HEADER.into(), AMQPValue::LongString(LongString::from(traceparent(event).into_bytes())));
+        headers.insert(
+            TRACEPARENT_HEADER.into(),
+            AMQPValue::LongString(LongString::from(traceparent(event).into_bytes())),
+        );
         let props = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
@@ -71,7 +79,14 @@ impl Broker {
 
     /// Publishes bytes and waits for the broker's confirm, with `mandatory` set
     /// so that an unroutable message is reported rather than silently dropped.
-    pub async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8], props: BasicProperties, timeout: Duration) -> Result<(), PublishError> {
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+        timeout: Duration,
+    ) -> Result<(), PublishError> {
         let channel = self.publish_channel().await?;
         let outcome = tokio::time::timeout(timeout, async {
             channel

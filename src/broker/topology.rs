@@ -8,13 +8,18 @@
 //! ```
 
 use crate::config::duration;
-use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 use std::time::Duration;
 
 /// Routing key pattern the requests queue listens to.
 pub const REQUEST_BINDING: &str = "access.#";
+/// Routing key a retried message comes back with (it was published to the
+/// retry queue by name, so its own routing key would not reach the requests queue).
+pub const RETRY_ROUTING_KEY: &str = "access.retry";
 
 /// Quorum queue redelivery limit: a message that crashes workers this many
 /// times goes to the dead queue instead of looping forever.
@@ -40,10 +45,7 @@ impl Names {
             requests: format!("{prefix}.requests"),
             dlx: format!("{prefix}.dlx"),
             dead: format!("{prefix}.dead"),
-            retry: retry_delays
-                .iter()
-                .map(|d| (*d, format!("{prefix}.retry.{}", duration::format(*d))))
-                .collect(),
+            retry: retry_delays.iter().map(|d| (*d, format!("{prefix}.retry.{}", duration::format(*d)))).collect(),
         }
     }
 }
@@ -101,6 +103,7 @@ pub async fn declare(channel: &Channel, names: &Names) -> Result<(), lapin::Erro
         // dead-lettered back to the events exchange with its original routing
         // key, i.e. back into the requests queue.
         let mut args = quorum_args(&names.events);
+        args.insert("x-dead-letter-routing-key".into(), long(RETRY_ROUTING_KEY));
         let ttl_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
         args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl_ms));
         channel.queue_declare(queue.as_str().into(), durable_queue, args).await?;

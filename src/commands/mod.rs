@@ -67,8 +67,17 @@ async fn serve(config: Config, role: Role, migrate: bool) -> anyhow::Result<Exit
         Role::Worker => None,
         Role::Ingress | Role::All => Some(app::verifier_from_env(&config)?),
     };
+    let connectors = match crate::connectors::build(&config) {
+        Ok(c) => c,
+        Err(problems) => {
+            for p in problems {
+                eprintln!("error: {p}");
+            }
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let shutdown = crate::shutdown::on_signals();
-    let app = App::start(Arc::new(config), role, verifier, migrate, shutdown).await?;
+    let app = App::start(Arc::new(config), role, verifier, connectors, migrate, shutdown).await?;
     app.wait().await?;
     Ok(ExitCode::SUCCESS)
 }

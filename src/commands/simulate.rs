@@ -12,9 +12,8 @@ pub fn run(config: &Config, args: &SimulateArgs) -> anyhow::Result<ExitCode> {
     let body = std::fs::read(&args.event).with_context(|| format!("cannot read --event {}", args.event.display()))?;
     let mut headers = Vec::new();
     for h in &args.headers {
-        let (name, value) = h
-            .split_once(':')
-            .with_context(|| format!("--header {h:?} must look like 'Name: value'"))?;
+        let (name, value) =
+            h.split_once(':').with_context(|| format!("--header {h:?} must look like 'Name: value'"))?;
         headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
     }
     let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
@@ -22,14 +21,18 @@ pub fn run(config: &Config, args: &SimulateArgs) -> anyhow::Result<ExitCode> {
     if !headers.is_empty() {
         let verifier = crate::app::verifier_from_env(config)?;
         if let Err(failure) = verifier.verify(header("x-hub-signature"), header("authorization"), &body) {
-            print_json(&json!({"outcome": "unauthorized", "reason": failure.as_str(), "ignore_reason": null, "event": null, "decision": null}))?;
+            print_json(
+                &json!({"outcome": "unauthorized", "reason": failure.as_str(), "ignore_reason": null, "event": null, "decision": null}),
+            )?;
             return Ok(ExitCode::SUCCESS);
         }
     }
     let value: serde_json::Value = serde_json::from_slice(&body).context("the event file is not valid JSON")?;
     let meta = Meta { delivery_id: header("x-atlassian-webhook-identifier").map(str::to_owned) };
     let out = match normalize::normalize(&value, &meta, &config.jsm, chrono::Utc::now()) {
-        Normalized::Ignored(reason) => json!({"outcome": "ignored", "ignore_reason": reason, "event": null, "decision": null}),
+        Normalized::Ignored(reason) => {
+            json!({"outcome": "ignored", "ignore_reason": reason, "event": null, "decision": null})
+        }
         Normalized::Accepted(event) => {
             let decision = rules::decide(&event, config, &[]);
             json!({"outcome": "accepted", "ignore_reason": null, "event": event, "decision": decision})

@@ -10,14 +10,9 @@ pub fn parse(s: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(|| format!("duration {s:?} has no unit; write e.g. \"30s\", \"5m\", \"2h\", \"90d\""))?;
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("duration {s:?} must start with a whole number, e.g. \"30s\""))?;
-    let secs = |mult: u64| {
-        n.checked_mul(mult)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("duration {s:?} is too large"))
-    };
+    let n: u64 = num.parse().map_err(|_| format!("duration {s:?} must start with a whole number, e.g. \"30s\""))?;
+    let secs =
+        |mult: u64| n.checked_mul(mult).map(Duration::from_secs).ok_or_else(|| format!("duration {s:?} is too large"));
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => secs(1),
@@ -49,16 +44,11 @@ pub fn de<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 }
 
 pub fn de_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    Option::<String>::deserialize(d)?
-        .map(|s| parse(&s).map_err(serde::de::Error::custom))
-        .transpose()
+    Option::<String>::deserialize(d)?.map(|s| parse(&s).map_err(serde::de::Error::custom)).transpose()
 }
 
 pub fn de_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
-    Vec::<String>::deserialize(d)?
-        .iter()
-        .map(|s| parse(s).map_err(serde::de::Error::custom))
-        .collect()
+    Vec::<String>::deserialize(d)?.iter().map(|s| parse(s).map_err(serde::de::Error::custom)).collect()
 }
 
 #[cfg(test)]

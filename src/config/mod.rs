@@ -81,10 +81,7 @@ impl Default for BrokerConfig {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             prefix: "accessgov".into(),
             prefetch: 64,
-            retry_delays: ["30s", "5m", "30m", "2h"]
-                .iter()
-                .map(|s| duration::parse(s).expect("static"))
-                .collect(),
+            retry_delays: ["30s", "5m", "30m", "2h"].iter().map(|s| duration::parse(s).expect("static")).collect(),
             confirm_timeout: Duration::from_secs(5),
         }
     }
@@ -101,10 +98,7 @@ pub struct DatabaseConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self {
-            url: "postgres://postgres@127.0.0.1:5432/accessgov".into(),
-            max_connections: 10,
-        }
+        Self { url: "postgres://postgres@127.0.0.1:5432/accessgov".into(), max_connections: 10 }
     }
 }
 
@@ -167,11 +161,7 @@ pub struct OpsConfig {
 
 impl Default for OpsConfig {
     fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:9090".parse().expect("static"),
-            admin_token_env: None,
-            admin_token_file: None,
-        }
+        Self { listen: "127.0.0.1:9090".parse().expect("static"), admin_token_env: None, admin_token_file: None }
     }
 }
 
@@ -183,6 +173,14 @@ pub struct WorkerConfig {
     /// On SIGTERM, how long in-flight deliveries may take before the rest is left for redelivery.
     #[serde(deserialize_with = "duration::de")]
     pub shutdown_grace: Duration,
+    /// In-process retries of a transient provider failure before the message
+    /// goes to the retry ladder (`broker.retry_delays`).
+    #[serde(deserialize_with = "duration::de_vec")]
+    pub inline_backoff: Vec<Duration>,
+    /// A provider's Retry-After hint up to this long is waited out in process;
+    /// longer hints go to the retry ladder.
+    #[serde(deserialize_with = "duration::de")]
+    pub max_inline_wait: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -190,6 +188,8 @@ impl Default for WorkerConfig {
         Self {
             concurrency: 16,
             shutdown_grace: Duration::from_secs(30),
+            inline_backoff: vec![Duration::from_millis(200), Duration::from_secs(1), Duration::from_secs(3)],
+            max_inline_wait: Duration::from_secs(5),
         }
     }
 }
@@ -300,29 +300,51 @@ impl AppKind {
     /// Provider-specific keys this kind accepts (beyond the common ones).
     fn provider_keys(self) -> &'static [&'static str] {
         match self {
-            Self::Okta => &[
-                "token_env", "token_file", "client_id", "private_key_env", "private_key_file", "key_id",
-                "scopes",
-            ],
+            Self::Okta => {
+                &["token_env", "token_file", "client_id", "private_key_env", "private_key_file", "key_id", "scopes"]
+            }
             Self::Entra => &[
-                "tenant_id", "client_id", "client_secret_env", "client_secret_file", "certificate_env",
-                "certificate_file", "login_url",
+                "tenant_id",
+                "client_id",
+                "client_secret_env",
+                "client_secret_file",
+                "certificate_env",
+                "certificate_file",
+                "login_url",
             ],
             Self::Aws => &["identity_store_id", "region", "role_arn"],
             Self::Google => &[
-                "domain", "customer_id", "admin_subject", "service_account_key_env",
-                "service_account_key_file", "token_url",
+                "domain",
+                "customer_id",
+                "admin_subject",
+                "service_account_key_env",
+                "service_account_key_file",
+                "token_url",
             ],
             Self::Jira => &["email_env", "email_file", "api_token_env", "api_token_file", "cloud_id"],
             Self::Confluence => &[
-                "site_url", "admin_email_env", "admin_email_file", "api_token_env", "api_token_file",
-                "admin_api_key_env", "admin_api_key_file", "org_id", "directory_id", "api",
+                "site_url",
+                "admin_email_env",
+                "admin_email_file",
+                "api_token_env",
+                "api_token_file",
+                "admin_api_key_env",
+                "admin_api_key_file",
+                "org_id",
+                "directory_id",
+                "api",
                 "admin_base_url",
             ],
             Self::Bitbucket => &["workspace", "email_env", "email_file", "api_token_env", "api_token_file"],
             Self::Github => &[
-                "org", "app_id", "installation_id", "private_key_env", "private_key_file", "token_env",
-                "token_file", "invite_non_members",
+                "org",
+                "app_id",
+                "installation_id",
+                "private_key_env",
+                "private_key_file",
+                "token_env",
+                "token_file",
+                "invite_non_members",
             ],
         }
     }
@@ -455,21 +477,11 @@ impl Config {
     /// `config check`; each role resolves its own at start).
     pub fn load(path: &Path, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        let mut config = Self::parse(&text).map_err(|message| ConfigError::Parse {
-            path: shown.clone(),
-            message,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        let mut config = Self::parse(&text).map_err(|message| ConfigError::Parse { path: shown.clone(), message })?;
         config.apply_env_overrides(env);
         let problems = config.validate();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid { path: shown, problems })
-        }
+        if problems.is_empty() { Ok(config) } else { Err(ConfigError::Invalid { path: shown, problems }) }
     }
 
     /// Parses TOML text; the error names the key and line.
@@ -503,22 +515,12 @@ impl Config {
 
         let prefix_ok = !self.broker.prefix.is_empty()
             && self.broker.prefix.len() <= 100
-            && self
-                .broker
-                .prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            && self.broker.prefix.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
         if !prefix_ok {
-            add(
-                "broker.prefix".into(),
-                "must be 1-100 characters of letters, digits, '_', '-' or '.'".into(),
-            );
+            add("broker.prefix".into(), "must be 1-100 characters of letters, digits, '_', '-' or '.'".into());
         }
         if self.broker.retry_delays.is_empty() || self.broker.retry_delays.iter().any(|d| d.is_zero()) {
-            add(
-                "broker.retry_delays".into(),
-                "needs at least one non-zero delay, e.g. [\"30s\", \"5m\"]".into(),
-            );
+            add("broker.retry_delays".into(), "needs at least one non-zero delay, e.g. [\"30s\", \"5m\"]".into());
         }
         if self.broker.prefetch == 0 {
             add("broker.prefetch".into(), "must be at least 1".into());
@@ -546,25 +548,15 @@ impl Config {
             }
         }
         if self.jsm.request_types.is_empty() {
-            add(
-                "jsm.request_types".into(),
-                "map at least one request type name to grant, revoke or change".into(),
-            );
+            add("jsm.request_types".into(), "map at least one request type name to grant, revoke or change".into());
         }
         if self.jsm.statuses.is_empty() {
-            add(
-                "jsm.statuses".into(),
-                "map at least one status name to approved, denied, revoked or declined".into(),
-            );
+            add("jsm.statuses".into(), "map at least one status name to approved, denied, revoked or declined".into());
         }
 
         let configured: Vec<&str> = self.applications.keys().map(String::as_str).collect();
         for (name, app) in &self.applications {
-            let allowed: BTreeSet<&str> = COMMON_APP_KEYS
-                .iter()
-                .chain(app.kind.provider_keys())
-                .copied()
-                .collect();
+            let allowed: BTreeSet<&str> = COMMON_APP_KEYS.iter().chain(app.kind.provider_keys()).copied().collect();
             for key in app.settings.keys() {
                 if !allowed.contains(key.as_str()) {
                     add(
@@ -601,10 +593,7 @@ impl Config {
                 );
             }
             if rule.groups.is_empty() && rule.permission.is_none() {
-                add(
-                    format!("rules[{i}]"),
-                    "grants nothing: set groups = [...] or permission = \"...\"".into(),
-                );
+                add(format!("rules[{i}]"), "grants nothing: set groups = [...] or permission = \"...\"".into());
             }
             if !rule.groups.is_empty() && rule.permission.is_some() {
                 add(format!("rules[{i}]"), "set groups or permission, not both".into());
@@ -676,10 +665,7 @@ impl Config {
         }
         refs.into_iter()
             .filter_map(|(key, r)| {
-                r.resolve_with(env).err().map(|e: SecretError| Problem {
-                    key,
-                    message: e.to_string(),
-                })
+                r.resolve_with(env).err().map(|e: SecretError| Problem { key, message: e.to_string() })
             })
             .collect()
     }
@@ -694,16 +680,20 @@ impl Config {
 
     /// The rule for an (application, access level), if any. Access levels match case-insensitively.
     pub fn rule_for(&self, application: &str, access_level: &str) -> Option<&RuleConfig> {
-        self.rules
-            .iter()
-            .find(|r| r.application == application && r.access_level.eq_ignore_ascii_case(access_level))
+        self.rules.iter().find(|r| r.application == application && r.access_level.eq_ignore_ascii_case(access_level))
     }
 
     /// A summary for `config check`, safe to print (names of secrets, never values).
     pub fn summary(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
-        let _ = writeln!(s, "broker     {} (prefix {:?}, prefetch {})", redact_url(&self.broker.url), self.broker.prefix, self.broker.prefetch);
+        let _ = writeln!(
+            s,
+            "broker     {} (prefix {:?}, prefetch {})",
+            redact_url(&self.broker.url),
+            self.broker.prefix,
+            self.broker.prefetch
+        );
         let _ = writeln!(
             s,
             "           retry ladder {}",
@@ -722,7 +712,8 @@ impl Config {
             s,
             "ops        {} , admin API {}",
             self.ops.listen,
-            self.ops_admin_token().map_or("disabled (no admin token)".into(), |r| format!("token from {}", r.describe()))
+            self.ops_admin_token()
+                .map_or("disabled (no admin token)".into(), |r| format!("token from {}", r.describe()))
         );
         let _ = writeln!(
             s,

@@ -51,10 +51,8 @@ impl SecretRef {
             },
             Self::File(path) => {
                 let shown = path.display().to_string();
-                let raw = std::fs::read_to_string(path).map_err(|e| SecretError::FileUnreadable {
-                    path: shown.clone(),
-                    reason: e.kind().to_string(),
-                })?;
+                let raw = std::fs::read_to_string(path)
+                    .map_err(|e| SecretError::FileUnreadable { path: shown.clone(), reason: e.kind().to_string() })?;
                 let trimmed = raw.trim_end_matches(['\r', '\n']);
                 if trimmed.is_empty() {
                     return Err(SecretError::FileEmpty(shown));
@@ -90,9 +88,7 @@ mod tests {
 
     #[test]
     fn a_missing_env_var_is_named_in_the_error() {
-        let err = SecretRef::Env("ACCESSGOV_TEST_DEFINITELY_UNSET_VAR".into())
-            .resolve()
-            .unwrap_err();
+        let err = SecretRef::Env("ACCESSGOV_TEST_DEFINITELY_UNSET_VAR".into()).resolve().unwrap_err();
         assert!(err.to_string().contains("ACCESSGOV_TEST_DEFINITELY_UNSET_VAR"));
     }
 

@@ -6,11 +6,8 @@ fn env_with(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> O
     move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
 }
 
-const EXAMPLE_ENV: &[(&str, &str)] = &[
-    ("JSM_WEBHOOK_SECRET", "whsec"),
-    ("JSM_AUTOMATION_TOKEN", "autotoken"),
-    ("ACCESSGOV_ADMIN_TOKEN", "admintoken"),
-];
+const EXAMPLE_ENV: &[(&str, &str)] =
+    &[("JSM_WEBHOOK_SECRET", "whsec"), ("JSM_AUTOMATION_TOKEN", "autotoken"), ("ACCESSGOV_ADMIN_TOKEN", "admintoken")];
 
 #[test]
 fn the_example_file_is_valid_and_names_every_section() {
@@ -38,20 +35,19 @@ fn every_key_of_the_example_has_a_comment_above_or_beside_it() {
         }
         let key = t.split('=').next().unwrap().trim().trim_matches('"');
         let trailing = t.contains(" # ");
-        let above = lines[..i]
+        let above =
+            lines[..i].iter().rev().map(|l| l.trim()).find(|l| !l.is_empty()).is_some_and(|l| l.starts_with('#'));
+        // Repeated blocks (second rule, request type / status maps) are documented once by their table.
+        let in_documented_map = lines[..i]
             .iter()
             .rev()
-            .map(|l| l.trim())
-            .find(|l| !l.is_empty())
-            .is_some_and(|l| l.starts_with('#'));
-        // Repeated blocks (second rule, request type / status maps) are documented once by their table.
-        let in_documented_map = lines[..i].iter().rev().find(|l| l.trim().starts_with('[')).is_some_and(|h| {
-            matches!(h.trim(), "[jsm.request_types]" | "[jsm.statuses]" | "[jsm.fields]")
-        });
+            .find(|l| l.trim().starts_with('['))
+            .is_some_and(|h| matches!(h.trim(), "[jsm.request_types]" | "[jsm.statuses]" | "[jsm.fields]"));
         // Or an earlier comment already explained this key (the common application keys, repeated blocks).
-        let documented_earlier = lines[..i].iter().filter(|l| l.trim().starts_with('#')).any(|c| {
-            c.split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_')).any(|w| w == key)
-        });
+        let documented_earlier = lines[..i]
+            .iter()
+            .filter(|l| l.trim().starts_with('#'))
+            .any(|c| c.split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_')).any(|w| w == key));
         if !(trailing || above || in_documented_map || documented_earlier) {
             undocumented.push(format!("line {}: {key}", i + 1));
         }
@@ -102,7 +98,8 @@ fn a_missing_secret_is_named_by_key_and_variable() {
 
 #[test]
 fn a_live_application_is_refused_while_no_connector_exists() {
-    let text = EXAMPLE.replacen("owner = \"it-admins@example.com\"\ndry_run = true", "owner = \"x\"\ndry_run = false", 1);
+    let text =
+        EXAMPLE.replacen("owner = \"it-admins@example.com\"\ndry_run = true", "owner = \"x\"\ndry_run = false", 1);
     assert_ne!(text, EXAMPLE);
     let config = Config::parse(&text).unwrap();
     assert_eq!(config.validate(), vec![], "structurally fine");
@@ -112,9 +109,11 @@ fn a_live_application_is_refused_while_no_connector_exists() {
 
 #[test]
 fn a_rule_without_approvers_or_targets_is_refused() {
-    let text = EXAMPLE
-        .replacen("groups = [\"okta-everyone\"]", "", 1)
-        .replacen("approvers = [\"5f8e1b2c3d4a5b6c7d8e9f01\"]\n", "", 1);
+    let text = EXAMPLE.replacen("groups = [\"okta-everyone\"]", "", 1).replacen(
+        "approvers = [\"5f8e1b2c3d4a5b6c7d8e9f01\"]\n",
+        "",
+        1,
+    );
     let problems = Config::parse(&text).unwrap().validate();
     assert!(problems.iter().any(|p| p.key == "rules[1]" && p.message.contains("grants nothing")));
     assert!(problems.iter().any(|p| p.key == "rules[1].approvers"));

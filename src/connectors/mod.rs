@@ -81,9 +81,17 @@ pub trait Connector: Send + Sync {
     /// The provider kind (`okta`, `entra`, ...), for logs and audit rows.
     fn kind(&self) -> &'static str;
     /// Adds the subject to the target. "Already a member" is success.
-    fn grant<'a>(&'a self, subject: &'a Person, target: &'a Target) -> BoxFuture<'a, Result<GrantOutcome, ConnectorError>>;
+    fn grant<'a>(
+        &'a self,
+        subject: &'a Person,
+        target: &'a Target,
+    ) -> BoxFuture<'a, Result<GrantOutcome, ConnectorError>>;
     /// Removes the subject from the target. "Not a member" is success.
-    fn revoke<'a>(&'a self, subject: &'a Person, target: &'a Target) -> BoxFuture<'a, Result<RevokeOutcome, ConnectorError>>;
+    fn revoke<'a>(
+        &'a self,
+        subject: &'a Person,
+        target: &'a Target,
+    ) -> BoxFuture<'a, Result<RevokeOutcome, ConnectorError>>;
     /// Authenticates and makes the provider's cheapest read call.
     fn test_connection(&self) -> BoxFuture<'_, Result<(), ConnectorError>>;
 }

@@ -44,7 +44,12 @@ fn revoking_one_of_two_tickets_keeps_the_access() {
     let p = plan(&l, &Request::Revoke { targets: &t, scope: RevokeScope::Ticket }, "A-1", at(10));
     assert_eq!(p.ops, vec![]);
     assert_eq!(p.changes, vec![Change::RemoveHold { target: "devs".into(), ticket: "A-1".into() }]);
-    let p = plan(&ledger(&[("devs", vec![hold("A-2", "Write", 2)], None)]), &Request::Revoke { targets: &t, scope: RevokeScope::Ticket }, "A-2", at(11));
+    let p = plan(
+        &ledger(&[("devs", vec![hold("A-2", "Write", 2)], None)]),
+        &Request::Revoke { targets: &t, scope: RevokeScope::Ticket },
+        "A-2",
+        at(11),
+    );
     assert_eq!(p.ops, vec![ProviderOp::Revoke("devs".into())]);
 }
 
@@ -91,7 +96,10 @@ fn a_grant_older_than_a_removal_already_applied_is_superseded() {
 #[test]
 fn a_change_grants_the_new_level_and_revokes_earlier_tickets_other_levels() {
     let new = targets(&["admins"]);
-    let l = ledger(&[("readers", vec![hold("A-1", "Read", 1)], None), ("shared", vec![hold("A-1", "Read", 1), hold("B-1", "Admin", 2)], None)]);
+    let l = ledger(&[
+        ("readers", vec![hold("A-1", "Read", 1)], None),
+        ("shared", vec![hold("A-1", "Read", 1), hold("B-1", "Admin", 2)], None),
+    ]);
     let p = plan(&l, &Request::Change { targets: &new, access_level: "Admin" }, "C-1", at(10));
     assert!(p.ops.contains(&ProviderOp::Grant("admins".into())));
     assert!(p.ops.contains(&ProviderOp::Revoke("readers".into())));

@@ -57,7 +57,12 @@ pub enum AuthMethod {
 impl Verifier {
     /// Checks the request. `signature` is the `X-Hub-Signature` value, `authorization`
     /// the `Authorization` value (header lookups are case-insensitive in `http`).
-    pub fn verify(&self, signature: Option<&str>, authorization: Option<&str>, body: &[u8]) -> Result<AuthMethod, AuthFailure> {
+    pub fn verify(
+        &self,
+        signature: Option<&str>,
+        authorization: Option<&str>,
+        body: &[u8],
+    ) -> Result<AuthMethod, AuthFailure> {
         if let Some(sig) = signature {
             let secret = self.hmac_secret.as_ref().ok_or(AuthFailure::MethodNotConfigured)?;
             return verify_signature(secret, sig, body).map(|()| AuthMethod::Signature);
@@ -83,8 +88,8 @@ pub fn verify_signature(secret: &SecretString, header: &str, body: &[u8]) -> Res
         return Err(AuthFailure::MalformedSignature);
     }
     let expected = hex::decode(hex_sig).map_err(|_| AuthFailure::MalformedSignature)?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes())
-        .map_err(|_| AuthFailure::BadSignature)?;
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes()).map_err(|_| AuthFailure::BadSignature)?;
     mac.update(body);
     mac.verify_slice(&expected).map_err(|_| AuthFailure::BadSignature)
 }

@@ -30,10 +30,9 @@ impl IntoResponse for IngressError {
                 StatusCode::UNAUTHORIZED,
                 json!({"error": "unauthorized", "detail": "a valid X-Hub-Signature (sha256) or Authorization: Bearer token is required"}),
             ),
-            Self::TooLarge(limit) => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                json!({"error": "payload_too_large", "limit_bytes": limit}),
-            ),
+            Self::TooLarge(limit) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, json!({"error": "payload_too_large", "limit_bytes": limit}))
+            }
             Self::BadRequest(detail) => (StatusCode::BAD_REQUEST, json!({"error": "invalid_json", "detail": detail})),
             Self::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -79,19 +78,16 @@ pub async fn webhook(State(state): State<IngressState>, headers: HeaderMap, body
 
 async fn handle(state: &IngressState, headers: &HeaderMap, body: Body) -> Result<Response, IngressError> {
     let limit = state.config.ingress.max_body_bytes;
-    let declared_too_large = header_str(headers, "content-length")
-        .and_then(|v| v.parse::<usize>().ok())
-        .is_some_and(|n| n > limit);
+    let declared_too_large =
+        header_str(headers, "content-length").and_then(|v| v.parse::<usize>().ok()).is_some_and(|n| n > limit);
     if declared_too_large {
         return Err(IngressError::TooLarge(limit));
     }
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| IngressError::TooLarge(limit))?;
 
-    if let Err(failure) = state.verifier.verify(
-        header_str(headers, "x-hub-signature"),
-        header_str(headers, "authorization"),
-        &bytes,
-    ) {
+    if let Err(failure) =
+        state.verifier.verify(header_str(headers, "x-hub-signature"), header_str(headers, "authorization"), &bytes)
+    {
         metrics::ingress_auth_failure(failure.as_str());
         tracing::warn!(reason = failure.as_str(), "webhook refused: not authenticated");
         return Err(IngressError::Unauthorized(failure.as_str()));
@@ -101,9 +97,7 @@ async fn handle(state: &IngressState, headers: &HeaderMap, body: Body) -> Result
         // serde_json's message names line and column, never the content.
         IngressError::BadRequest(format!("body is not valid JSON: {e}"))
     })?;
-    let meta = Meta {
-        delivery_id: header_str(headers, "x-atlassian-webhook-identifier").map(str::to_owned),
-    };
+    let meta = Meta { delivery_id: header_str(headers, "x-atlassian-webhook-identifier").map(str::to_owned) };
     match normalize::normalize(&value, &meta, &state.config.jsm, chrono::Utc::now()) {
         Normalized::Ignored(reason) => {
             metrics::ingress_request("ignored");
@@ -144,10 +138,8 @@ pub async fn readyz(State(state): State<IngressState>) -> Response {
 /// Shared by the ingress and ops listeners.
 pub async fn readiness(broker: &crate::broker::Broker, pool: &sqlx::PgPool) -> Response {
     let check = Duration::from_secs(3);
-    let (b, d) = tokio::join!(
-        tokio::time::timeout(check, broker.ready()),
-        tokio::time::timeout(check, crate::db::ready(pool))
-    );
+    let (b, d) =
+        tokio::join!(tokio::time::timeout(check, broker.ready()), tokio::time::timeout(check, crate::db::ready(pool)));
     let (b, d) = (b.unwrap_or(false), d.unwrap_or(false));
     let status = if b && d { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(json!({"broker": b, "database": d}))).into_response()

@@ -48,7 +48,5 @@ pub fn router(state: IngressState) -> Router {
 /// Serves until the token is cancelled, then lets in-flight requests finish.
 pub async fn serve(listener: TcpListener, state: IngressState, shutdown: CancellationToken) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "ingress listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    axum::serve(listener, router(state)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }

@@ -105,10 +105,8 @@ fn issue_parts<'a>(issue: &'a Value, jsm: &JsmConfig) -> Result<IssueParts<'a>, 
     let fields = issue.get("fields").and_then(Value::as_object).ok_or(IgnoreReason::UnrecognizedFormat)?;
     let key = issue.get("key").and_then(non_empty_str).ok_or(IgnoreReason::UnrecognizedFormat)?;
     let id = issue.get("id").and_then(id_string).ok_or(IgnoreReason::UnrecognizedFormat)?;
-    let request_type = fields
-        .get(&jsm.fields.request_type)
-        .and_then(request_type_name)
-        .ok_or(IgnoreReason::NotAnAccessRequest)?;
+    let request_type =
+        fields.get(&jsm.fields.request_type).and_then(request_type_name).ok_or(IgnoreReason::NotAnAccessRequest)?;
     let action = *jsm.request_types.get(&request_type).ok_or(IgnoreReason::NotAnAccessRequest)?;
     Ok(IssueParts { key, id, fields, request_type, action })
 }
@@ -151,7 +149,12 @@ fn webhook(body: &Value, event: &str, issue: &Value, meta: &Meta, jsm: &JsmConfi
         // but one changelog id: prefer the latter.
         (Some(cl), _) => format!("jira:{}:{cl}", parts.id),
         (None, Some(d)) => format!("jira-delivery:{d}"),
-        (None, None) => format!("jira:{}:{}:{}", parts.id, status.to_id.as_deref().unwrap_or(&status.to), body.get("timestamp").map(Value::to_string).unwrap_or_default()),
+        (None, None) => format!(
+            "jira:{}:{}:{}",
+            parts.id,
+            status.to_id.as_deref().unwrap_or(&status.to),
+            body.get("timestamp").map(Value::to_string).unwrap_or_default()
+        ),
     };
     let occurred_at = body
         .get("timestamp")
@@ -159,7 +162,18 @@ fn webhook(body: &Value, event: &str, issue: &Value, meta: &Meta, jsm: &JsmConfi
         .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
         .unwrap_or(now);
     let actor = body.get("user").and_then(person);
-    Normalized::Accepted(Box::new(build(parts, Source::JiraWebhook, meta, jsm, app_status, status, actor, changelog_id, dedupe_key, occurred_at)))
+    Normalized::Accepted(Box::new(build(
+        parts,
+        Source::JiraWebhook,
+        meta,
+        jsm,
+        app_status,
+        status,
+        actor,
+        changelog_id,
+        dedupe_key,
+        occurred_at,
+    )))
 }
 
 fn automation(issue: &Value, source: Source, meta: &Meta, jsm: &JsmConfig, now: DateTime<Utc>) -> Normalized {
@@ -179,7 +193,18 @@ fn automation(issue: &Value, source: Source, meta: &Meta, jsm: &JsmConfig, now: 
     let dedupe_key = format!("automation:{}:{}:{updated}", parts.id, to_id.as_deref().unwrap_or(&to));
     let occurred_at = parse_jira_time(updated).unwrap_or(now);
     let status = StatusChange { from: None, to, from_id: None, to_id };
-    Normalized::Accepted(Box::new(build(parts, source, meta, jsm, app_status, status, None, None, dedupe_key, occurred_at)))
+    Normalized::Accepted(Box::new(build(
+        parts,
+        source,
+        meta,
+        jsm,
+        app_status,
+        status,
+        None,
+        None,
+        dedupe_key,
+        occurred_at,
+    )))
 }
 
 #[expect(clippy::too_many_arguments, reason = "one private assembly step shared by both formats")]
@@ -230,9 +255,18 @@ fn build(
         });
 
     let mut raw_fields = Map::new();
-    for id in [Some(&f.request_type), Some(&f.application), Some(&f.access_level), f.approver.as_ref(), f.approvals.as_ref(), f.duration.as_ref(), f.department.as_ref(), Some(&f.requester)]
-        .into_iter()
-        .flatten()
+    for id in [
+        Some(&f.request_type),
+        Some(&f.application),
+        Some(&f.access_level),
+        f.approver.as_ref(),
+        f.approvals.as_ref(),
+        f.duration.as_ref(),
+        f.department.as_ref(),
+        Some(&f.requester),
+    ]
+    .into_iter()
+    .flatten()
     {
         if let Some(v) = fields.get(id) {
             raw_fields.insert(id.clone(), v.clone());
@@ -269,12 +303,10 @@ fn build(
 }
 
 fn map_status(jsm: &JsmConfig, name: &str) -> Option<AppStatus> {
-    jsm.statuses.get(name).copied().or_else(|| {
-        jsm.statuses
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| *v)
-    })
+    jsm.statuses
+        .get(name)
+        .copied()
+        .or_else(|| jsm.statuses.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| *v))
 }
 
 enum Shape {
@@ -302,10 +334,7 @@ fn single_value(v: Option<&Value>) -> Result<String, Shape> {
 
 /// The JSM request type's name (`{"requestType": {"name": ...}}`), or a plain string.
 fn request_type_name(v: &Value) -> Option<String> {
-    v.get("requestType")
-        .and_then(|rt| rt.get("name"))
-        .and_then(non_empty_str)
-        .or_else(|| non_empty_str(v))
+    v.get("requestType").and_then(|rt| rt.get("name")).and_then(non_empty_str).or_else(|| non_empty_str(v))
 }
 
 /// The approver of the latest final decision (approved or declined) in a JSM approvals field.
@@ -316,11 +345,8 @@ fn latest_decision_approver(v: &Value) -> Option<Person> {
         if !matches!(decision, "approved" | "declined") {
             return None;
         }
-        let when = a
-            .get("completedDate")
-            .and_then(|d| d.get("epochMillis"))
-            .and_then(Value::as_i64)
-            .unwrap_or(i64::MIN);
+        let when =
+            a.get("completedDate").and_then(|d| d.get("epochMillis")).and_then(Value::as_i64).unwrap_or(i64::MIN);
         Some((when, decision, a))
     });
     let (_, decision, approval) = decided.max_by_key(|(when, _, _)| *when)?;

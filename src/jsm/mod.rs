@@ -281,15 +281,11 @@ impl JsmClient {
         let url = self.url(&["rest", "api", "3", "issue", issue_key, "transitions"])?;
         let list: Transitions = self.json(self.request(Method::GET, url.clone()), &format!("GET {path}")).await?;
         let wanted = name.trim();
-        let chosen = list
-            .transitions
-            .iter()
-            .find(|t| t.name.trim().eq_ignore_ascii_case(wanted))
-            .or_else(|| {
-                list.transitions
-                    .iter()
-                    .find(|t| t.to.as_ref().is_some_and(|to| to.name.trim().eq_ignore_ascii_case(wanted)))
-            });
+        let chosen = list.transitions.iter().find(|t| t.name.trim().eq_ignore_ascii_case(wanted)).or_else(|| {
+            list.transitions
+                .iter()
+                .find(|t| t.to.as_ref().is_some_and(|to| to.name.trim().eq_ignore_ascii_case(wanted)))
+        });
         let Some(chosen) = chosen else {
             let available: Vec<String> = list
                 .transitions
@@ -381,11 +377,7 @@ impl JsmClient {
         }
         let why = if causes.is_empty() { String::new() } else { format!(": {}", causes.join(": ")) };
         let reason = self.redact(&format!("{what}: {kind}{why}"));
-        if e.is_decode() {
-            JsmError::Permanent(reason)
-        } else {
-            JsmError::Transient { reason, retry_after: None }
-        }
+        if e.is_decode() { JsmError::Permanent(reason) } else { JsmError::Transient { reason, retry_after: None } }
     }
 
     /// Belt and braces: a server or proxy echoing the credentials back must not put them in a log line.
@@ -441,7 +433,9 @@ fn error_excerpt(body: &str) -> String {
             parts.extend(msgs.iter().filter_map(Value::as_str).map(str::to_owned));
         }
         if let Some(errs) = v.get("errors").and_then(Value::as_object) {
-            parts.extend(errs.iter().map(|(k, v)| format!("{k}: {}", v.as_str().map_or_else(|| v.to_string(), str::to_owned))));
+            parts.extend(
+                errs.iter().map(|(k, v)| format!("{k}: {}", v.as_str().map_or_else(|| v.to_string(), str::to_owned))),
+            );
         }
         if let Some(msg) = v.get("errorMessage").and_then(Value::as_str) {
             parts.push(msg.to_owned());
@@ -511,11 +505,16 @@ fn parse_approval(v: &Value) -> Result<Approval, String> {
 /// first, then case-insensitively, as ingress does) to the event's `app_status`, and, for an approved
 /// event, the event's approver has `approverDecision == "approved"` on an approval whose
 /// `finalDecision == "approved"`. `Err` carries a sentence for the audit row and the ticket.
-pub fn confirms(event: &AccessEvent, live: &ApprovalState, statuses: &BTreeMap<String, AppStatus>) -> Result<(), String> {
+pub fn confirms(
+    event: &AccessEvent,
+    live: &ApprovalState,
+    statuses: &BTreeMap<String, AppStatus>,
+) -> Result<(), String> {
     let key = &event.ticket.key;
-    let mapped = statuses.get(&live.status).copied().or_else(|| {
-        statuses.iter().find(|(k, _)| k.eq_ignore_ascii_case(&live.status)).map(|(_, v)| *v)
-    });
+    let mapped = statuses
+        .get(&live.status)
+        .copied()
+        .or_else(|| statuses.iter().find(|(k, _)| k.eq_ignore_ascii_case(&live.status)).map(|(_, v)| *v));
     match mapped {
         Some(s) if s == event.app_status => {}
         Some(s) => {
@@ -550,7 +549,8 @@ pub fn confirms(event: &AccessEvent, live: &ApprovalState, statuses: &BTreeMap<S
     if confirmed {
         return Ok(());
     }
-    let who = approver.person.display_name.as_deref().map_or_else(|| account.to_owned(), |n| format!("{n} ({account})"));
+    let who =
+        approver.person.display_name.as_deref().map_or_else(|| account.to_owned(), |n| format!("{n} ({account})"));
     let seen: Vec<String> = live
         .approvals
         .iter()

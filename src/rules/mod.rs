@@ -39,13 +39,7 @@ pub enum Decision {
     /// Remove access: what this ticket granted (`scope: ticket`, the ticket was
     /// revoked) or the subject's access to the rule's targets (`scope: subject`,
     /// an approved removal request).
-    Revoke {
-        application: String,
-        access_level: String,
-        targets: Vec<String>,
-        subject: Person,
-        scope: RevokeScope,
-    },
+    Revoke { application: String, access_level: String, targets: Vec<String>, subject: Person, scope: RevokeScope },
     /// Denied or declined: nothing to call; audited and told to the requester.
     NoAction { reason: String },
     /// Policy says no.
@@ -79,14 +73,20 @@ impl Refusal {
     /// A sentence for the audit row and the ticket.
     pub fn message(&self) -> String {
         match self {
-            Self::MissingFields { errors } => format!("the request is missing or has malformed fields: {}", errors.join(", ")),
-            Self::UnknownApplication { application } => format!("application {application:?} is not integrated with accessgov"),
+            Self::MissingFields { errors } => {
+                format!("the request is missing or has malformed fields: {}", errors.join(", "))
+            }
+            Self::UnknownApplication { application } => {
+                format!("application {application:?} is not integrated with accessgov")
+            }
             Self::NoRuleForAccessLevel { application, access_level } => {
                 format!("no rule grants access level {access_level:?} for {application:?}")
             }
             Self::NoRequester => "the ticket names no requester".into(),
             Self::NoApprover => "the ticket carries no approver".into(),
-            Self::ApproverNotAllowed { approver } => format!("approver {approver} is not allowed to approve this access"),
+            Self::ApproverNotAllowed { approver } => {
+                format!("approver {approver} is not allowed to approve this access")
+            }
             Self::ApproverIsRequester { account_id } => {
                 format!("approver {account_id} is the requester; this access needs a different approver")
             }
@@ -169,7 +169,9 @@ pub fn decide(event: &AccessEvent, config: &Config, approver_groups: &[String]) 
     }
     let max_duration = rule.max_duration;
     match event.action {
-        RequestAction::Change => Decision::Change { application, access_level, targets, subject, approver, max_duration },
+        RequestAction::Change => {
+            Decision::Change { application, access_level, targets, subject, approver, max_duration }
+        }
         _ => Decision::Grant { application, access_level, targets, subject, approver, max_duration },
     }
 }

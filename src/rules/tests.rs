@@ -77,7 +77,10 @@ fn a_removal_request_or_a_revoked_ticket_revokes_without_an_approver() {
 
 #[test]
 fn a_change_request_is_its_own_decision() {
-    assert!(matches!(decide(&event(RequestAction::Change, AppStatus::Approved), &config(), &[]), Decision::Change { .. }));
+    assert!(matches!(
+        decide(&event(RequestAction::Change, AppStatus::Approved), &config(), &[]),
+        Decision::Change { .. }
+    ));
 }
 
 #[test]

@@ -6,10 +6,13 @@
 //! get `shutdown_grace` to finish, and whatever is left unacked returns to the
 //! queue when the connection closes.
 
+pub mod dead;
 pub mod process;
+pub mod retry;
 
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::connectors::Connectors;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -26,19 +29,37 @@ pub struct WorkerContext {
     pub config: Arc<Config>,
     pub pool: PgPool,
     pub broker: Broker,
+    /// Connectors of the live applications, by application name.
+    pub connectors: Connectors,
+}
+
+/// Which queue a consume loop serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// Access requests: process, then ack / retry / dead-letter.
+    Requests,
+    /// The dead queue: record into `dead_letters`, then ack.
+    Dead,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Runs until the token is cancelled.
+/// Runs the request consumer and the dead-queue drain until the token is cancelled.
 pub async fn run(ctx: Arc<WorkerContext>, shutdown: CancellationToken) {
+    let requests = tokio::spawn(lane(ctx.clone(), Lane::Requests, shutdown.clone()));
+    let dead = tokio::spawn(lane(ctx, Lane::Dead, shutdown));
+    let _ = tokio::join!(requests, dead);
+    tracing::info!("worker stopped");
+}
+
+async fn lane(ctx: Arc<WorkerContext>, lane: Lane, shutdown: CancellationToken) {
     let mut backoff = MIN_BACKOFF;
     while !shutdown.is_cancelled() {
-        match consume(&ctx, &shutdown).await {
+        match consume(&ctx, lane, &shutdown).await {
             Ok(()) => break,
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "worker lost its broker session; reconnecting");
+                tracing::warn!(?lane, error = %e, retry_in_ms = backoff.as_millis() as u64, "worker lost its broker session; reconnecting");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}
@@ -47,20 +68,28 @@ pub async fn run(ctx: Arc<WorkerContext>, shutdown: CancellationToken) {
             }
         }
     }
-    tracing::info!("worker stopped");
 }
 
-async fn consume(ctx: &Arc<WorkerContext>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+async fn consume(ctx: &Arc<WorkerContext>, lane: Lane, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let names = ctx.broker.names().clone();
+    let queue = match lane {
+        Lane::Requests => names.requests.clone(),
+        Lane::Dead => names.dead.clone(),
+    };
     let conn = ctx.broker.connect_raw().await?;
     let channel = conn.create_channel().await?;
     ctx.broker.declare(&channel).await?;
     channel.basic_qos(ctx.config.broker.prefetch, BasicQosOptions::default()).await?;
-    let tag = format!("accessgov-worker-{}", uuid::Uuid::new_v4().simple());
+    let tag = format!("accessgov-{lane:?}-{}", uuid::Uuid::new_v4().simple()).to_lowercase();
     let mut consumer = channel
-        .basic_consume(names.requests.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
-    tracing::info!(queue = %names.requests, prefetch = ctx.config.broker.prefetch, concurrency = ctx.config.worker.concurrency, "worker consuming");
+    tracing::info!(queue = %queue, prefetch = ctx.config.broker.prefetch, concurrency = ctx.config.worker.concurrency, "worker consuming");
 
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(ctx.config.worker.concurrency.max(1)));
@@ -75,7 +104,10 @@ async fn consume(ctx: &Arc<WorkerContext>, shutdown: &CancellationToken) -> anyh
                     let ctx = ctx.clone();
                     let shutdown = shutdown.clone();
                     tracker.spawn(async move {
-                        handle_delivery(&ctx, delivery, &shutdown).await;
+                        match lane {
+                            Lane::Requests => handle_delivery(&ctx, delivery, &shutdown).await,
+                            Lane::Dead => handle_dead(&ctx, delivery, &shutdown).await,
+                        }
                         drop(permit);
                     });
                 }
@@ -95,35 +127,97 @@ async fn consume(ctx: &Arc<WorkerContext>, shutdown: &CancellationToken) -> anyh
     result
 }
 
-async fn handle_delivery(ctx: &WorkerContext, delivery: lapin::message::Delivery, shutdown: &CancellationToken) {
+/// Retries `f` with capped backoff until it succeeds or shutdown; `None` on shutdown.
+async fn persist<T, E: std::fmt::Display, F, Fut>(what: &str, shutdown: &CancellationToken, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
     let mut backoff = MIN_BACKOFF;
-    let outcome = loop {
-        match process::process_one(ctx, &delivery.data).await {
-            Ok(outcome) => break outcome,
+    loop {
+        match f().await {
+            Ok(v) => return Some(v),
             Err(e) => {
-                // Infrastructure (database) trouble: keep the message, unacked,
-                // and try again; a shutdown leaves it for redelivery.
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot record the event; retrying");
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "{what} failed; retrying");
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => return None,
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+}
+
+async fn handle_dead(ctx: &WorkerContext, delivery: lapin::message::Delivery, shutdown: &CancellationToken) {
+    let recorded =
+        persist("recording a dead letter", shutdown, || dead::record(&ctx.pool, &delivery.data, &delivery.properties))
+            .await;
+    if recorded.is_some()
+        && let Err(e) = delivery.ack(BasicAckOptions::default()).await
+    {
+        tracing::warn!(error = %e, "ack of a dead letter failed; it will be redelivered and deduplicated");
+    }
+}
+
+async fn handle_delivery(ctx: &WorkerContext, delivery: lapin::message::Delivery, shutdown: &CancellationToken) {
+    let attempt = dead::header_int(&delivery.properties, crate::broker::publisher::ATTEMPT_HEADER)
+        .unwrap_or(0)
+        .clamp(0, 1000) as u32;
+    // Database trouble: keep the message, unacked, and try again; a shutdown
+    // leaves it for redelivery.
+    let Some(outcome) =
+        persist("recording the event", shutdown, || process::process_one(ctx, &delivery.data, attempt)).await
+    else {
+        return;
     };
     crate::metrics::worker_event(outcome.label());
-    let acked = match &outcome {
+    let timeout = ctx.config.broker.confirm_timeout;
+    let settled = match &outcome {
         Outcome::Poison(reason) => {
             crate::metrics::worker_poison();
             tracing::error!(reason = %reason, "undecodable message; dead-lettering it as poison");
             // No requeue: the queue's dead-letter exchange takes it to the dead queue.
             delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await
         }
-        _ => delivery.ack(BasicAckOptions::default()).await,
+        Outcome::Failed { error, next } => {
+            let mut history = dead::history(&delivery.properties);
+            history.push(dead::AttemptRecord {
+                attempt,
+                at: chrono::Utc::now(),
+                error_class: error.class().to_owned(),
+                error: error.to_string(),
+            });
+            let published = match next {
+                retry::Next::Retry { step, attempt: next_attempt, .. } => {
+                    let props = dead::republish_props(&delivery.properties, *next_attempt, &history, None);
+                    persist("publishing a retry", shutdown, || {
+                        dead::publish_retry(&ctx.broker, *step, &delivery.data, props.clone(), timeout)
+                    })
+                    .await
+                }
+                retry::Next::DeadLetter => {
+                    let props = dead::republish_props(
+                        &delivery.properties,
+                        attempt,
+                        &history,
+                        Some((error.class(), &error.to_string())),
+                    );
+                    persist("dead-lettering", shutdown, || {
+                        dead::publish_dead(&ctx.broker, &delivery.data, props.clone(), timeout)
+                    })
+                    .await
+                }
+            };
+            if published.is_none() {
+                return;
+            }
+            delivery.ack(BasicAckOptions::default()).await
+        }
+        Outcome::Recorded(_) | Outcome::Duplicate => delivery.ack(BasicAckOptions::default()).await,
     };
-    if let Err(e) = acked {
-        // The effects are committed and idempotent: the redelivery will be recorded as a duplicate.
+    if let Err(e) = settled {
+        // Effects are committed and idempotent: a redelivery is recorded as a duplicate.
         tracing::warn!(error = %e, "ack failed; the message will be redelivered and deduplicated");
     }
 }

@@ -43,7 +43,8 @@ async fn concurrent_writers_keep_a_single_unbroken_chain() {
     let report = verify(&app.pool, 1, 0, |_| {}).await.unwrap();
     assert_eq!(report.rows_checked, 200);
     assert_eq!(report.first_broken, None);
-    let distinct_prev: i64 = sqlx::query_scalar("SELECT count(DISTINCT prev_hash) FROM audit_log").fetch_one(&app.pool).await.unwrap();
+    let distinct_prev: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT prev_hash) FROM audit_log").fetch_one(&app.pool).await.unwrap();
     assert_eq!(distinct_prev, 200, "no two rows share a predecessor (no fork)");
 }
 
@@ -57,7 +58,10 @@ async fn verify_names_the_first_changed_or_removed_row() {
     // A superuser can switch the trigger off; the chain still tells.
     let mut tx = app.pool.begin().await.unwrap();
     sqlx::query("ALTER TABLE audit_log DISABLE TRIGGER USER").execute(&mut *tx).await.unwrap();
-    sqlx::query("UPDATE audit_log SET outcome = 'failed' WHERE seq = (SELECT min(seq) + 4 FROM audit_log)").execute(&mut *tx).await.unwrap();
+    sqlx::query("UPDATE audit_log SET outcome = 'failed' WHERE seq = (SELECT min(seq) + 4 FROM audit_log)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     sqlx::query("ALTER TABLE audit_log ENABLE TRIGGER USER").execute(&mut *tx).await.unwrap();
     tx.commit().await.unwrap();
     let min: i64 = sqlx::query_scalar("SELECT min(seq) FROM audit_log").fetch_one(&app.pool).await.unwrap();

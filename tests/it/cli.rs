@@ -18,11 +18,8 @@ fn write_config(dir: &tempfile::TempDir, text: &str) -> String {
     path.display().to_string()
 }
 
-const SECRETS: &[(&str, &str)] = &[
-    ("JSM_WEBHOOK_SECRET", WEBHOOK_SECRET),
-    ("JSM_AUTOMATION_TOKEN", "tok"),
-    ("ACCESSGOV_ADMIN_TOKEN", "adm"),
-];
+const SECRETS: &[(&str, &str)] =
+    &[("JSM_WEBHOOK_SECRET", WEBHOOK_SECRET), ("JSM_AUTOMATION_TOKEN", "tok"), ("ACCESSGOV_ADMIN_TOKEN", "adm")];
 
 #[test]
 fn every_command_has_help_that_describes_it() {
@@ -110,9 +107,15 @@ fn simulate_prints_the_event_and_decision_and_checks_given_headers() {
     assert_eq!(v["decision"]["decision"], "grant");
 
     let sig = accessgov::ingress::auth::sign(WEBHOOK_SECRET, &fixture("webhook-approved-confluence-write.json"));
-    let good = accessgov(&["simulate", "--config", &path, "--event", &event, "--header", &format!("X-Hub-Signature: {sig}")], SECRETS);
+    let good = accessgov(
+        &["simulate", "--config", &path, "--event", &event, "--header", &format!("X-Hub-Signature: {sig}")],
+        SECRETS,
+    );
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&good.stdout).unwrap()["outcome"], "accepted");
-    let bad = accessgov(&["simulate", "--config", &path, "--event", &event, "--header", "X-Hub-Signature: sha256=00"], SECRETS);
+    let bad = accessgov(
+        &["simulate", "--config", &path, "--event", &event, "--header", "X-Hub-Signature: sha256=00"],
+        SECRETS,
+    );
     let v: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
     assert_eq!((v["outcome"].as_str(), v["event"].is_null()), (Some("unauthorized"), true));
 }

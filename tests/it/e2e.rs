@@ -3,8 +3,6 @@
 use crate::helpers::{eventually, fixture, spawn_app};
 use accessgov::worker::WorkerContext;
 use accessgov::worker::process::{Outcome, process_one};
-use lapin::options::{BasicGetOptions, BasicPublishOptions};
-use lapin::BasicProperties;
 use std::time::Duration;
 
 const APPROVED: &str = "webhook-approved-confluence-write.json";
@@ -68,6 +66,7 @@ async fn processing_the_same_body_again_does_nothing_but_one_duplicate_row() {
         config: app.config.clone(),
         pool: app.pool.clone(),
         broker: accessgov::broker::Broker::new(&app.config.broker.url, app.names.clone()),
+        connectors: Default::default(),
     };
     let body = {
         let v: serde_json::Value = serde_json::from_slice(&fixture(APPROVED)).unwrap();
@@ -77,11 +76,14 @@ async fn processing_the_same_body_again_does_nothing_but_one_duplicate_row() {
             other => panic!("{other:?}"),
         }
     };
-    assert_eq!(process_one(&ctx, &body).await.unwrap(), Outcome::Recorded("decided"));
-    assert_eq!(process_one(&ctx, &body).await.unwrap(), Outcome::Duplicate);
-    assert_eq!(process_one(&ctx, &body).await.unwrap(), Outcome::Duplicate);
+    assert_eq!(process_one(&ctx, &body, 0).await.unwrap(), Outcome::Recorded("dry_run"));
+    assert_eq!(process_one(&ctx, &body, 0).await.unwrap(), Outcome::Duplicate);
+    assert_eq!(process_one(&ctx, &body, 0).await.unwrap(), Outcome::Duplicate);
     let counts: Vec<(String, i64)> =
-        sqlx::query_as("SELECT action, count(*) FROM audit_log GROUP BY action ORDER BY action").fetch_all(&app.pool).await.unwrap();
+        sqlx::query_as("SELECT action, count(*) FROM audit_log GROUP BY action ORDER BY action")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(
         counts,
         vec![("decided".into(), 1), ("dry_run".into(), 1), ("duplicate".into(), 1), ("received".into(), 1)]
@@ -110,33 +112,6 @@ async fn an_approver_the_rule_does_not_allow_is_refused_and_audited() {
             .unwrap();
     assert_eq!(detail["code"], "approver_not_allowed");
     assert!(!rows.iter().any(|r| r.0 == "dry_run"));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_undecodable_message_is_dead_lettered_not_lost() {
-    let app = spawn_app().await;
-    let conn = lapin::Connection::connect(&app.config.broker.url, Default::default()).await.unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.basic_publish(
-        app.names.events.as_str().into(),
-        "access.grant".into(),
-        BasicPublishOptions::default(),
-        b"{not json",
-        BasicProperties::default().with_delivery_mode(2),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
-    let dead = eventually("the poison message in the dead queue", Duration::from_secs(15), || async {
-        ch.basic_get(app.names.dead.as_str().into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-            .map(|m| m.delivery.data.clone())
-    })
-    .await;
-    assert_eq!(dead, b"{not json");
-    let _ = conn.close(200, "done".into()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,7 +30,8 @@ async fn missing_or_wrong_credentials_get_401_json_and_are_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_automation_bearer_token_is_accepted() {
     let app = spawn_app().await;
-    let resp = app.http.post(app.url("/webhooks/jsm")).bearer_auth(BEARER_TOKEN).body(fixture(APPROVED)).send().await.unwrap();
+    let resp =
+        app.http.post(app.url("/webhooks/jsm")).bearer_auth(BEARER_TOKEN).body(fixture(APPROVED)).send().await.unwrap();
     assert_eq!(resp.status(), 202);
 }
 
@@ -65,6 +66,9 @@ async fn with_the_broker_unreachable_webhooks_get_503_with_retry_after_and_ready
     assert!(resp.headers().get("retry-after").is_some());
     let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
-    assert_eq!(ready.json::<serde_json::Value>().await.unwrap(), serde_json::json!({"broker": false, "database": true}));
+    assert_eq!(
+        ready.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({"broker": false, "database": true})
+    );
     assert_eq!(app.http.get(app.url("/healthz")).send().await.unwrap().status(), 200);
 }

@@ -1,10 +1,14 @@
 //! `spawn_app()`: a whole accessgov (ingress + worker + ops) on port 0, with its
 //! own database and its own broker prefix, torn down when dropped.
 
+pub mod provider;
+
 use accessgov::app::{App, Role};
 use accessgov::broker::{Names, topology};
 use accessgov::config::Config;
+use accessgov::connectors::Connectors;
 use accessgov::ingress::auth::{Verifier, sign};
+use provider::{FakeConnector, FakeProvider};
 use secrecy::SecretString;
 use sqlx::PgPool;
 use std::future::Future;
@@ -75,19 +79,57 @@ pub async fn spawn_app() -> TestApp {
 
 /// Spawns with a tweak applied to the config first.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_full(tweak, Connectors::new()).await
+}
+
+/// The application name the fake provider serves in [`spawn_live_app`].
+pub const LIVE_APP: &str = "Confluence";
+
+/// Spawns with "Confluence" live (not dry-run) behind a fake provider.
+pub async fn spawn_live_app(tweak: impl FnOnce(&mut Config)) -> (TestApp, Arc<FakeProvider>) {
+    let provider = Arc::new(FakeProvider::default());
+    let app = spawn_app_full(
+        |c| {
+            live_config(c);
+            tweak(c);
+        },
+        fake_connectors(&provider),
+    )
+    .await;
+    (app, provider)
+}
+
+/// Test settings for a live application: fast retries.
+pub fn live_config(c: &mut Config) {
+    c.applications.get_mut(LIVE_APP).unwrap().dry_run = false;
+    c.worker.inline_backoff = vec![Duration::from_millis(10), Duration::from_millis(20)];
+    c.worker.max_inline_wait = Duration::from_secs(1);
+}
+
+pub fn fake_connectors(provider: &Arc<FakeProvider>) -> Connectors {
+    let mut c = Connectors::new();
+    c.insert(
+        LIVE_APP.to_owned(),
+        Arc::new(FakeConnector(provider.clone())) as Arc<dyn accessgov::connectors::Connector>,
+    );
+    c
+}
+
+pub async fn spawn_app_full(tweak: impl FnOnce(&mut Config), connectors: Connectors) -> TestApp {
     let db_name = unique("accessgov_test");
     let prefix = unique("agtest");
     let mut config = test_config(&db_name, &prefix);
     tweak(&mut config);
     let config = Arc::new(config);
     let token = CancellationToken::new();
-    let app = App::start(config.clone(), Role::All, Some(verifier()), true, token.clone())
+    let app = App::start(config.clone(), Role::All, Some(verifier()), connectors, true, token.clone())
         .await
         .expect("app starts");
     TestApp {
         addr: app.ingress_addr.expect("ingress runs"),
         ops_addr: app.ops_addr,
-        pool: app.pool.clone(),
+        // The test's own pool: it outlives the app (tests stop and restart roles).
+        pool: PgPool::connect(&config.database.url).await.expect("test pool"),
         names: Names::new(&config.broker.prefix, &config.broker.retry_delays),
         config,
         http: reqwest::Client::new(),
@@ -125,6 +167,17 @@ impl TestApp {
             .expect("audit query")
     }
 
+    /// Starts one more worker process on the same database and broker prefix.
+    pub async fn extra_worker(&self, connectors: Connectors) -> (App, CancellationToken) {
+        let token = self.token.child_token();
+        let mut config = (*self.config).clone();
+        config.ops.listen = "127.0.0.1:0".parse().unwrap();
+        let app = App::start(Arc::new(config), Role::Worker, None, connectors, false, token.clone())
+            .await
+            .expect("worker starts");
+        (app, token)
+    }
+
     /// Stops the app and waits for it.
     pub async fn stop(&mut self) {
         self.token.cancel();
@@ -153,9 +206,10 @@ impl Drop for TestApp {
                     let _ = conn.close(200, "test teardown".into()).await;
                 }
                 if let Ok(admin) = PgPool::connect(&format!("{}/postgres", pg_server_url())).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)")))
-                        .execute(&admin)
-                        .await;
+                    let _ =
+                        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)")))
+                            .execute(&admin)
+                            .await;
                     admin.close().await;
                 }
             });

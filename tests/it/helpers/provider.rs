@@ -1,0 +1,106 @@
+//! A fake provider behind the `Connector` trait (tests only): it keeps a set of
+//! memberships, records every call, and fails on a script.
+
+use accessgov::connectors::{Connector, ConnectorError, GrantOutcome, RevokeOutcome, Target};
+use accessgov::event::Person;
+use futures_util::future::BoxFuture;
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub op: &'static str,
+    pub subject: String,
+    pub target: String,
+    pub at: Instant,
+}
+
+#[derive(Default)]
+pub struct FakeProvider {
+    pub members: Mutex<BTreeSet<(String, String)>>,
+    pub calls: Mutex<Vec<Call>>,
+    /// Failures to return, in order, before behaving normally.
+    pub script: Mutex<VecDeque<ConnectorError>>,
+    /// Fail every call with this error (after the script).
+    pub always: Mutex<Option<ConnectorError>>,
+    /// Time each call takes.
+    pub latency: Mutex<Duration>,
+}
+
+impl FakeProvider {
+    pub fn fail_next(&self, errors: impl IntoIterator<Item = ConnectorError>) {
+        self.script.lock().unwrap().extend(errors);
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    pub fn members(&self) -> BTreeSet<(String, String)> {
+        self.members.lock().unwrap().clone()
+    }
+
+    async fn step(&self, op: &'static str, subject: &Person, target: &Target) -> Result<bool, ConnectorError> {
+        let latency = *self.latency.lock().unwrap();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        self.calls.lock().unwrap().push(Call {
+            op,
+            subject: subject.account_id.clone(),
+            target: target.name.clone(),
+            at: Instant::now(),
+        });
+        if let Some(e) = self.script.lock().unwrap().pop_front() {
+            return Err(e);
+        }
+        if let Some(e) = self.always.lock().unwrap().clone() {
+            return Err(e);
+        }
+        let key = (subject.account_id.clone(), target.name.clone());
+        let mut m = self.members.lock().unwrap();
+        Ok(if op == "grant" { m.insert(key) } else { m.remove(&key) })
+    }
+}
+
+/// `Arc<FakeProvider>` as a connector.
+pub struct FakeConnector(pub std::sync::Arc<FakeProvider>);
+
+impl Connector for FakeConnector {
+    fn kind(&self) -> &'static str {
+        "fake"
+    }
+
+    fn grant<'a>(
+        &'a self,
+        subject: &'a Person,
+        target: &'a Target,
+    ) -> BoxFuture<'a, Result<GrantOutcome, ConnectorError>> {
+        Box::pin(async move {
+            Ok(if self.0.step("grant", subject, target).await? {
+                GrantOutcome::Granted
+            } else {
+                GrantOutcome::AlreadyGranted
+            })
+        })
+    }
+
+    fn revoke<'a>(
+        &'a self,
+        subject: &'a Person,
+        target: &'a Target,
+    ) -> BoxFuture<'a, Result<RevokeOutcome, ConnectorError>> {
+        Box::pin(async move {
+            Ok(if self.0.step("revoke", subject, target).await? {
+                RevokeOutcome::Revoked
+            } else {
+                RevokeOutcome::AlreadyAbsent
+            })
+        })
+    }
+
+    fn test_connection(&self) -> BoxFuture<'_, Result<(), ConnectorError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
