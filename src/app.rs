@@ -100,12 +100,17 @@ impl App {
             tasks.spawn(async move { ("ingress", ingress::serve(listener, state, token).await.map_err(Into::into)) });
         }
         if role.worker() {
-            let ctx = Arc::new(WorkerContext {
-                config: config.clone(),
-                pool: pool.clone(),
-                broker: broker.clone(),
-                connectors,
-            });
+            let ctx = Arc::new(WorkerContext::new(config.clone(), pool.clone(), broker.clone(), connectors));
+            if ctx.jsm.is_none() {
+                let groups = config.rules.iter().any(|r| r.approvers.iter().any(|a| a.starts_with("group:")));
+                let wb = &config.jsm.write_back;
+                if groups || wb.comment || wb.transition_on_success.is_some() || wb.transition_on_failure.is_some() {
+                    tracing::warn!(
+                        "no JSM credentials ([jsm] email_env + api_token_env): group: approvers match nobody and \
+                         nothing is written back to tickets"
+                    );
+                }
+            }
             let token = shutdown.clone();
             tasks.spawn(async move {
                 worker::run(ctx, token).await;

@@ -243,6 +243,7 @@ pub async fn load(tx: &mut PgConnection, application: &str, subject: &str) -> Re
 pub struct Applied<'a> {
     pub application: &'a str,
     pub subject: &'a str,
+    pub subject_email: Option<&'a str>,
     pub ticket: &'a str,
     pub event_id: Uuid,
     pub event_at: DateTime<Utc>,
@@ -265,9 +266,10 @@ pub async fn apply(
             }
         };
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO access_grants (application, subject, target, state, last_event_id, last_event_at) \
-             VALUES ($1, $2, $3, 'revoked', $4, $5) \
-             ON CONFLICT (application, subject, target) DO UPDATE SET last_event_id = $4, last_event_at = $5, updated_at = now() \
+            "INSERT INTO access_grants (application, subject, target, state, last_event_id, last_event_at, subject_email) \
+             VALUES ($1, $2, $3, 'revoked', $4, $5, $6) \
+             ON CONFLICT (application, subject, target) DO UPDATE SET last_event_id = $4, last_event_at = $5, \
+               subject_email = COALESCE($6, access_grants.subject_email), updated_at = now() \
              RETURNING id",
         )
         .bind(a.application)
@@ -275,6 +277,7 @@ pub async fn apply(
         .bind(target)
         .bind(a.event_id)
         .bind(a.event_at)
+        .bind(a.subject_email)
         .fetch_one(&mut *tx)
         .await?;
         match c {

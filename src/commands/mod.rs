@@ -45,6 +45,20 @@ fn config_check(path: &std::path::Path, config: &Config) -> ExitCode {
         }
         return ExitCode::from(EXIT_CONFIG);
     }
+    if crate::worker::jsm_client(config).is_none() {
+        let groups = config.rules.iter().any(|r| r.approvers.iter().any(|a| a.starts_with("group:")));
+        let wb = &config.jsm.write_back;
+        if groups {
+            eprintln!(
+                "warning: rules name group: approvers but JSM credentials (jsm.email_env, jsm.api_token_env) are not set: such entries match nobody"
+            );
+        }
+        if wb.comment || wb.transition_on_success.is_some() || wb.transition_on_failure.is_some() {
+            eprintln!(
+                "warning: [jsm.write_back] is configured but JSM credentials are not set: nothing will be written back to tickets"
+            );
+        }
+    }
     print!("{}", config.summary());
     println!("ok: {} is valid", path.display());
     ExitCode::SUCCESS

@@ -181,6 +181,9 @@ pub struct WorkerConfig {
     /// longer hints go to the retry ladder.
     #[serde(deserialize_with = "duration::de")]
     pub max_inline_wait: Duration,
+    /// How often expired time-bound access (`max_duration`) is looked for and revoked.
+    #[serde(deserialize_with = "duration::de")]
+    pub expiry_interval: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -190,6 +193,7 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(30),
             inline_backoff: vec![Duration::from_millis(200), Duration::from_secs(1), Duration::from_secs(3)],
             max_inline_wait: Duration::from_secs(5),
+            expiry_interval: Duration::from_secs(60),
         }
     }
 }

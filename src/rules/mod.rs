@@ -60,13 +60,28 @@ pub enum RevokeScope {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "code", rename_all = "snake_case")]
 pub enum Refusal {
-    MissingFields { errors: Vec<String> },
-    UnknownApplication { application: String },
-    NoRuleForAccessLevel { application: String, access_level: String },
+    MissingFields {
+        errors: Vec<String>,
+    },
+    UnknownApplication {
+        application: String,
+    },
+    NoRuleForAccessLevel {
+        application: String,
+        access_level: String,
+    },
     NoRequester,
     NoApprover,
-    ApproverNotAllowed { approver: String },
-    ApproverIsRequester { account_id: String },
+    ApproverNotAllowed {
+        approver: String,
+    },
+    ApproverIsRequester {
+        account_id: String,
+    },
+    /// `[jsm] verify_approval`: the live ticket does not confirm the payload.
+    ApprovalNotConfirmed {
+        reason: String,
+    },
 }
 
 impl Refusal {
@@ -90,6 +105,9 @@ impl Refusal {
             Self::ApproverIsRequester { account_id } => {
                 format!("approver {account_id} is the requester; this access needs a different approver")
             }
+            Self::ApprovalNotConfirmed { reason } => {
+                format!("the ticket's live approval state does not confirm this request: {reason}")
+            }
         }
     }
 
@@ -102,6 +120,7 @@ impl Refusal {
             Self::NoApprover => "no_approver",
             Self::ApproverNotAllowed { .. } => "approver_not_allowed",
             Self::ApproverIsRequester { .. } => "approver_is_requester",
+            Self::ApprovalNotConfirmed { .. } => "approval_not_confirmed",
         }
     }
 }

@@ -7,6 +7,7 @@
 //! queue when the connection closes.
 
 pub mod dead;
+pub mod expiry;
 pub mod process;
 pub mod retry;
 
@@ -31,6 +32,30 @@ pub struct WorkerContext {
     pub broker: Broker,
     /// Connectors of the live applications, by application name.
     pub connectors: Connectors,
+    /// The JSM REST client (group approvers, approval verification, write-back),
+    /// when JSM credentials are configured.
+    pub jsm: Option<crate::jsm::JsmClient>,
+}
+
+impl WorkerContext {
+    pub fn new(config: Arc<Config>, pool: PgPool, broker: Broker, connectors: Connectors) -> Self {
+        let jsm = jsm_client(&config);
+        Self { config, pool, broker, connectors, jsm }
+    }
+}
+
+/// How long a user's Jira groups are cached.
+const GROUP_CACHE_TTL: Duration = Duration::from_secs(300);
+
+/// A JSM client when both the email and the API token resolve.
+pub fn jsm_client(config: &Config) -> Option<crate::jsm::JsmClient> {
+    let email =
+        crate::config::secret::SecretRef::from_pair(config.jsm.email_env.as_deref(), config.jsm.email_file.as_deref())?;
+    let token = config.jsm_api_token()?;
+    match (email.resolve(), token.resolve()) {
+        (Ok(email), Ok(token)) => Some(crate::jsm::JsmClient::new(&config.jsm.base_url, email, token, GROUP_CACHE_TTL)),
+        _ => None,
+    }
 }
 
 /// Which queue a consume loop serves.
@@ -45,11 +70,13 @@ enum Lane {
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Runs the request consumer and the dead-queue drain until the token is cancelled.
+/// Runs the request consumer, the dead-queue drain and the expiry sweeper until the token is cancelled.
 pub async fn run(ctx: Arc<WorkerContext>, shutdown: CancellationToken) {
     let requests = tokio::spawn(lane(ctx.clone(), Lane::Requests, shutdown.clone()));
-    let dead = tokio::spawn(lane(ctx, Lane::Dead, shutdown));
-    let _ = tokio::join!(requests, dead);
+    let dead = tokio::spawn(lane(ctx.clone(), Lane::Dead, shutdown.clone()));
+    let every = ctx.config.worker.expiry_interval;
+    let expiry = tokio::spawn(expiry::run(ctx, shutdown, every));
+    let _ = tokio::join!(requests, dead, expiry);
     tracing::info!("worker stopped");
 }
 

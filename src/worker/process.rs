@@ -88,8 +88,28 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
         Ok(e) => e,
         Err(e) => return Ok(Outcome::Poison(e.to_string())),
     };
-    let approver_groups = ctx.approver_groups(&event).await;
-    let decision = rules::decide(&event, &ctx.config, &approver_groups);
+    let approver_groups = match ctx.approver_groups(&event).await {
+        Ok(groups) => groups,
+        Err(e) => {
+            let rows = if attempt == 0 { vec![received_row(&event)] } else { Vec::new() };
+            let what = json!({"op": "jsm_user_groups", "why": "resolve group: approvers"});
+            return record_failure(ctx, &event, rows, attempt, jsm_error(e), what, event.application.as_deref()).await;
+        }
+    };
+    let mut decision = rules::decide(&event, &ctx.config, &approver_groups);
+    if ctx.config.jsm.verify_approval && matches!(decision, Decision::Grant { .. } | Decision::Change { .. }) {
+        match ctx.verify_approval(&event).await {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => decision = Decision::Refused { reason: rules::Refusal::ApprovalNotConfirmed { reason } },
+            Err(e) => {
+                let mut rows = if attempt == 0 { vec![received_row(&event)] } else { Vec::new() };
+                rows.extend(decided_rows(&event, &decision));
+                let what = json!({"op": "jsm_verify_approval"});
+                return record_failure(ctx, &event, rows, attempt, jsm_error(e), what, event.application.as_deref())
+                    .await;
+            }
+        }
+    }
 
     let mut tx = ctx.pool.begin().await?;
     if !claim(&mut tx, &event, attempt).await? {
@@ -97,12 +117,23 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
         tracing::info!(event_id = %event.event_id, ticket = %event.ticket.key, "duplicate event; nothing done again");
         return Ok(Outcome::Duplicate);
     }
-    let mut rows = if attempt == 0 { first_rows(&event, &decision) } else { Vec::new() };
+    let mut rows = if attempt == 0 { vec![received_row(&event)] } else { Vec::new() };
+    rows.extend(decided_rows(&event, &decision));
 
     let Some(eff) = effect(&decision) else {
         let label = if matches!(decision, Decision::Refused { .. }) { "denied_by_policy" } else { "no_action" };
         audit::append(&mut tx, &rows).await?;
         tx.commit().await?;
+        let note = match &decision {
+            Decision::Refused { reason } => {
+                WriteBack::Failure(format!("accessgov did not grant this request: {}.", reason.message()))
+            }
+            _ => WriteBack::Info(format!(
+                "accessgov recorded that this request was {:?}; nothing was changed.",
+                event.status.to
+            )),
+        };
+        ctx.write_back(&event, note).await;
         return Ok(Outcome::Recorded(label));
     };
 
@@ -141,26 +172,9 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
         // Nothing of this attempt's ledger changes is kept; the provider calls
         // that did succeed are recorded (they are idempotent on the next try).
         tx.rollback().await?;
-        let next = if error.is_transient() {
-            retry::next(&ctx.config.broker.retry_delays, attempt, error.retry_after())
-        } else {
-            Next::DeadLetter
-        };
-        let mut tx = ctx.pool.begin().await?;
         rows.extend(done.iter().map(|(op, r)| op_entry(&event, op, r, eff.application)));
-        let mut e = entry(&event, "provider_error", "failed");
-        e.application = Some(eff.application.to_owned());
-        e.target = Some(op_target(&op).to_owned());
-        e.detail = json!({"op": op, "class": error.class(), "error": error.to_string(), "attempt": attempt});
-        rows.push(e);
-        if let Next::Retry { delay, attempt: next_attempt, .. } = &next {
-            let mut e = entry(&event, "retry_scheduled", "pending");
-            e.detail = json!({"attempt": next_attempt, "delay": crate::config::duration::format(*delay)});
-            rows.push(e);
-        }
-        audit::append(&mut tx, &rows).await?;
-        tx.commit().await?;
-        return Ok(Outcome::Failed { error, next });
+        let what = json!({"op": op, "target": op_target(&op)});
+        return record_failure(ctx, &event, rows, attempt, error, what, Some(eff.application)).await;
     }
 
     let expires_at = eff.max_duration.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| Utc::now() + d);
@@ -171,6 +185,7 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
         &grants::Applied {
             application: eff.application,
             subject: &eff.subject.account_id,
+            subject_email: eff.subject.email.as_deref(),
             ticket: &event.ticket.key,
             event_id: event.event_id,
             event_at: event.occurred_at,
@@ -195,7 +210,99 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
     audit::append(&mut tx, &rows).await?;
     tx.commit().await?;
     tracing::info!(event_id = %event.event_id, ticket = %event.ticket.key, ops = plan.ops.len(), dry_run, "event applied");
+    if dry_run {
+        ctx.write_back(
+            &event,
+            WriteBack::Info(format!("accessgov evaluated this request in dry-run mode: {}.", summary(&plan))),
+        )
+        .await;
+    } else {
+        ctx.write_back(&event, WriteBack::Success(format!("accessgov applied this request: {}.", summary(&plan))))
+            .await;
+    }
     Ok(Outcome::Recorded(if dry_run { "dry_run" } else { "applied" }))
+}
+
+fn summary(plan: &grants::Plan) -> String {
+    let mut parts: Vec<String> = plan
+        .ops
+        .iter()
+        .map(|op| match op {
+            ProviderOp::Grant(t) => format!("added to {t}"),
+            ProviderOp::Revoke(t) => format!("removed from {t}"),
+        })
+        .collect();
+    parts.extend(plan.notes.iter().map(|n| match n {
+        Note::HoldAdded { target, .. } => format!("{target} was already granted through another ticket"),
+        Note::HoldReleased { target, .. } => format!("{target} stays: another ticket still grants it"),
+        Note::AlreadyHeld { target } => format!("{target} was already granted by this ticket"),
+        Note::Superseded { target, .. } => format!("{target}: a newer removal request applies"),
+        Note::NothingHeld { target } => format!("{target}: nothing was granted through this ticket"),
+    }));
+    if parts.is_empty() { "no change was needed".into() } else { parts.join("; ") }
+}
+
+/// Records a failed attempt in its own transaction and says where the message goes next.
+async fn record_failure(
+    ctx: &WorkerContext,
+    event: &AccessEvent,
+    mut rows: Vec<AuditEntry>,
+    attempt: u32,
+    error: ConnectorError,
+    what: serde_json::Value,
+    application: Option<&str>,
+) -> Result<Outcome, sqlx::Error> {
+    let next = if error.is_transient() {
+        retry::next(&ctx.config.broker.retry_delays, attempt, error.retry_after())
+    } else {
+        Next::DeadLetter
+    };
+    let mut e = entry(event, "provider_error", "failed");
+    e.application = application.map(str::to_owned).or(e.application);
+    e.target = what.get("target").and_then(|t| t.as_str()).map(str::to_owned);
+    e.detail = json!({"call": what, "class": error.class(), "error": error.to_string(), "attempt": attempt});
+    rows.push(e);
+    if let Next::Retry { delay, attempt: next_attempt, .. } = &next {
+        let mut e = entry(event, "retry_scheduled", "pending");
+        e.detail = json!({"attempt": next_attempt, "delay": crate::config::duration::format(*delay)});
+        rows.push(e);
+    }
+    let mut tx = ctx.pool.begin().await?;
+    audit::append(&mut tx, &rows).await?;
+    tx.commit().await?;
+    if next == Next::DeadLetter {
+        ctx.write_back(
+            event,
+            WriteBack::Failure(format!(
+                "accessgov could not complete this request ({}); it is in the operators' dead-letter inbox.",
+                error.class()
+            )),
+        )
+        .await;
+    }
+    Ok(Outcome::Failed { error, next })
+}
+
+fn jsm_error(e: crate::jsm::JsmError) -> ConnectorError {
+    use crate::jsm::JsmError;
+    match e {
+        JsmError::Transient { reason, retry_after } => {
+            ConnectorError::Transient { reason: format!("JSM: {reason}"), retry_after }
+        }
+        JsmError::Unauthorized(m) => ConnectorError::Unauthorized(format!("JSM: {m}")),
+        JsmError::NotFound(m) => ConnectorError::NotFound { what: format!("JSM: {m}") },
+        JsmError::Permanent(m) => ConnectorError::Permanent { reason: format!("JSM: {m}") },
+    }
+}
+
+/// What to tell the ticket.
+pub enum WriteBack {
+    /// Provisioned: comment, then `transition_on_success`.
+    Success(String),
+    /// Refused or failed for good: comment, then `transition_on_failure`.
+    Failure(String),
+    /// Nothing changed at a provider (denied, declined, dry run): comment only.
+    Info(String),
 }
 
 /// Inserts the dedupe row. False when the event was already processed (and then
@@ -295,8 +402,8 @@ fn note_entry(event: &AccessEvent, note: &Note) -> AuditEntry {
     e
 }
 
-/// The rows every first attempt starts with: `received`, `decided`, and the refusal if any.
-fn first_rows(event: &AccessEvent, decision: &Decision) -> Vec<AuditEntry> {
+/// `received`: what arrived.
+fn received_row(event: &AccessEvent) -> AuditEntry {
     let mut received = entry(event, "received", "ok");
     received.detail = json!({
         "source": event.source,
@@ -311,20 +418,22 @@ fn first_rows(event: &AccessEvent, decision: &Decision) -> Vec<AuditEntry> {
         "occurred_at": event.occurred_at,
         "errors": event.errors,
     });
+    received
+}
+
+/// `decided` (each attempt decides anew under the current config), and the refusal if any.
+fn decided_rows(event: &AccessEvent, decision: &Decision) -> Vec<AuditEntry> {
     let mut decided = entry(event, "decided", "ok");
     decided.actor = event.approver.as_ref().map(|a| a.person.account_id.clone());
     decided.detail = serde_json::to_value(decision).unwrap_or_default();
-    let mut rows = vec![received];
     if let Decision::Refused { reason } = decision {
         decided.outcome = "refused".into();
-        rows.push(decided);
         let mut refused = entry(event, "denied_by_policy", "refused");
         refused.detail = json!({"code": reason.code(), "reason": reason.message()});
-        rows.push(refused);
+        vec![decided, refused]
     } else {
-        rows.push(decided);
+        vec![decided]
     }
-    rows
 }
 
 impl WorkerContext {
@@ -370,9 +479,65 @@ impl WorkerContext {
         }
     }
 
-    /// The approver's Jira groups, for `group:` approver entries. Not resolved
-    /// yet (no Jira client wired in): an empty list, so group entries match nobody.
-    async fn approver_groups(&self, _event: &AccessEvent) -> Vec<String> {
-        Vec::new()
+    /// The approver's Jira groups, needed only when the event's rule lists
+    /// `group:` approvers. Without JSM credentials they cannot be resolved and
+    /// match nobody (startup and `config check` warn about it).
+    async fn approver_groups(&self, event: &AccessEvent) -> Result<Vec<String>, crate::jsm::JsmError> {
+        let (Some(app), Some(level), Some(approver)) = (&event.application, &event.access_level, &event.approver)
+        else {
+            return Ok(Vec::new());
+        };
+        let uses_groups =
+            self.config.rule_for(app, level).is_some_and(|r| r.approvers.iter().any(|a| a.starts_with("group:")));
+        match (&self.jsm, uses_groups) {
+            (Some(jsm), true) => jsm.user_groups(&approver.person.account_id).await,
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// `[jsm] verify_approval`: the live ticket must confirm the payload.
+    async fn verify_approval(&self, event: &AccessEvent) -> Result<Result<(), String>, crate::jsm::JsmError> {
+        let Some(jsm) = &self.jsm else {
+            return Ok(Err("verify_approval is on but no JSM credentials are configured".into()));
+        };
+        let live = jsm.approval_state(&event.ticket.key).await?;
+        Ok(crate::jsm::confirms(event, &live, &self.config.jsm.statuses))
+    }
+
+    /// Tells the ticket, best effort: a failure is logged and audited, never retried
+    /// (the effect it reports is already committed).
+    pub async fn write_back(&self, event: &AccessEvent, note: WriteBack) {
+        let Some(jsm) = &self.jsm else { return };
+        let wb = &self.config.jsm.write_back;
+        let (text, transition) = match &note {
+            WriteBack::Success(t) => (t, wb.transition_on_success.as_deref()),
+            WriteBack::Failure(t) => (t, wb.transition_on_failure.as_deref()),
+            WriteBack::Info(t) => (t, None),
+        };
+        let mut results = Vec::new();
+        if wb.comment {
+            results.push(("comment", jsm.comment(&event.ticket.key, text, true).await));
+        }
+        if let Some(name) = transition {
+            results.push(("transition", jsm.transition(&event.ticket.key, name).await));
+        }
+        if results.is_empty() {
+            return;
+        }
+        let failed: Vec<String> =
+            results.iter().filter_map(|(what, r)| r.as_ref().err().map(|e| format!("{what}: {e}"))).collect();
+        let mut e = entry(event, "written_back", if failed.is_empty() { "ok" } else { "failed" });
+        e.detail = json!({"steps": results.iter().map(|(w, _)| *w).collect::<Vec<_>>(), "transition": transition, "errors": failed});
+        if !failed.is_empty() {
+            tracing::warn!(ticket = %event.ticket.key, errors = ?failed, "write-back to the ticket failed");
+        }
+        let recorded = async {
+            let mut tx = self.pool.begin().await?;
+            audit::append(&mut tx, &[e]).await?;
+            tx.commit().await
+        };
+        if let Err(err) = recorded.await {
+            tracing::warn!(error = %err, "could not audit the write-back");
+        }
     }
 }

@@ -119,3 +119,57 @@ fn simulate_prints_the_event_and_decision_and_checks_given_headers() {
     let v: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
     assert_eq!((v["outcome"].as_str(), v["event"].is_null()), (Some("unauthorized"), true));
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_service_cleanly_with_exit_code_zero() {
+    let db = crate::helpers::unique("accessgov_test");
+    let prefix = crate::helpers::unique("agtest");
+    let (ingress, ops) = (free_port(), free_port());
+    let text = EXAMPLE_CONFIG
+        .replace("postgres://postgres@127.0.0.1:5432/accessgov", &format!("{}/{db}", crate::helpers::pg_server_url()))
+        .replace("amqp://guest:guest@127.0.0.1:5672/%2f", &crate::helpers::amqp_url())
+        .replace("prefix = \"accessgov\"", &format!("prefix = \"{prefix}\""))
+        .replace("listen = \"0.0.0.0:8080\"", &format!("listen = \"127.0.0.1:{ingress}\""))
+        .replace("listen = \"127.0.0.1:9090\"", &format!("listen = \"127.0.0.1:{ops}\""));
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, &text);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_accessgov"))
+        .args(["all", "--migrate", "--config", &path])
+        .envs(SECRETS.iter().copied())
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    crate::helpers::eventually("the service to answer /readyz", std::time::Duration::from_secs(30), || async {
+        let r = http.get(format!("http://127.0.0.1:{ingress}/readyz")).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let status = crate::helpers::eventually("the process to exit", std::time::Duration::from_secs(20), || {
+        let s = child.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "exit {status:?}\n{stderr}");
+    assert!(stderr.contains("shutdown signal received") && stderr.contains("worker stopped"), "{stderr}");
+
+    // Teardown of what the service declared and created.
+    let names = accessgov::broker::Names::new(&prefix, &[30, 300, 1800, 7200].map(std::time::Duration::from_secs));
+    let conn = lapin::Connection::connect(&crate::helpers::amqp_url(), Default::default()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    accessgov::broker::topology::delete(&ch, &names).await.unwrap();
+    let admin = sqlx::PgPool::connect(&format!("{}/postgres", crate::helpers::pg_server_url())).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")))
+        .execute(&admin)
+        .await
+        .unwrap();
+}

@@ -62,12 +62,12 @@ async fn a_duplicate_delivery_carries_the_same_event_id_and_is_recorded_once_as_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processing_the_same_body_again_does_nothing_but_one_duplicate_row() {
     let app = spawn_app().await;
-    let ctx = WorkerContext {
-        config: app.config.clone(),
-        pool: app.pool.clone(),
-        broker: accessgov::broker::Broker::new(&app.config.broker.url, app.names.clone()),
-        connectors: Default::default(),
-    };
+    let ctx = WorkerContext::new(
+        app.config.clone(),
+        app.pool.clone(),
+        accessgov::broker::Broker::new(&app.config.broker.url, app.names.clone()),
+        Default::default(),
+    );
     let body = {
         let v: serde_json::Value = serde_json::from_slice(&fixture(APPROVED)).unwrap();
         let meta = accessgov::ingress::normalize::Meta::default();

@@ -8,4 +8,5 @@ mod cli;
 mod e2e;
 mod helpers;
 mod ingress;
+mod jsm_flow;
 mod worker;
