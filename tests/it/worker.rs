@@ -288,3 +288,22 @@ async fn a_worker_stopped_mid_call_loses_nothing() {
     token.cancel();
     worker.wait().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_request_replaces_the_old_level_with_the_new_one() {
+    let (app, provider) = spawn_live_app(|c| {
+        let mut read = c.rules[0].clone();
+        read.access_level = "Read".into();
+        read.groups = vec!["confluence-readers".into()];
+        c.rules.push(read);
+    })
+    .await;
+    let read = String::from_utf8(grant(1, 0, "u1")).unwrap().replace("\"value\":\"Write\"", "\"value\":\"Read\"");
+    assert!(read.contains("\"Read\""), "the fixture names the level as expected");
+    settled(&app, post(&app, read.as_bytes()).await).await;
+    assert!(provider.members().contains(&("u1".into(), "confluence-readers".into())));
+    let change = body(2, 21, 10, "Approved by Manager", "Request Access Change", "u1");
+    let actions = settled(&app, post(&app, &change).await).await;
+    assert_eq!(actions, vec!["received", "decided", "granted", "revoked"]);
+    assert_eq!(provider.members(), [("u1".to_owned(), GROUP.to_owned())].into_iter().collect());
+}
