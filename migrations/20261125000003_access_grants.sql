@@ -9,8 +9,8 @@ CREATE TABLE access_grants (
     id              bigserial   PRIMARY KEY,
     application     text        NOT NULL,
     subject         text        NOT NULL,
-    -- the subject's email when JSM showed it (connectors that resolve users by email need it on expiry)
-    subject_email   text,
+    -- how connectors find the subject (email, subject_field values), kept for revokes on expiry
+    subject_info    jsonb,
     target          text        NOT NULL,
     state           text        NOT NULL CHECK (state IN ('active', 'revoked')),
     granted_at      timestamptz,

@@ -9,6 +9,8 @@
 //! Ordering: a removal request records `revoked_through`; a grant older than
 //! that is superseded, so an old grant never overtakes a newer removal.
 
+pub mod list;
+
 use crate::rules::RevokeScope;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -243,7 +245,7 @@ pub async fn load(tx: &mut PgConnection, application: &str, subject: &str) -> Re
 pub struct Applied<'a> {
     pub application: &'a str,
     pub subject: &'a str,
-    pub subject_email: Option<&'a str>,
+    pub subject_info: Option<&'a serde_json::Value>,
     pub ticket: &'a str,
     pub event_id: Uuid,
     pub event_at: DateTime<Utc>,
@@ -266,10 +268,10 @@ pub async fn apply(
             }
         };
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO access_grants (application, subject, target, state, last_event_id, last_event_at, subject_email) \
+            "INSERT INTO access_grants (application, subject, target, state, last_event_id, last_event_at, subject_info) \
              VALUES ($1, $2, $3, 'revoked', $4, $5, $6) \
              ON CONFLICT (application, subject, target) DO UPDATE SET last_event_id = $4, last_event_at = $5, \
-               subject_email = COALESCE($6, access_grants.subject_email), updated_at = now() \
+               subject_info = COALESCE($6, access_grants.subject_info), updated_at = now() \
              RETURNING id",
         )
         .bind(a.application)
@@ -277,7 +279,7 @@ pub async fn apply(
         .bind(target)
         .bind(a.event_id)
         .bind(a.event_at)
-        .bind(a.subject_email)
+        .bind(a.subject_info)
         .fetch_one(&mut *tx)
         .await?;
         match c {

@@ -104,7 +104,7 @@ fn a_live_application_is_refused_while_no_connector_exists() {
     let config = Config::parse(&text).unwrap();
     assert_eq!(config.validate(), vec![], "structurally fine");
     let problems = crate::connectors::build(&config).err().expect("no connector for a live application");
-    assert!(problems.iter().any(|p| p.key == "applications.\"Okta\".dry_run"), "{problems:?}");
+    assert!(problems.iter().any(|p| p.key == "applications.\"Okta\"" && p.message.contains("dry_run = true")), "{problems:?}");
 }
 
 #[test]

@@ -7,13 +7,39 @@
 //! and "not a member" is [`RevokeOutcome::AlreadyAbsent`], both successes.
 //! Errors are classified so that the worker knows whether to retry.
 
-use crate::config::Config;
+pub mod http;
+
+use crate::config::{AppKind, ApplicationConfig, Config};
 use crate::event::Person;
 use futures_util::future::BoxFuture;
-use serde::Serialize;
-use std::collections::HashMap;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Who the access is for: the requester as JSM identifies them, plus the
+/// ticket fields a connector may need to find them at the provider (the
+/// application's `subject_field`, e.g. a GitHub login).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subject {
+    pub account_id: String,
+    pub email: Option<String>,
+    pub display_name: Option<String>,
+    /// Ticket field id -> value.
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+}
+
+impl Subject {
+    pub fn from_person(p: &Person) -> Self {
+        Self { account_id: p.account_id.clone(), email: p.email.clone(), display_name: p.display_name.clone(), fields: BTreeMap::new() }
+    }
+
+    /// The value of the application's `subject_field`, if it has one.
+    pub fn field(&self, id: &str) -> Option<&str> {
+        self.fields.get(id).map(String::as_str)
+    }
+}
 
 /// What to grant: a group/team name or a permission level, with an optional role.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -83,13 +109,13 @@ pub trait Connector: Send + Sync {
     /// Adds the subject to the target. "Already a member" is success.
     fn grant<'a>(
         &'a self,
-        subject: &'a Person,
+        subject: &'a Subject,
         target: &'a Target,
     ) -> BoxFuture<'a, Result<GrantOutcome, ConnectorError>>;
     /// Removes the subject from the target. "Not a member" is success.
     fn revoke<'a>(
         &'a self,
-        subject: &'a Person,
+        subject: &'a Subject,
         target: &'a Target,
     ) -> BoxFuture<'a, Result<RevokeOutcome, ConnectorError>>;
     /// Authenticates and makes the provider's cheapest read call.
@@ -99,21 +125,34 @@ pub trait Connector: Send + Sync {
 /// Connectors by application name (the keys of `[applications]`).
 pub type Connectors = HashMap<String, Arc<dyn Connector>>;
 
-/// Builds the connectors of every live (not dry-run) application. This build
-/// ships none yet, so a live application is an error that says what to do.
+/// Builds the connectors of every live (not dry-run) application, from its
+/// `kind`, in this one place.
 pub fn build(config: &Config) -> Result<Connectors, Vec<crate::config::Problem>> {
-    let problems: Vec<_> = config
-        .applications
-        .iter()
-        .filter(|(_, app)| !app.dry_run)
-        .map(|(name, app)| crate::config::Problem {
-            key: format!("applications.{name:?}.dry_run"),
-            message: format!(
-                "this build has no {} connector yet, so the application must run with dry_run = true \
-                 (decisions are audited, no provider is called)",
-                app.kind.as_str()
-            ),
-        })
-        .collect();
-    if problems.is_empty() { Ok(Connectors::new()) } else { Err(problems) }
+    let mut connectors = Connectors::new();
+    let mut problems = Vec::new();
+    for (name, app) in config.applications.iter().filter(|(_, app)| !app.dry_run) {
+        match build_one(name, app) {
+            Ok(c) => {
+                connectors.insert(name.clone(), c);
+            }
+            Err(message) => problems.push(crate::config::Problem { key: format!("applications.{name:?}"), message }),
+        }
+    }
+    if problems.is_empty() { Ok(connectors) } else { Err(problems) }
+}
+
+/// One application's connector.
+pub fn build_one(name: &str, app: &ApplicationConfig) -> Result<Arc<dyn Connector>, String> {
+    let _ = name;
+    match app.kind {
+        kind => Err(format!(
+            "this build has no {} connector yet, so the application must run with dry_run = true \
+             (decisions are audited, no provider is called)",
+            kind_name(kind)
+        )),
+    }
+}
+
+fn kind_name(kind: AppKind) -> &'static str {
+    kind.as_str()
 }

@@ -5,8 +5,7 @@
 
 use super::WorkerContext;
 use crate::audit::{self, AuditEntry};
-use crate::connectors::Target;
-use crate::event::Person;
+use crate::connectors::{Subject, Target};
 use crate::grants;
 use serde_json::json;
 use std::sync::Arc;
@@ -45,8 +44,8 @@ pub async fn sweep_once(ctx: &WorkerContext) -> Result<usize, sqlx::Error> {
 async fn expire_subject(ctx: &WorkerContext, application: &str, subject: &str) -> Result<usize, sqlx::Error> {
     let mut tx = ctx.pool.begin().await?;
     grants::lock(&mut tx, application, subject).await?;
-    let rows: Vec<(i64, String, Option<String>, String, bool)> = sqlx::query_as(
-        "SELECT g.id, g.target, g.subject_email, h.ticket, (h.expires_at <= now()) AS expired \
+    let rows: Vec<(i64, String, Option<serde_json::Value>, String, bool)> = sqlx::query_as(
+        "SELECT g.id, g.target, g.subject_info, h.ticket, (h.expires_at <= now()) AS expired \
          FROM access_grants g JOIN grant_holds h ON h.grant_id = g.id \
          WHERE g.application = $1 AND g.subject = $2 ORDER BY g.target",
     )
@@ -59,25 +58,30 @@ async fn expire_subject(ctx: &WorkerContext, application: &str, subject: &str) -
     struct Due {
         id: i64,
         target: String,
-        email: Option<String>,
+        info: Option<serde_json::Value>,
         expired_tickets: Vec<String>,
         remaining: usize,
     }
     let mut targets: Vec<Due> = Vec::new();
-    for (id, target, email, ticket, expired) in rows {
+    for (id, target, info, ticket, expired) in rows {
         if targets.last().is_none_or(|t| t.id != id) {
-            targets.push(Due { id, target, email, expired_tickets: Vec::new(), remaining: 0 });
+            targets.push(Due { id, target, info, expired_tickets: Vec::new(), remaining: 0 });
         }
         let t = targets.last_mut().expect("just pushed");
         if expired { t.expired_tickets.push(ticket) } else { t.remaining += 1 }
     }
     let mut entries = Vec::new();
     let mut released = 0;
-    for Due { id, target, email, expired_tickets, remaining } in targets {
+    for Due { id, target, info, expired_tickets, remaining } in targets {
         if expired_tickets.is_empty() {
             continue;
         }
-        let person = Person { account_id: subject.to_owned(), email, display_name: None };
+        let person = info.and_then(|v| serde_json::from_value::<Subject>(v).ok()).unwrap_or_else(|| Subject {
+            account_id: subject.to_owned(),
+            email: None,
+            display_name: None,
+            fields: Default::default(),
+        });
         let provider_result = if remaining > 0 {
             "kept: another ticket still holds it"
         } else if dry_run {
@@ -127,7 +131,7 @@ async fn expire_subject(ctx: &WorkerContext, application: &str, subject: &str) -
 async fn call_revoke(
     ctx: &WorkerContext,
     application: &str,
-    person: &Person,
+    person: &Subject,
     target: &str,
 ) -> Result<&'static str, crate::connectors::ConnectorError> {
     let Some(connector) = ctx.connectors.get(application) else {

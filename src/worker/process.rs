@@ -11,7 +11,7 @@
 use super::WorkerContext;
 use super::retry::{self, Next};
 use crate::audit::{self, AuditEntry};
-use crate::connectors::{ConnectorError, Target};
+use crate::connectors::{ConnectorError, Subject, Target};
 use crate::event::{AccessEvent, Person};
 use crate::grants::{self, Note, ProviderOp, Request};
 use crate::rules::{self, Decision};
@@ -150,6 +150,8 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
         return Ok(Outcome::Recorded("superseded"));
     }
 
+    let subject = ctx.subject(eff.application, eff.subject, &event);
+    let subject_info = serde_json::to_value(&subject).ok();
     let ledger = grants::load(&mut tx, eff.application, &eff.subject.account_id).await?;
     let plan = grants::plan(&ledger, &eff.request, &event.ticket.key, event.occurred_at);
     let dry_run = ctx.config.applications.get(eff.application).is_none_or(|a| a.dry_run);
@@ -158,7 +160,7 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
     let mut failure: Option<(ProviderOp, ConnectorError)> = None;
     if !dry_run {
         for op in &plan.ops {
-            match ctx.call(eff.application, eff.subject, op, eff.access_level).await {
+            match ctx.call(eff.application, &subject, op, eff.access_level).await {
                 Ok(result) => done.push((op.clone(), result)),
                 Err(e) => {
                     failure = Some((op.clone(), e));
@@ -185,7 +187,7 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
         &grants::Applied {
             application: eff.application,
             subject: &eff.subject.account_id,
-            subject_email: eff.subject.email.as_deref(),
+            subject_info: subject_info.as_ref(),
             ticket: &event.ticket.key,
             event_id: event.event_id,
             event_at: event.occurred_at,
@@ -438,10 +440,25 @@ fn decided_rows(event: &AccessEvent, decision: &Decision) -> Vec<AuditEntry> {
 
 impl WorkerContext {
     /// One provider call with short in-process retries for transient failures.
+    /// The subject as connectors see it: the requester plus the application's `subject_field` value.
+    fn subject(&self, application: &str, person: &Person, event: &AccessEvent) -> Subject {
+        let mut subject = Subject::from_person(person);
+        let field = self.config.applications.get(application).and_then(|a| crate::connectors::http::setting(a, "subject_field"));
+        if let Some(id) = field
+            && let Some(v) = event.raw_fields.get(&id)
+        {
+            let value = v.as_str().or_else(|| v.get("value").and_then(|x| x.as_str())).map(str::trim).filter(|s| !s.is_empty());
+            if let Some(value) = value {
+                subject.fields.insert(id, value.to_owned());
+            }
+        }
+        subject
+    }
+
     async fn call(
         &self,
         application: &str,
-        subject: &Person,
+        subject: &Subject,
         op: &ProviderOp,
         access_level: &str,
     ) -> Result<&'static str, ConnectorError> {

@@ -1,8 +1,7 @@
 //! A fake provider behind the `Connector` trait (tests only): it keeps a set of
 //! memberships, records every call, and fails on a script.
 
-use accessgov::connectors::{Connector, ConnectorError, GrantOutcome, RevokeOutcome, Target};
-use accessgov::event::Person;
+use accessgov::connectors::{Connector, ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
 use futures_util::future::BoxFuture;
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Mutex;
@@ -41,7 +40,7 @@ impl FakeProvider {
         self.members.lock().unwrap().clone()
     }
 
-    async fn step(&self, op: &'static str, subject: &Person, target: &Target) -> Result<bool, ConnectorError> {
+    async fn step(&self, op: &'static str, subject: &Subject, target: &Target) -> Result<bool, ConnectorError> {
         let latency = *self.latency.lock().unwrap();
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
@@ -74,7 +73,7 @@ impl Connector for FakeConnector {
 
     fn grant<'a>(
         &'a self,
-        subject: &'a Person,
+        subject: &'a Subject,
         target: &'a Target,
     ) -> BoxFuture<'a, Result<GrantOutcome, ConnectorError>> {
         Box::pin(async move {
@@ -88,7 +87,7 @@ impl Connector for FakeConnector {
 
     fn revoke<'a>(
         &'a self,
-        subject: &'a Person,
+        subject: &'a Subject,
         target: &'a Target,
     ) -> BoxFuture<'a, Result<RevokeOutcome, ConnectorError>> {
         Box::pin(async move {

@@ -1,0 +1,309 @@
+//! The HTTP layer every REST connector shares: one reqwest client per
+//! application (timeouts, user agent), a per-application request-rate limit
+//! (so a replay of thousands of dead letters cannot hammer a provider), error
+//! classification with the providers' rate-limit hints, and a token cache for
+//! OAuth/JWT-derived tokens (cached until shortly before expiry, refreshed once
+//! on 401 by the caller through [`TokenCache::invalidate`]).
+
+use super::ConnectorError;
+use crate::config::ApplicationConfig;
+use crate::config::secret::SecretRef;
+use reqwest::header::HeaderMap;
+use reqwest::{RequestBuilder, Response, StatusCode};
+use secrecy::SecretString;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Mutex;
+
+/// Longest server-requested wait we honour; longer hints are capped.
+pub const MAX_HINT: Duration = Duration::from_secs(3600);
+/// Default per-request timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest error body kept for a message.
+const MAX_ERROR_BODY: usize = 600;
+
+/// Settings every application kind accepts.
+#[derive(Debug, Clone)]
+pub struct Common {
+    /// Endpoint override (tests, proxies, sovereign clouds).
+    pub base_url: Option<String>,
+    /// Ticket field holding the provider's user name (e.g. a GitHub login).
+    pub subject_field: Option<String>,
+    /// Requests per second to this provider (none = unlimited).
+    pub rate_limit_per_second: Option<f64>,
+    pub timeout: Duration,
+}
+
+impl Common {
+    pub fn from_app(app: &ApplicationConfig) -> Result<Self, String> {
+        let timeout = match setting(app, "timeout") {
+            Some(t) => crate::config::duration::parse(&t)?,
+            None => DEFAULT_TIMEOUT,
+        };
+        let rate = match app.settings.get("rate_limit_per_second") {
+            None => None,
+            Some(v) => match v.as_float().or_else(|| v.as_integer().map(|i| i as f64)) {
+                Some(r) if r > 0.0 => Some(r),
+                _ => return Err("rate_limit_per_second must be a positive number".into()),
+            },
+        };
+        Ok(Self { base_url: setting(app, "base_url"), subject_field: setting(app, "subject_field"), rate_limit_per_second: rate, timeout })
+    }
+}
+
+/// A string setting of an application.
+pub fn setting(app: &ApplicationConfig, key: &str) -> Option<String> {
+    app.settings.get(key).and_then(|v| v.as_str()).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+/// A boolean setting of an application.
+pub fn flag(app: &ApplicationConfig, key: &str) -> Option<bool> {
+    app.settings.get(key).and_then(|v| v.as_bool())
+}
+
+/// The secret `<name>_env` / `<name>_file`, resolved now. `Ok(None)` when neither is set.
+pub fn secret(app: &ApplicationConfig, name: &str) -> Result<Option<SecretString>, String> {
+    let env = setting(app, &format!("{name}_env"));
+    let file = setting(app, &format!("{name}_file"));
+    match SecretRef::from_pair(env.as_deref(), file.as_deref()) {
+        None => Ok(None),
+        Some(r) => r.resolve().map(Some).map_err(|e| format!("{name}: {e}")),
+    }
+}
+
+/// Spaces requests to at most `rate` per second.
+#[derive(Debug)]
+pub struct RateLimiter {
+    interval: Duration,
+    next: Mutex<Instant>,
+}
+
+impl RateLimiter {
+    pub fn new(per_second: f64) -> Self {
+        Self { interval: Duration::from_secs_f64(1.0 / per_second), next: Mutex::new(Instant::now()) }
+    }
+
+    /// Waits for this caller's slot.
+    pub async fn acquire(&self) {
+        let slot = {
+            let mut next = self.next.lock().await;
+            let now = Instant::now();
+            let slot = (*next).max(now);
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot.into()).await;
+    }
+}
+
+/// One application's HTTP client.
+#[derive(Clone)]
+pub struct Http {
+    client: reqwest::Client,
+    provider: &'static str,
+    limiter: Option<Arc<RateLimiter>>,
+}
+
+impl Http {
+    pub fn new(provider: &'static str, common: &Common) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .timeout(common.timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("accessgov/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Self { client, provider, limiter: common.rate_limit_per_second.map(|r| Arc::new(RateLimiter::new(r))) })
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    pub fn provider(&self) -> &'static str {
+        self.provider
+    }
+
+    /// Sends after the rate limiter allows it; transport failures are transient.
+    pub async fn send(&self, req: RequestBuilder) -> Result<Response, ConnectorError> {
+        if let Some(l) = &self.limiter {
+            l.acquire().await;
+        }
+        req.send().await.map_err(|e| transport_error(self.provider, &e))
+    }
+
+    /// The classified error for a non-success response.
+    pub async fn error_for(&self, resp: Response) -> ConnectorError {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.text().await.unwrap_or_default();
+        classify(self.provider, status, &headers, &body)
+    }
+}
+
+/// A transport error (no HTTP answer): always transient, message without URL secrets.
+pub fn transport_error(provider: &str, e: &reqwest::Error) -> ConnectorError {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else {
+        "request failed"
+    };
+    ConnectorError::Transient { reason: format!("{provider}: {kind}"), retry_after: None }
+}
+
+/// Maps a provider answer to an error class: 429 and 5xx are transient (with
+/// the server's hint), 401/403 unauthorized, 404 not found, other 4xx permanent.
+/// Provider-specific exceptions (Google's 403 rate limits, GitHub's secondary
+/// limits) are checked by the connectors before falling back to this.
+pub fn classify(provider: &str, status: StatusCode, headers: &HeaderMap, body: &str) -> ConnectorError {
+    let detail = snippet(body);
+    let reason = format!("{provider} answered {}{}", status.as_u16(), if detail.is_empty() { String::new() } else { format!(": {detail}") });
+    match status {
+        StatusCode::TOO_MANY_REQUESTS => ConnectorError::Transient { reason, retry_after: Some(retry_hint(headers).unwrap_or(Duration::from_secs(1))) },
+        s if s.is_server_error() => ConnectorError::Transient { reason, retry_after: retry_hint(headers) },
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ConnectorError::Unauthorized(reason),
+        StatusCode::NOT_FOUND => ConnectorError::NotFound { what: reason },
+        _ => ConnectorError::Permanent { reason },
+    }
+}
+
+/// The first part of an error body, on one line.
+pub fn snippet(body: &str) -> String {
+    let one_line: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut end = one_line.len().min(MAX_ERROR_BODY);
+    while !one_line.is_char_boundary(end) {
+        end -= 1;
+    }
+    one_line[..end].to_owned()
+}
+
+/// The wait a provider asked for: `Retry-After` (seconds or HTTP date) first,
+/// then an epoch-seconds reset header (`X-Rate-Limit-Reset` Okta,
+/// `x-ratelimit-reset` GitHub), capped at [`MAX_HINT`].
+pub fn retry_hint(headers: &HeaderMap) -> Option<Duration> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    retry_hint_at(headers, now)
+}
+
+/// [`retry_hint`] at a given time since the epoch (pure, for tests).
+pub fn retry_hint_at(headers: &HeaderMap, now: Duration) -> Option<Duration> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let hint = if let Some(v) = get("retry-after") {
+        match v.parse::<u64>() {
+            Ok(secs) => Some(Duration::from_secs(secs)),
+            Err(_) => chrono::DateTime::parse_from_rfc2822(v)
+                .ok()
+                .map(|at| Duration::from_secs(u64::try_from(at.timestamp()).unwrap_or(0)).saturating_sub(now)),
+        }
+    } else {
+        get("x-rate-limit-reset")
+            .or_else(|| get("x-ratelimit-reset"))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|reset| Duration::from_secs(reset).saturating_sub(now))
+    };
+    hint.map(|h| h.min(MAX_HINT))
+}
+
+/// A cached bearer token.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    slot: Mutex<Option<(SecretString, Instant)>>,
+}
+
+/// Tokens are refreshed this long before they expire.
+const TOKEN_MARGIN: Duration = Duration::from_secs(60);
+
+impl TokenCache {
+    /// The cached token, or a fresh one from `fetch` (which returns the token and its lifetime).
+    pub async fn get<F, Fut>(&self, fetch: F) -> Result<SecretString, ConnectorError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(SecretString, Duration), ConnectorError>>,
+    {
+        let mut slot = self.slot.lock().await;
+        if let Some((token, until)) = slot.as_ref()
+            && Instant::now() < *until
+        {
+            return Ok(token.clone());
+        }
+        let (token, lifetime) = fetch().await?;
+        let until = Instant::now() + lifetime.saturating_sub(TOKEN_MARGIN);
+        *slot = Some((token.clone(), until));
+        Ok(token)
+    }
+
+    /// Forgets the token (after a 401), so the next call fetches a new one.
+    pub async fn invalidate(&self) {
+        *self.slot.lock().await = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn retry_after_seconds_win_over_reset_headers() {
+        let now = Duration::from_secs(1_000_000);
+        assert_eq!(retry_hint_at(&headers(&[("retry-after", "7"), ("x-rate-limit-reset", "1000100")]), now), Some(Duration::from_secs(7)));
+        assert_eq!(retry_hint_at(&headers(&[("x-rate-limit-reset", "1000030")]), now), Some(Duration::from_secs(30)));
+        assert_eq!(retry_hint_at(&headers(&[("x-ratelimit-reset", "999999")]), now), Some(Duration::ZERO));
+        assert_eq!(retry_hint_at(&headers(&[("retry-after", "999999")]), now), Some(MAX_HINT));
+        assert_eq!(retry_hint_at(&headers(&[]), now), None);
+    }
+
+    #[test]
+    fn an_http_date_retry_after_counts_from_now() {
+        let now = Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        let h = headers(&[("retry-after", "Sun, 06 Nov 1994 08:50:37 GMT")]);
+        assert_eq!(retry_hint_at(&h, now), Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn statuses_map_to_error_classes() {
+        let h = headers(&[("retry-after", "3")]);
+        assert_eq!(classify("okta", StatusCode::TOO_MANY_REQUESTS, &h, "").retry_after(), Some(Duration::from_secs(3)));
+        assert!(classify("okta", StatusCode::BAD_GATEWAY, &HeaderMap::new(), "").is_transient());
+        assert_eq!(classify("okta", StatusCode::UNAUTHORIZED, &HeaderMap::new(), "").class(), "unauthorized");
+        assert_eq!(classify("okta", StatusCode::NOT_FOUND, &HeaderMap::new(), "").class(), "not_found");
+        let e = classify("okta", StatusCode::BAD_REQUEST, &HeaderMap::new(), "{\"errorSummary\":\n \"bad\"}");
+        assert_eq!(e.class(), "permanent");
+        assert!(e.to_string().contains("{\"errorSummary\": \"bad\"}"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_rate_limiter_spaces_requests() {
+        let l = RateLimiter::new(50.0);
+        let start = Instant::now();
+        for _ in 0..5 {
+            l.acquire().await;
+        }
+        assert!(start.elapsed() >= Duration::from_millis(80), "{:?}", start.elapsed());
+    }
+
+    #[tokio::test]
+    async fn tokens_are_cached_until_invalidated() {
+        let cache = TokenCache::default();
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let fetch = || async {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok((SecretString::from("t"), Duration::from_secs(3600)))
+        };
+        cache.get(fetch).await.unwrap();
+        cache.get(fetch).await.unwrap();
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        cache.invalidate().await;
+        cache.get(fetch).await.unwrap();
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+}
