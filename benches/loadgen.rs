@@ -50,8 +50,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let n = env_or("LOADGEN_EVENTS", 2000);
     let c = env_or("LOADGEN_CONCURRENCY", 32);
-    let pg = std::env::var("ACCESSGOV_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let amqp = std::env::var("ACCESSGOV_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let pg =
+        std::env::var("ACCESSGOV_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let amqp =
+        std::env::var("ACCESSGOV_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
     let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
     let db = format!("accessgov_loadgen_{tag}");
     let mut config = Config::parse(include_str!("../accessgov.example.toml")).map_err(anyhow::Error::msg)?;
@@ -68,7 +70,8 @@ async fn main() -> anyhow::Result<()> {
     let app = App::start(config.clone(), Role::All, Some(verifier), Default::default(), true, token.clone()).await?;
     let url = format!("http://{}/webhooks/jsm", app.ingress_addr.expect("ingress"));
 
-    let template: Value = serde_json::from_str(include_str!("../tests/fixtures/jsm/webhook-approved-confluence-write.json"))?;
+    let template: Value =
+        serde_json::from_str(include_str!("../tests/fixtures/jsm/webhook-approved-confluence-write.json"))?;
     let bodies: Vec<Vec<u8>> = (0..n)
         .map(|i| {
             let mut v = template.clone();
@@ -126,8 +129,15 @@ async fn main() -> anyhow::Result<()> {
     let processed_per_sec = (n - failures) as f64 / end_to_end.as_secs_f64();
     let (p50, p95, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.95), percentile(&latencies, 0.99));
     let rss = peak_rss_mib();
-    println!("ingress: {accepted_per_sec:.0} accepted/s over {:.2}s; 202 latency p50 {p50:.1} ms, p95 {p95:.1} ms, p99 {p99:.1} ms; {failures} failed", ingest.as_secs_f64());
-    println!("worker:  all {} processed in {:.2}s => {processed_per_sec:.0} events/s end to end; {audit_rows} audit rows", n - failures, end_to_end.as_secs_f64());
+    println!(
+        "ingress: {accepted_per_sec:.0} accepted/s over {:.2}s; 202 latency p50 {p50:.1} ms, p95 {p95:.1} ms, p99 {p99:.1} ms; {failures} failed",
+        ingest.as_secs_f64()
+    );
+    println!(
+        "worker:  all {} processed in {:.2}s => {processed_per_sec:.0} events/s end to end; {audit_rows} audit rows",
+        n - failures,
+        end_to_end.as_secs_f64()
+    );
     println!("memory:  peak RSS {rss:.1} MiB (ingress + worker + load clients in one process)");
 
     token.cancel();
@@ -135,7 +145,11 @@ async fn main() -> anyhow::Result<()> {
     pool.close().await;
     let conn = lapin::Connection::connect(&amqp, Default::default()).await?;
     let ch = conn.create_channel().await?;
-    accessgov::broker::topology::delete(&ch, &accessgov::broker::Names::new(&config.broker.prefix, &config.broker.retry_delays)).await?;
+    accessgov::broker::topology::delete(
+        &ch,
+        &accessgov::broker::Names::new(&config.broker.prefix, &config.broker.retry_delays),
+    )
+    .await?;
     let admin = sqlx::PgPool::connect(&format!("{pg}/postgres")).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))).execute(&admin).await?;
 

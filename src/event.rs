@@ -32,6 +32,9 @@ pub enum Source {
     AutomationJira,
     /// Automation "Issue data (Automation format)": the bare issue.
     AutomationIssue,
+    /// Automation "Custom data": the documented `accessgov.automation/v1` body
+    /// (see the README, "Automation rule (custom body)").
+    AutomationCustom,
 }
 
 /// A person, as JSM identifies them.
@@ -65,8 +68,9 @@ pub struct Ticket {
     pub request_type: String,
 }
 
-/// The status change that made this an event. Automation bodies carry only the
-/// current status (`from` is `null`): a snapshot, not a transition.
+/// The status change that made this an event. Automation issue bodies carry only
+/// the current status (`from` is `null`): a snapshot, not a transition. A custom
+/// Automation body may carry the from-status (then it is a transition).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusChange {
     pub from: Option<String>,

@@ -6,7 +6,9 @@
 //!   issue's current status is never taken as one (comment events and field
 //!   edits arrive while a ticket already sits in "Approved");
 //! - `jira:issue_created` is a creation, not a transition;
-//! - Automation bodies carry no changelog: their current status is a snapshot;
+//! - Automation issue bodies carry no changelog: their current status is a
+//!   snapshot; the custom Automation body (`accessgov.automation/v1`, see the
+//!   README) may carry the from-status, and is a transition only when it does;
 //! - people are identified by `accountId`; emails are often hidden;
 //! - the approver is the latest final decision of the JSM approvals field, else
 //!   the configured approver field; the actor (`user`) is never the approver.
@@ -18,6 +20,9 @@ use crate::event::{
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
+
+/// The `schema` of the custom Automation body (README, "Automation rule (custom body)").
+pub const AUTOMATION_SCHEMA_V1: &str = "accessgov.automation/v1";
 
 /// Transport facts about the request, beside the body.
 #[derive(Debug, Default, Clone)]
@@ -38,7 +43,8 @@ pub enum IgnoreReason {
     StatusNotActionable,
     /// A webhook event other than issue created/updated.
     UnsupportedEvent,
-    /// JSON, but neither a Jira webhook nor an Automation issue body.
+    /// JSON, but neither a Jira webhook nor an Automation body (including a custom
+    /// body of an unknown schema version, or one without an issue id and key).
     UnrecognizedFormat,
 }
 
@@ -66,6 +72,7 @@ pub fn normalize(body: &Value, meta: &Meta, jsm: &JsmConfig, now: DateTime<Utc>)
     match detect(body) {
         Some(Format::Webhook { event, issue }) => webhook(body, event, issue, meta, jsm, now),
         Some(Format::Automation { source, issue }) => automation(issue, source, meta, jsm, now),
+        Some(Format::AutomationCustom(body)) => automation_custom(body, meta, jsm, now),
         None => Normalized::Ignored(IgnoreReason::UnrecognizedFormat),
     }
 }
@@ -73,10 +80,17 @@ pub fn normalize(body: &Value, meta: &Meta, jsm: &JsmConfig, now: DateTime<Utc>)
 enum Format<'a> {
     Webhook { event: &'a str, issue: &'a Value },
     Automation { source: Source, issue: &'a Value },
+    AutomationCustom(&'a Map<String, Value>),
 }
 
 fn detect(body: &Value) -> Option<Format<'_>> {
     let obj = body.as_object()?;
+    // Our own body names itself; another version of it is not guessed at.
+    if let Some(schema) = obj.get("schema").and_then(Value::as_str).map(str::trim)
+        && schema.starts_with("accessgov.automation/")
+    {
+        return (schema == AUTOMATION_SCHEMA_V1).then_some(Format::AutomationCustom(obj));
+    }
     if let Some(event) = obj.get("webhookEvent") {
         return Some(Format::Webhook {
             event: event.as_str().unwrap_or(""),
@@ -223,19 +237,8 @@ fn build(
     let f = &jsm.fields;
     let fields = parts.fields;
     let mut errors = Vec::new();
-    let mut required = |name: &str, id: &str| match single_value(fields.get(id)) {
-        Ok(v) => Some(v),
-        Err(Shape::Missing) => {
-            errors.push(format!("missing_required:{name}"));
-            None
-        }
-        Err(Shape::Unexpected(shape)) => {
-            errors.push(format!("unexpected_shape:{name}:{shape}"));
-            None
-        }
-    };
-    let application = required("application", &f.application);
-    let access_level = required("access_level", &f.access_level);
+    let application = required("application", fields.get(&f.application), &mut errors);
+    let access_level = required("access_level", fields.get(&f.access_level), &mut errors);
     let optional = |id: &Option<String>| id.as_ref().and_then(|id| single_value(fields.get(id)).ok());
 
     let requester_field = if f.requester == "reporter" { "reporter" } else { f.requester.as_str() };
@@ -299,6 +302,116 @@ fn build(
         department: optional(&f.department),
         errors,
         raw_fields,
+    }
+}
+
+/// The custom Automation body (`accessgov.automation/v1`, documented in the README):
+///
+/// ```json
+/// {"schema": "accessgov.automation/v1",
+///  "issue": {"id": "10131", "key": "ACC-131"}, "project_key": "ACC",
+///  "request_type": "Request Application Access",
+///  "status": {"from": "Waiting for approval", "from_id": "10100", "to": "Approved by Manager", "to_id": "10101"},
+///  "application": "Confluence", "access_level": "Write",
+///  "requester": {"account_id": "...", "email": "...", "display_name": "..."},
+///  "approver": {...}, "actor": {...},
+///  "updated": "2025-12-01T12:20:00.0+0000"}
+/// ```
+///
+/// Smart values that have nothing to render come out as `""`: every empty string
+/// is read as missing. A non-empty `status.from` makes the body a transition; an
+/// empty one a snapshot of the current status, like the other Automation bodies.
+/// The approver is the one the rule sends (from the approver field: `approver_field`);
+/// the actor (the rule's initiator) is never taken as the approver.
+fn automation_custom(body: &Map<String, Value>, meta: &Meta, jsm: &JsmConfig, now: DateTime<Utc>) -> Normalized {
+    let issue = body.get("issue");
+    let id = issue.and_then(|i| i.get("id")).and_then(id_string);
+    let key = issue.and_then(|i| i.get("key")).and_then(non_empty_str);
+    let (Some(id), Some(key)) = (id, key) else {
+        return Normalized::Ignored(IgnoreReason::UnrecognizedFormat);
+    };
+    let Some(request_type) = body.get("request_type").and_then(request_type_name) else {
+        return Normalized::Ignored(IgnoreReason::NotAnAccessRequest);
+    };
+    let Some(action) = jsm.request_types.get(&request_type).copied() else {
+        return Normalized::Ignored(IgnoreReason::NotAnAccessRequest);
+    };
+    let status_part = |name: &str| body.get("status").and_then(|s| s.get(name));
+    let Some(to) = status_part("to").and_then(non_empty_str) else {
+        return Normalized::Ignored(IgnoreReason::NoStatusChange);
+    };
+    let Some(app_status) = map_status(jsm, &to) else {
+        return Normalized::Ignored(IgnoreReason::StatusNotActionable);
+    };
+    let status = StatusChange {
+        from: status_part("from").and_then(non_empty_str),
+        to,
+        from_id: status_part("from_id").and_then(id_string),
+        to_id: status_part("to_id").and_then(id_string),
+    };
+    let updated = body.get("updated").and_then(id_string).unwrap_or_default();
+    let dedupe_key = format!("automation-custom:{id}:{}:{updated}", status.to_id.as_deref().unwrap_or(&status.to));
+    let occurred_at = parse_jira_time(&updated)
+        .or_else(|| updated.parse::<i64>().ok().and_then(|ms| Utc.timestamp_millis_opt(ms).single()))
+        .unwrap_or(now);
+
+    let mut errors = Vec::new();
+    let application = required("application", body.get("application"), &mut errors);
+    let access_level = required("access_level", body.get("access_level"), &mut errors);
+    let optional = |name: &str| single_value(body.get(name)).ok();
+    let raw_fields: Map<String, Value> = ["request_type", "application", "access_level", "duration", "department"]
+        .into_iter()
+        .filter_map(|k| body.get(k).map(|v| (k.to_owned(), v.clone())))
+        .collect();
+
+    Normalized::Accepted(Box::new(AccessEvent {
+        schema: SCHEMA_V1.to_owned(),
+        event_id: event_id_for(&dedupe_key),
+        dedupe_key,
+        source: Source::AutomationCustom,
+        delivery_id: meta.delivery_id.clone(),
+        ticket: Ticket { key, id, project_key: body.get("project_key").and_then(non_empty_str), request_type },
+        action,
+        app_status,
+        status,
+        application,
+        access_level,
+        requester: body.get("requester").and_then(custom_person),
+        approver: body
+            .get("approver")
+            .and_then(custom_person)
+            .map(|person| Approver { person, source: ApproverSource::ApproverField }),
+        actor: body.get("actor").and_then(custom_person),
+        changelog_id: None,
+        occurred_at,
+        duration: optional("duration"),
+        department: optional("department"),
+        errors,
+        raw_fields,
+    }))
+}
+
+/// A person of the custom body: `{"account_id", "email", "display_name"}`; none without an account id.
+fn custom_person(v: &Value) -> Option<Person> {
+    Some(Person {
+        account_id: v.get("account_id").and_then(id_string)?,
+        email: v.get("email").and_then(non_empty_str),
+        display_name: v.get("display_name").and_then(non_empty_str),
+    })
+}
+
+/// A required single value; a missing or malformed one is recorded in `errors`.
+fn required(name: &str, v: Option<&Value>, errors: &mut Vec<String>) -> Option<String> {
+    match single_value(v) {
+        Ok(v) => Some(v),
+        Err(Shape::Missing) => {
+            errors.push(format!("missing_required:{name}"));
+            None
+        }
+        Err(Shape::Unexpected(shape)) => {
+            errors.push(format!("unexpected_shape:{name}:{shape}"));
+            None
+        }
     }
 }
 

@@ -83,9 +83,15 @@ pub async fn run(ctx: Arc<WorkerContext>, shutdown: CancellationToken) {
 async fn lane(ctx: Arc<WorkerContext>, lane: Lane, shutdown: CancellationToken) {
     let mut backoff = MIN_BACKOFF;
     while !shutdown.is_cancelled() {
-        match consume(&ctx, lane, &shutdown).await {
+        let mut consumed = false;
+        match consume(&ctx, lane, &shutdown, &mut consumed).await {
             Ok(()) => break,
             Err(e) => {
+                // A session that got as far as consuming was a recovery: a later outage
+                // starts from the minimum again, not from where the last one left off.
+                if consumed {
+                    backoff = MIN_BACKOFF;
+                }
                 tracing::warn!(?lane, error = %e, retry_in_ms = backoff.as_millis() as u64, "worker lost its broker session; reconnecting");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -97,7 +103,13 @@ async fn lane(ctx: Arc<WorkerContext>, lane: Lane, shutdown: CancellationToken) 
     }
 }
 
-async fn consume(ctx: &Arc<WorkerContext>, lane: Lane, shutdown: &CancellationToken) -> anyhow::Result<()> {
+/// Consumes until shutdown (`Ok`) or a broker error; sets `consumed` once the consumer is registered.
+async fn consume(
+    ctx: &Arc<WorkerContext>,
+    lane: Lane,
+    shutdown: &CancellationToken,
+    consumed: &mut bool,
+) -> anyhow::Result<()> {
     let names = ctx.broker.names().clone();
     let queue = match lane {
         Lane::Requests => names.requests.clone(),
@@ -116,6 +128,7 @@ async fn consume(ctx: &Arc<WorkerContext>, lane: Lane, shutdown: &CancellationTo
             FieldTable::default(),
         )
         .await?;
+    *consumed = true;
     tracing::info!(queue = %queue, prefetch = ctx.config.broker.prefetch, concurrency = ctx.config.worker.concurrency, "worker consuming");
 
     let tracker = TaskTracker::new();

@@ -1,6 +1,11 @@
 //! The public listener's answers, against the real broker.
 
-use crate::helpers::{BEARER_TOKEN, fixture, spawn_app, spawn_app_with};
+use crate::helpers::chaos_proxy::{ChaosProxy, redirect_url, target_of};
+use crate::helpers::{BEARER_TOKEN, TestApp, amqp_url, eventually, fixture, spawn_app, spawn_app_with};
+use accessgov::broker::topology::REQUEST_BINDING;
+use lapin::options::QueueBindOptions;
+use lapin::types::FieldTable;
+use std::time::Duration;
 
 const APPROVED: &str = "webhook-approved-confluence-write.json";
 
@@ -71,4 +76,157 @@ async fn with_the_broker_unreachable_webhooks_get_503_with_retry_after_and_ready
         serde_json::json!({"broker": false, "database": true})
     );
     assert_eq!(app.http.get(app.url("/healthz")).send().await.unwrap().status(), 200);
+}
+
+fn event_id(v: &serde_json::Value) -> uuid::Uuid {
+    v["event_id"].as_str().expect("event_id in the answer").parse().expect("a uuid")
+}
+
+/// The approval fixture as another JSM change (its own changelog id, so its own event).
+fn approval_with_changelog(id: &str) -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_slice(&fixture(APPROVED)).unwrap();
+    v["changelog"]["id"] = id.into();
+    serde_json::to_vec(&v).unwrap()
+}
+
+async fn metrics(app: &TestApp) -> String {
+    app.http.get(format!("http://{}/metrics", app.ops_addr)).send().await.unwrap().text().await.unwrap()
+}
+
+/// Waits until the worker recorded one event: received, decided, then its effect
+/// (`dry_run`, or `already_held` for a second grant of the same access).
+async fn wait_until_processed(app: &TestApp, id: uuid::Uuid) {
+    let rows = eventually("the event's three audit rows", Duration::from_secs(30), || async {
+        let rows = app.audit_actions(id).await;
+        (rows.len() >= 3).then_some(rows)
+    })
+    .await;
+    let actions: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(actions[..2], ["received", "decided"], "{rows:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_automation_body_with_a_bearer_token_is_accepted_and_processed() {
+    let app = spawn_app().await;
+    let resp = app
+        .http
+        .post(app.url("/webhooks/jsm"))
+        .bearer_auth(BEARER_TOKEN)
+        .header("content-type", "application/json")
+        .body(fixture("automation-custom-approved-transition.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    wait_until_processed(&app, event_id(&resp.json().await.unwrap())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unroutable_publish_is_never_a_202_but_a_503_with_retry_after_and_a_metric() {
+    let app = spawn_app().await;
+    assert_eq!(app.post_signed(&approval_with_changelog("unroutable-0"), None).await.status(), 202);
+
+    // Unbind the requests queue: the events exchange now routes `access.*` nowhere, so
+    // the mandatory publish comes back as returned (then confirmed) instead of stored.
+    // (Unbinding, not deleting: the worker's reconnect would re-declare a deleted queue.)
+    let conn = lapin::Connection::connect(&amqp_url(), Default::default()).await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let (queue, exchange) = (app.names.requests.as_str(), app.names.events.as_str());
+    channel.queue_unbind(queue.into(), exchange.into(), REQUEST_BINDING.into(), FieldTable::default()).await.unwrap();
+
+    let resp = app.post_signed(&approval_with_changelog("unroutable-1"), None).await;
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().get("retry-after").is_some());
+    assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["error"], "unavailable");
+    let text = metrics(&app).await;
+    assert!(text.contains("accessgov_ingress_publish_failures_total{reason=\"unroutable\"}"), "{text}");
+
+    // Routable again: the very same delivery is accepted (Jira's retry succeeds).
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            REQUEST_BINDING.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let resp = app.post_signed(&approval_with_changelog("unroutable-1"), None).await;
+    assert_eq!(resp.status(), 202);
+    wait_until_processed(&app, event_id(&resp.json().await.unwrap())).await;
+    let _ = conn.close(200, "test done".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_broker_cut_webhooks_get_503_and_once_restored_202_again_and_the_worker_resumes() {
+    let proxy = ChaosProxy::start(target_of(&amqp_url()).await).await;
+    let proxied = redirect_url(&amqp_url(), proxy.addr());
+    let app = spawn_app_with(|c| c.broker.url = proxied).await;
+
+    // Through the proxy, everything works.
+    let resp = app.post_signed(&approval_with_changelog("cut-0"), None).await;
+    assert_eq!(resp.status(), 202);
+    wait_until_processed(&app, event_id(&resp.json().await.unwrap())).await;
+
+    // Cut: readiness reports the broker, webhooks are refused as retryable.
+    proxy.cut();
+    let ready = eventually("readyz to report the broker down", Duration::from_secs(20), || async {
+        let resp = app.http.get(app.url("/readyz")).send().await.unwrap();
+        (resp.status() == 503).then_some(resp)
+    })
+    .await;
+    assert_eq!(
+        ready.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({"broker": false, "database": true})
+    );
+    let resp = app.post_signed(&approval_with_changelog("cut-1"), None).await;
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().get("retry-after").is_some());
+
+    // Restore: the same delivery (as Jira retries it) is accepted, and the worker's
+    // consumer, which also goes through the proxy, reconnects and processes it.
+    proxy.restore();
+    let resp = eventually("a webhook to be accepted again", Duration::from_secs(30), || async {
+        let resp = app.post_signed(&approval_with_changelog("cut-1"), None).await;
+        (resp.status() == 202).then_some(resp)
+    })
+    .await;
+    wait_until_processed(&app, event_id(&resp.json().await.unwrap())).await;
+    assert_eq!(app.http.get(app.url("/readyz")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_long_broker_outage_the_worker_recovers_from_the_next_short_one_at_once() {
+    let proxy = ChaosProxy::start(target_of(&amqp_url()).await).await;
+    let proxied = redirect_url(&amqp_url(), proxy.addr());
+    let app = spawn_app_with(|c| c.broker.url = proxied).await;
+    let resp = app.post_signed(&approval_with_changelog("outage-0"), None).await;
+    assert_eq!(resp.status(), 202);
+    wait_until_processed(&app, event_id(&resp.json().await.unwrap())).await;
+
+    // A long outage: both worker lanes (requests, dead) fail to reconnect three times
+    // each (after 0.5 s, 1 s and 2 s), so their next wait has grown to 4 s, then 8 s.
+    proxy.cut();
+    eventually("the worker to retry three times per lane", Duration::from_secs(20), || async {
+        (proxy.refused() >= 6).then_some(())
+    })
+    .await;
+    proxy.restore();
+    let resp = app.post_signed(&approval_with_changelog("outage-1"), None).await;
+    assert_eq!(resp.status(), 202);
+    wait_until_processed(&app, event_id(&resp.json().await.unwrap())).await;
+
+    // A blip: the worker was consuming again, so it retries after the minimum wait,
+    // not after the 8 s it had grown to (which would miss this bound).
+    proxy.cut();
+    assert_eq!(app.post_signed(&approval_with_changelog("outage-2"), None).await.status(), 503);
+    proxy.restore();
+    let resp = app.post_signed(&approval_with_changelog("outage-2"), None).await;
+    assert_eq!(resp.status(), 202);
+    let id = event_id(&resp.json().await.unwrap());
+    eventually("the event published after the blip to be processed", Duration::from_secs(6), || async {
+        (app.audit_actions(id).await.len() >= 3).then_some(())
+    })
+    .await;
 }

@@ -315,6 +315,188 @@ fn automation_bodies_are_a_status_snapshot_without_a_from_status_or_actor() {
 }
 
 #[test]
+fn a_custom_automation_body_is_a_transition_with_a_from_status_and_a_snapshot_without() {
+    let jsm = jsm();
+    let transition =
+        accepted(normalize(&fixture("automation-custom-approved-transition"), &Meta::default(), &jsm, now()));
+    assert_eq!(transition.source, Source::AutomationCustom);
+    assert_eq!(
+        transition.status,
+        StatusChange {
+            from: Some("Waiting for approval".into()),
+            to: "Approved by Manager".into(),
+            from_id: Some("10100".into()),
+            to_id: Some("10101".into()),
+        }
+    );
+    assert_eq!((transition.app_status, transition.action), (AppStatus::Approved, crate::config::RequestAction::Grant));
+    assert_eq!(transition.approver.expect("approver").source, ApproverSource::ApproverField);
+
+    // The same rule fired by a trigger without a status change: the changelog smart values render empty.
+    let mut body = fixture("automation-custom-approved-transition");
+    set(&mut body, "status.from", json!(""));
+    set(&mut body, "status.from_id", json!(""));
+    let snapshot = accepted(normalize(&body, &Meta::default(), &jsm, now()));
+    assert_eq!((snapshot.status.from, snapshot.status.from_id), (None, None));
+    // Same issue, status and update: the same event either way.
+    assert_eq!(snapshot.event_id, transition.event_id);
+
+    let revoked = accepted(normalize(&fixture("automation-custom-revoked-snapshot"), &Meta::default(), &jsm, now()));
+    assert_eq!((revoked.status.from, revoked.app_status), (None, AppStatus::Revoked));
+}
+
+#[test]
+fn empty_smart_values_in_a_custom_body_are_missing_values() {
+    let jsm = jsm();
+    let event = accepted(normalize(&fixture("automation-custom-revoked-snapshot"), &Meta::default(), &jsm, now()));
+    // An unset approver renders as empty strings: no approver, and never the actor instead.
+    assert_eq!(event.approver, None);
+    assert_eq!(event.actor.expect("actor").display_name.as_deref(), Some("Automation for Jira"));
+    // Hidden emails render empty.
+    assert_eq!(event.requester.expect("requester").email, None);
+    assert_eq!((event.duration, event.department), (None, None));
+
+    let event = accepted(normalize(&fixture("automation-custom-empty-application"), &Meta::default(), &jsm, now()));
+    assert_eq!(event.application, None);
+    assert_eq!(event.errors, vec!["missing_required:application".to_owned()]);
+
+    // Whitespace, null or an absent key are missing as well; several selected values are an error, not a guess.
+    let base = fixture("automation-custom-approved-transition");
+    for (value, error) in [
+        (json!("  "), "missing_required:access_level"),
+        (json!(null), "missing_required:access_level"),
+        (json!(["Read", "Write"]), "unexpected_shape:access_level:array"),
+    ] {
+        let mut body = base.clone();
+        set(&mut body, "access_level", value);
+        assert_eq!(accepted(normalize(&body, &Meta::default(), &jsm, now())).errors, vec![error.to_owned()]);
+    }
+    let mut body = base.clone();
+    remove(&mut body, "access_level");
+    assert_eq!(accepted(normalize(&body, &Meta::default(), &jsm, now())).errors, vec!["missing_required:access_level"]);
+
+    // An empty status, request type or issue id cannot be an access event.
+    for (path, reason) in [
+        ("status.to", IgnoreReason::NoStatusChange),
+        ("request_type", IgnoreReason::NotAnAccessRequest),
+        ("issue.id", IgnoreReason::UnrecognizedFormat),
+        ("issue.key", IgnoreReason::UnrecognizedFormat),
+    ] {
+        let mut body = base.clone();
+        set(&mut body, path, json!(""));
+        assert_eq!(normalize(&body, &Meta::default(), &jsm, now()), Normalized::Ignored(reason), "{path}");
+    }
+}
+
+#[test]
+fn a_custom_body_maps_request_types_and_statuses_through_the_same_config() {
+    let jsm = jsm();
+    let base = fixture("automation-custom-approved-transition");
+    let mut body = base.clone();
+    set(&mut body, "status.to", json!("approved by manager"));
+    assert_eq!(accepted(normalize(&body, &Meta::default(), &jsm, now())).app_status, AppStatus::Approved);
+    set(&mut body, "status.to", json!("In Progress"));
+    assert_eq!(normalize(&body, &Meta::default(), &jsm, now()), Normalized::Ignored(IgnoreReason::StatusNotActionable));
+    let mut body = base.clone();
+    set(&mut body, "request_type", json!("Report a bug"));
+    assert_eq!(normalize(&body, &Meta::default(), &jsm, now()), Normalized::Ignored(IgnoreReason::NotAnAccessRequest));
+    let mut body = base.clone();
+    set(&mut body, "request_type", json!("Request Access Change"));
+    assert_eq!(accepted(normalize(&body, &Meta::default(), &jsm, now())).action, crate::config::RequestAction::Change);
+    // Numbers where the template quotes ids are read as ids.
+    let mut body = base.clone();
+    set(&mut body, "issue.id", json!(10131));
+    set(&mut body, "status.to_id", json!(10101));
+    assert_eq!(
+        accepted(normalize(&body, &Meta::default(), &jsm, now())),
+        accepted(normalize(&base, &Meta::default(), &jsm, now()))
+    );
+    // Another version of the body is not guessed at.
+    let mut body = base.clone();
+    set(&mut body, "schema", json!("accessgov.automation/v2"));
+    assert_eq!(normalize(&body, &Meta::default(), &jsm, now()), Normalized::Ignored(IgnoreReason::UnrecognizedFormat));
+}
+
+/// The "Custom data" template in the README, rendered as Automation would: `{{x.asJsonString}}`
+/// becomes a JSON string, `{{x}}` its text (inside the template's quotes), unset values nothing.
+fn render_readme_template(values: &[(&str, &str)]) -> Value {
+    let readme = include_str!("../../../README.md");
+    let section = readme.split("## Automation rule (custom body)").nth(1).expect("the README has the section");
+    let template = section
+        .split("```json\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("the section has a json block");
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find("}}").expect("closed smart value") + start;
+        let expr = &rest[start + 2..end];
+        let (path, as_json) = match expr.strip_suffix(".asJsonString") {
+            Some(path) => (path, true),
+            None => (expr, false),
+        };
+        let value = values.iter().find(|(p, _)| *p == path).map_or("", |(_, v)| *v);
+        if as_json {
+            out.push_str(&Value::String(value.to_owned()).to_string());
+        } else {
+            assert!(!value.contains(['"', '\\']), "{path}: a quoted smart value must not need escaping");
+            out.push_str(value);
+        }
+        rest = &rest[end + 2..];
+    }
+    out.push_str(rest);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("the rendered template is not JSON: {e}\n{out}"))
+}
+
+#[test]
+fn the_readme_template_renders_to_the_documented_custom_body() {
+    let jsm = jsm();
+    let full = [
+        ("issue.id", "10131"),
+        ("issue.key", "ACC-131"),
+        ("issue.project.key", "ACC"),
+        ("issue.customfield_10010.requestType.name", "Request Application Access"),
+        ("changelog.status.fromString", "Waiting for approval"),
+        ("changelog.status.from", "10100"),
+        ("issue.status.name", "Approved by Manager"),
+        ("issue.status.id", "10101"),
+        ("issue.customfield_10050.value", "Confluence"),
+        ("issue.customfield_10051.value", "Write"),
+        ("issue.reporter.accountId", "712020:0e4b6a43-1f7c-4d5e-9a3b-2c1d0e9f8a7b"),
+        ("issue.reporter.emailAddress", "dana.requester@example.com"),
+        ("issue.reporter.displayName", "Dana Requester"),
+        ("issue.customfield_10060.accountId", "5f8e1b2c3d4a5b6c7d8e9f01"),
+        ("issue.customfield_10060.emailAddress", "morgan.manager@example.com"),
+        ("issue.customfield_10060.displayName", "Morgan Manager"),
+        ("initiator.accountId", "5f8e1b2c3d4a5b6c7d8e9f01"),
+        ("initiator.emailAddress", "morgan.manager@example.com"),
+        ("initiator.displayName", "Morgan Manager"),
+        ("issue.updated.jiraDateTime", "2025-12-01T12:20:00.0+0000"),
+    ];
+    // Rendered with every value, the template is the transition fixture, key for key (minus its optional keys).
+    let rendered = render_readme_template(&full);
+    let mut fixture_body = fixture("automation-custom-approved-transition");
+    remove(&mut fixture_body, "duration");
+    remove(&mut fixture_body, "department");
+    assert_eq!(rendered, fixture_body);
+    let event = accepted(normalize(&rendered, &Meta::default(), &jsm, now()));
+    assert_eq!(event.dedupe_key, "automation-custom:10131:10101:2025-12-01T12:20:00.0+0000");
+    assert_eq!(event.occurred_at, Utc.with_ymd_and_hms(2025, 12, 1, 12, 20, 0).single().expect("date"));
+
+    // A trigger without a status change, no approver, hidden emails, no application:
+    // still JSON, and read as a snapshot with the missing value reported.
+    let unset = ["changelog.", "issue.customfield_10060.", "emailAddress", "issue.customfield_10050."];
+    let sparse: Vec<(&str, &str)> =
+        full.iter().copied().filter(|(path, _)| !unset.iter().any(|u| path.contains(u))).collect();
+    let event = accepted(normalize(&render_readme_template(&sparse), &Meta::default(), &jsm, now()));
+    assert_eq!((event.status.from.as_deref(), event.approver.as_ref()), (None, None));
+    assert_eq!(event.requester.expect("requester").email, None);
+    assert_eq!(event.errors, vec!["missing_required:application".to_owned()]);
+}
+
+#[test]
 fn the_actor_never_becomes_the_approver() {
     let jsm = jsm();
     // No approvals, no approver field: the agent who moved the ticket is the actor, not the approver.
@@ -423,6 +605,16 @@ fn dedupe_keys_have_one_format_per_source() {
     assert_eq!(
         key("automation-issue-format-revoked", &delivery("ignored-for-the-key"), &keep),
         "automation:10115:10103:2025-12-01T12:14:00.000+0000"
+    );
+    // Custom Automation body: issue id, status id (else name) and update time.
+    assert_eq!(
+        key("automation-custom-approved-transition", &delivery("ignored-for-the-key"), &keep),
+        "automation-custom:10131:10101:2025-12-01T12:20:00.0+0000"
+    );
+    let no_status_id = |b: &mut Value| set(b, "status.to_id", json!(""));
+    assert_eq!(
+        key("automation-custom-approved-transition", &Meta::default(), &no_status_id),
+        "automation-custom:10131:Approved by Manager:2025-12-01T12:20:00.0+0000"
     );
 }
 
@@ -547,6 +739,16 @@ const KEYS: &[&str] = &[
     "finalDecision",
     "completedDate",
     "epochMillis",
+    "schema",
+    "request_type",
+    "application",
+    "access_level",
+    "account_id",
+    "email",
+    "display_name",
+    "project_key",
+    "from_id",
+    "to_id",
 ];
 
 /// Strings that mean something to the normalizer or the example config.
@@ -579,6 +781,8 @@ const STRINGS: &[&str] = &[
     "Zoë 山田",
     "\u{0}",
     "-1",
+    "accessgov.automation/v1",
+    "accessgov.automation/v2",
 ];
 
 fn arb_leaf() -> impl Strategy<Value = Value> {
@@ -647,6 +851,20 @@ const PATHS: &[&str] = &[
     "issue.fields.customfield_10027.0.approvers.0.approver",
     "issue.fields.customfield_10027.0.approvers.0.approverDecision",
     "issue.fields.customfield_10027.0.completedDate.epochMillis",
+    // The custom Automation body.
+    "schema",
+    "request_type",
+    "status.from",
+    "status.to",
+    "status.to_id",
+    "application",
+    "access_level",
+    "requester",
+    "requester.account_id",
+    "approver",
+    "approver.account_id",
+    "actor",
+    "updated",
 ];
 
 const BASES: &[&str] = &[
@@ -654,6 +872,7 @@ const BASES: &[&str] = &[
     "webhook-two-approvals-latest-wins",
     "automation-jira-format-approved",
     "automation-issue-format-revoked",
+    "automation-custom-approved-transition",
 ];
 
 /// Sets `path` where its parent exists; silently does nothing elsewhere.
