@@ -17,6 +17,12 @@ pub use topology::Names;
 
 /// Time allowed for a TCP + AMQP handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed for a polite close before the connection is simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+async fn close_quietly(connection: Connection) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "reconnecting".into())).await;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -84,7 +90,7 @@ impl Broker {
             return Ok(l.publish.clone());
         }
         if let Some(old) = live.take() {
-            let _ = old.connection.close(200, "reconnecting".into()).await;
+            close_quietly(old.connection).await;
         }
         let connection = self.connect_raw().await?;
         let publish = connection.create_channel().await?;
@@ -95,10 +101,13 @@ impl Broker {
         Ok(publish)
     }
 
-    /// Forgets the current connection so that the next use reconnects.
+    /// Forgets the current connection so that the next use reconnects. The
+    /// lock is not held while closing, and closing a connection to a broker
+    /// that went silent is bounded, so a dead peer never blocks publishers.
     pub async fn invalidate(&self) {
-        if let Some(old) = self.live.lock().await.take() {
-            let _ = old.connection.close(200, "invalidated".into()).await;
+        let old = self.live.lock().await.take();
+        if let Some(old) = old {
+            close_quietly(old.connection).await;
         }
     }
 

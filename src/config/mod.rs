@@ -239,6 +239,10 @@ pub struct FieldsConfig {
     pub duration: Option<String>,
     /// Optional department field (for `[[roles]]`).
     pub department: Option<String>,
+    /// The applications' `subject_field` ids (derived, not a key): the ingress
+    /// carries their values in the event so connectors can find the user.
+    #[serde(skip)]
+    pub subject_fields: Vec<String>,
 }
 
 fn default_requester() -> String {
@@ -339,7 +343,15 @@ impl AppKind {
                 "api",
                 "admin_base_url",
             ],
-            Self::Bitbucket => &["workspace", "email_env", "email_file", "api_token_env", "api_token_file"],
+            Self::Bitbucket => &[
+                "workspace",
+                "repository",
+                "project_key",
+                "email_env",
+                "email_file",
+                "api_token_env",
+                "api_token_file",
+            ],
             Self::Github => &[
                 "org",
                 "app_id",
@@ -490,7 +502,13 @@ impl Config {
 
     /// Parses TOML text; the error names the key and line.
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+        let mut config: Self = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+        let mut ids: Vec<String> =
+            config.applications.values().filter_map(|a| a.settings.get("subject_field")?.as_str().map(str::to_owned)).collect();
+        ids.sort();
+        ids.dedup();
+        config.jsm.fields.subject_fields = ids;
+        Ok(config)
     }
 
     /// `ACCESSGOV_*` overrides for URLs and listeners.

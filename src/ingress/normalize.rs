@@ -270,6 +270,7 @@ fn build(
     ]
     .into_iter()
     .flatten()
+    .chain(f.subject_fields.iter())
     {
         if let Some(v) = fields.get(id) {
             raw_fields.insert(id.clone(), v.clone());

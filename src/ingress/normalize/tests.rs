@@ -930,3 +930,16 @@ proptest! {
         check(&body, &Meta::default(), &jsm())?;
     }
 }
+
+#[test]
+fn an_applications_subject_field_travels_in_the_event_for_its_connector() {
+    let text = EXAMPLE.replacen("token_env = \"OKTA_API_TOKEN\"", "token_env = \"OKTA_API_TOKEN\"\nsubject_field = \"customfield_10099\"", 1);
+    let config = crate::config::Config::parse(&text).unwrap();
+    assert_eq!(config.jsm.fields.subject_fields, vec!["customfield_10099".to_owned()]);
+    let mut body = fixture("webhook-approved-confluence-write");
+    set(&mut body, "issue.fields.customfield_10099", json!("octocat"));
+    let event = accepted(normalize(&body, &Meta::default(), &config.jsm, now()));
+    assert_eq!(event.raw_fields["customfield_10099"], json!("octocat"));
+    let plain = accepted(normalize(&body, &Meta::default(), &jsm(), now()));
+    assert!(!plain.raw_fields.contains_key("customfield_10099"), "only configured fields are carried");
+}
