@@ -8,6 +8,7 @@ use crate::ops::{self, OpsState};
 use crate::worker::{self, WorkerContext};
 use crate::{db, metrics};
 use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,6 +55,24 @@ pub fn verifier_from_env(config: &Config) -> anyhow::Result<Verifier> {
     Ok(Verifier { hmac_secret, bearer_token })
 }
 
+/// The admin API token (`[ops] admin_token_env` / `admin_token_file`). `None`
+/// when neither is set: the admin API is then off. Set but unreadable is an
+/// error: the ops listener does not start with `/admin` enabled and no token.
+pub fn admin_token_from_config(config: &Config) -> anyhow::Result<Option<SecretString>> {
+    let Some(reference) = config.ops_admin_token() else { return Ok(None) };
+    let token = reference.resolve().with_context(|| {
+        format!(
+            "the admin API is enabled ([ops] names its token: {}) but the token cannot be read; \
+             provide it, or remove admin_token_env/admin_token_file to turn /admin off",
+            reference.describe()
+        )
+    })?;
+    if token.expose_secret().len() < 16 {
+        tracing::warn!("the admin API token is shorter than 16 characters; use a long random value");
+    }
+    Ok(Some(token))
+}
+
 impl App {
     /// Starts the roles. Listeners bind the configured addresses (port 0 works).
     pub async fn start(
@@ -67,6 +86,7 @@ impl App {
         if let Some((name, _)) = config.applications.iter().find(|(n, a)| !a.dry_run && !connectors.contains_key(*n)) {
             anyhow::bail!("application {name:?} is live (dry_run = false) but has no connector");
         }
+        let admin_token = admin_token_from_config(&config)?;
         let pool = db::pool(&config.database.url, config.database.max_connections)?;
         if migrate {
             let applied = db::migrate(&pool, &config.database.url).await?;
@@ -79,7 +99,13 @@ impl App {
             .await
             .with_context(|| format!("cannot listen on ops.listen {}", config.ops.listen))?;
         let ops_addr = ops_listener.local_addr()?;
-        let ops_state = OpsState { broker: broker.clone(), pool: pool.clone(), metrics: metrics::handle() };
+        let ops_state = OpsState {
+            broker: broker.clone(),
+            pool: pool.clone(),
+            metrics: metrics::handle(),
+            config: config.clone(),
+            admin_token: admin_token.map(Arc::new),
+        };
         let token = shutdown.clone();
         tasks.spawn(async move { ("ops", ops::serve(ops_listener, ops_state, token).await.map_err(Into::into)) });
 

@@ -12,7 +12,12 @@ use std::path::PathBuf;
     long_about = "accessgov turns approved Jira Service Management access requests into group memberships \
                   and permissions in your applications, with an append-only, hash-chained audit trail.\n\n\
                   Run `accessgov all` for a single-process install, or `ingress` and `worker` separately \
-                  (workers scale horizontally). Every command reads one TOML config file.",
+                  (workers scale horizontally). Every command reads one TOML config file.\n\n\
+                  Each of them also runs the ops listener ([ops] listen, default 127.0.0.1:9090): /metrics, \
+                  /healthz, /readyz, and the admin API under /admin (dead letters, audit, grants; JSON, \
+                  Authorization: Bearer <admin token>). The admin API is enabled exactly when [ops] \
+                  admin_token_env or admin_token_file is set; a process whose admin token is configured but \
+                  cannot be read refuses to start. Operators use `dlq`, `audit` and `grants` on the command line.",
     propagate_version = true
 )]
 pub struct Cli {
@@ -43,9 +48,30 @@ pub enum Command {
     Config(ConfigCommand),
     /// Normalize and evaluate a webhook body offline and print the outcome as JSON; touches nothing.
     Simulate(SimulateArgs),
-    /// Audit trail commands.
+    /// Dead letters (requests that could not be completed): list, show, replay, discard.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Audit trail: list, verify the hash chain, export.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The grants ledger: who holds what, through which tickets.
+    #[command(subcommand)]
+    Grants(GrantsCommand),
+    /// Provider connections: test that each application's credentials work.
+    #[command(subcommand)]
+    Connectors(ConnectorsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConnectorsCommand {
+    /// The "Test Connection" button: for each configured application (or APP),
+    /// authenticate and make the provider's cheapest read call; print a table of
+    /// application, kind, result, latency and the usual fix. Dry-run applications
+    /// are skipped. Exits 1 when any live application fails.
+    Test {
+        /// Only this application (a key of [applications]).
+        app: Option<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -73,8 +99,119 @@ pub struct SimulateArgs {
     pub headers: Vec<String>,
 }
 
+/// The acting operator, recorded as the audit actor of replays and discards.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OperatorArg {
+    /// Who is acting (recorded in the audit trail). Default: the OS user ($USER, $LOGNAME).
+    #[arg(long, env = "ACCESSGOV_OPERATOR", value_name = "NAME")]
+    pub operator: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters (open ones unless --state says otherwise) as a table, or JSON.
+    List(DlqListArgs),
+    /// Show one dead letter: the event, the full attempt history and the last error.
+    Show {
+        /// Dead letter id (see `dlq list`).
+        id: i64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-publish dead letters' original events (fresh attempt count) for the workers
+    /// to process again, mark them replayed and audit each replay with the operator.
+    ///
+    /// A dead letter already replayed (or discarded) is refused unless --force; the
+    /// worker deduplicates by event id either way, so nothing is provisioned twice.
+    /// Unreadable (poison) messages cannot be replayed. Publishing is paced by --rate
+    /// and by each application's rate_limit_per_second. On a terminal a counter shows
+    /// progress; otherwise a line every --progress-every dead letters.
+    /// Exits 1 when any replay was refused or failed.
+    Replay(DlqReplayArgs),
+    /// Close a dead letter without replaying it; the reason is audited.
+    Discard {
+        /// Dead letter id.
+        id: i64,
+        /// Why it is closed (kept in the dead letter and the audit trail).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        operator: OperatorArg,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DlqListArgs {
+    /// Only this application.
+    #[arg(long)]
+    pub application: Option<String>,
+    /// Only this error class (transient, permanent, not_found, unauthorized, poison, ...).
+    #[arg(long)]
+    pub error_class: Option<String>,
+    /// Died at or after T: RFC 3339, a date (2026-01-31) or a duration ago (24h, 7d).
+    #[arg(long, value_name = "T", value_parser = crate::operator::parse_time)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Which dead letters.
+    #[arg(long, value_enum, default_value = "open")]
+    pub state: crate::dead_letters::StateFilter,
+    /// At most N rows (oldest first).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<i64>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["ids", "all"])))]
+pub struct DlqReplayArgs {
+    /// Dead letter ids.
+    #[arg(value_name = "ID")]
+    pub ids: Vec<i64>,
+    /// Every open dead letter (narrow with --application, --error-class, --since).
+    #[arg(long, conflicts_with = "ids")]
+    pub all: bool,
+    /// With --all: only this application.
+    #[arg(long, requires = "all")]
+    pub application: Option<String>,
+    /// With --all: only this error class.
+    #[arg(long, requires = "all")]
+    pub error_class: Option<String>,
+    /// With --all: only dead letters that died at or after T (RFC 3339, date, or 24h / 7d ago).
+    #[arg(long, value_name = "T", requires = "all", value_parser = crate::operator::parse_time)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Print, for each, what the worker would do now under the current config and
+    /// ledger (the decision and the provider calls); publish, mark and audit nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Replay even a dead letter that was already replayed or discarded.
+    #[arg(long)]
+    pub force: bool,
+    /// At most N replays per second (each application's rate_limit_per_second also applies).
+    #[arg(long, value_name = "N", default_value_t = 50.0, value_parser = positive_rate)]
+    pub rate: f64,
+    /// On a non-terminal, print a progress line every N dead letters.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub progress_every: u64,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub operator: OperatorArg,
+}
+
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("{s:?} is not a positive number of replays per second")),
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
+    /// List audit rows (the newest --limit matching rows, oldest first) as a table, or JSON.
+    List(AuditListArgs),
     /// Recompute the audit hash chain; report rows checked and the first broken row.
     /// Exits 1 when the chain is broken.
     Verify {
@@ -82,6 +219,83 @@ pub enum AuditCommand {
         #[arg(long, default_value_t = 1)]
         since_seq: i64,
     },
+    /// Stream audit rows, with their chain hashes (prev_hash, hash), as JSON Lines or CSV,
+    /// in sequence order; memory stays flat at any size. The README shows how to
+    /// re-verify an export offline.
+    Export(AuditExportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AuditListArgs {
+    /// Only rows of this ticket (e.g. ACC-42).
+    #[arg(long, value_name = "KEY")]
+    pub ticket: Option<String>,
+    /// Only rows about this user (account id).
+    #[arg(long, visible_alias = "user", value_name = "U")]
+    pub subject: Option<String>,
+    /// Only this application.
+    #[arg(long)]
+    pub application: Option<String>,
+    /// Only this action (received, decided, granted, replayed, discarded, admin_call, ...).
+    #[arg(long)]
+    pub action: Option<String>,
+    /// At or after T: RFC 3339, a date (2026-01-31) or a duration ago (24h, 7d).
+    #[arg(long, value_name = "T", value_parser = crate::operator::parse_time)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Before T (same forms as --since).
+    #[arg(long, value_name = "T", value_parser = crate::operator::parse_time)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// At most N rows, the newest ones (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub limit: i64,
+    /// Print JSON (with the chain hashes) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AuditExportArgs {
+    /// Output format.
+    #[arg(long, value_enum)]
+    pub format: crate::audit::query::Format,
+    /// At or after T: RFC 3339, a date (2026-01-31) or a duration ago (24h, 7d).
+    #[arg(long, value_name = "T", value_parser = crate::operator::parse_time)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Before T (same forms as --since).
+    #[arg(long, value_name = "T", value_parser = crate::operator::parse_time)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Start at this sequence number.
+    #[arg(long, value_name = "N")]
+    pub since_seq: Option<i64>,
+    /// Write to FILE instead of stdout.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GrantsCommand {
+    /// The ledger: who holds what, through which tickets, since when, until when
+    /// (one table line per ticket hold), or JSON.
+    List(GrantsListArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GrantsListArgs {
+    /// Only this user (account id).
+    #[arg(long, visible_alias = "user", value_name = "U")]
+    pub subject: Option<String>,
+    /// Only this application.
+    #[arg(long)]
+    pub application: Option<String>,
+    /// Only holds that expire within D (e.g. 7d, 12h).
+    #[arg(long, value_name = "D", value_parser = crate::config::duration::parse)]
+    pub expiring_within: Option<std::time::Duration>,
+    /// Which grants.
+    #[arg(long, value_enum, default_value = "active")]
+    pub state: crate::grants::list::StateFilter,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[cfg(test)]

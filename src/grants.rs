@@ -11,11 +11,13 @@
 
 pub mod list;
 
-use crate::rules::RevokeScope;
+use crate::event::Person;
+use crate::rules::{Decision, RevokeScope};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgConnection;
 use std::collections::BTreeMap;
+use std::time::Duration;
 use uuid::Uuid;
 
 /// One ticket's hold on a target.
@@ -333,6 +335,43 @@ pub async fn apply(
         .await?;
     }
     Ok(())
+}
+
+/// What a decision asks of the ledger, when it changes access (the worker and
+/// the replay preview share this mapping).
+pub struct Effect<'a> {
+    pub application: &'a str,
+    pub subject: &'a Person,
+    pub access_level: &'a str,
+    pub request: Request<'a>,
+    pub max_duration: Option<Duration>,
+}
+
+pub fn effect(decision: &Decision) -> Option<Effect<'_>> {
+    match decision {
+        Decision::Grant { application, access_level, targets, subject, max_duration, .. } => Some(Effect {
+            application,
+            subject,
+            access_level,
+            request: Request::Grant { targets, access_level },
+            max_duration: *max_duration,
+        }),
+        Decision::Change { application, access_level, targets, subject, max_duration, .. } => Some(Effect {
+            application,
+            subject,
+            access_level,
+            request: Request::Change { targets, access_level },
+            max_duration: *max_duration,
+        }),
+        Decision::Revoke { application, access_level, targets, subject, scope } => Some(Effect {
+            application,
+            subject,
+            access_level,
+            request: Request::Revoke { targets, scope: *scope },
+            max_duration: None,
+        }),
+        Decision::NoAction { .. } | Decision::Refused { .. } => None,
+    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,8 @@
 //! - [`rules`]: the pure decision (rule match, approver policy).
 //! - [`audit`]: the append-only, hash-chained trail and its verification.
 //! - [`db`]: pool and embedded migrations.
-//! - [`ops`]: `/metrics` and health on the operator listener.
+//! - [`ops`]: `/metrics`, health and the admin API ([`ops::admin`]) on the operator listener.
+//! - [`dead_letters`]: the operator's inbox (list, replay, discard); [`operator`]: who acts.
 //! - [`app`]: the composition root; [`commands`]: one function per CLI command.
 //!
 //! Errors: `thiserror` enums at module boundaries (`ConfigError`, `BrokerError`,
@@ -31,11 +32,13 @@ pub mod commands;
 pub mod config;
 pub mod connectors;
 pub mod db;
+pub mod dead_letters;
 pub mod event;
 pub mod grants;
 pub mod ingress;
 pub mod jsm;
 pub mod metrics;
+pub mod operator;
 pub mod ops;
 pub mod rules;
 pub mod shutdown;

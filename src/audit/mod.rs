@@ -7,6 +7,7 @@
 //! a single line and never fork the chain. The database refuses UPDATE, DELETE
 //! and TRUNCATE (see the migration); [`verify`] recomputes the chain.
 
+pub mod query;
 pub mod verify;
 
 use chrono::{DateTime, SubsecRound, Utc};

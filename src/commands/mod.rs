@@ -1,13 +1,17 @@
 //! One function per CLI command. Errors here are `anyhow` and end up on stderr
 //! with their context chain; exit codes are non-zero on failure.
 
+mod audit;
+mod connectors;
+mod dlq;
+mod grants;
+mod output;
 mod simulate;
 
 use crate::app::{self, App, Role};
-use crate::cli::{AuditCommand, Cli, Command, ConfigCommand};
+use crate::cli::{Cli, Command, ConfigCommand};
 use crate::config::{self, Config};
-use crate::{audit, db};
-use anyhow::Context;
+use crate::db;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -29,7 +33,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Worker(args) => serve(config, Role::Worker, args.migrate).await,
         Command::All(args) => serve(config, Role::All, args.migrate).await,
         Command::Simulate(args) => simulate::run(&config, &args),
-        Command::Audit(AuditCommand::Verify { since_seq }) => audit_verify(&config, since_seq).await,
+        Command::Dlq(cmd) => dlq::run(&config, cmd).await,
+        Command::Audit(cmd) => audit::run(&config, cmd).await,
+        Command::Grants(cmd) => grants::run(&config, cmd).await,
+        Command::Connectors(cmd) => connectors::run(&config, cmd).await,
     }
 }
 
@@ -94,22 +101,4 @@ async fn serve(config: Config, role: Role, migrate: bool) -> anyhow::Result<Exit
     let app = App::start(Arc::new(config), role, verifier, connectors, migrate, shutdown).await?;
     app.wait().await?;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn audit_verify(config: &Config, since_seq: i64) -> anyhow::Result<ExitCode> {
-    let pool = db::pool(&config.database.url, 2)?;
-    let report = audit::verify::verify(&pool, since_seq, 100_000, |n| eprintln!("... {n} rows checked"))
-        .await
-        .context("reading audit_log")?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(match report.first_broken {
-        None => {
-            eprintln!("ok: {} row(s) checked, chain intact", report.rows_checked);
-            ExitCode::SUCCESS
-        }
-        Some(b) => {
-            eprintln!("BROKEN at seq {}: {}", b.seq, b.reason);
-            ExitCode::FAILURE
-        }
-    })
 }

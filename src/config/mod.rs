@@ -503,8 +503,11 @@ impl Config {
     /// Parses TOML text; the error names the key and line.
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut config: Self = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
-        let mut ids: Vec<String> =
-            config.applications.values().filter_map(|a| a.settings.get("subject_field")?.as_str().map(str::to_owned)).collect();
+        let mut ids: Vec<String> = config
+            .applications
+            .values()
+            .filter_map(|a| a.settings.get("subject_field")?.as_str().map(str::to_owned))
+            .collect();
         ids.sort();
         ids.dedup();
         config.jsm.fields.subject_fields = ids;

@@ -97,14 +97,20 @@ fn a_missing_secret_is_named_by_key_and_variable() {
 }
 
 #[test]
-fn a_live_application_is_refused_while_no_connector_exists() {
-    let text =
-        EXAMPLE.replacen("owner = \"it-admins@example.com\"\ndry_run = true", "owner = \"x\"\ndry_run = false", 1);
+fn a_live_application_whose_secret_is_missing_cannot_be_built_and_the_key_is_named() {
+    let text = EXAMPLE
+        .replacen("owner = \"it-admins@example.com\"\ndry_run = true", "owner = \"x\"\ndry_run = false", 1)
+        .replacen("token_env = \"OKTA_API_TOKEN\"", "token_env = \"ACCESSGOV_TEST_UNSET_OKTA_TOKEN\"", 1);
     assert_ne!(text, EXAMPLE);
     let config = Config::parse(&text).unwrap();
     assert_eq!(config.validate(), vec![], "structurally fine");
-    let problems = crate::connectors::build(&config).err().expect("no connector for a live application");
-    assert!(problems.iter().any(|p| p.key == "applications.\"Okta\"" && p.message.contains("dry_run = true")), "{problems:?}");
+    let problems = crate::connectors::build(&config).err().expect("a live application without its token");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.key == "applications.\"Okta\"" && p.message.contains("ACCESSGOV_TEST_UNSET_OKTA_TOKEN")),
+        "{problems:?}"
+    );
 }
 
 #[test]

@@ -47,7 +47,12 @@ impl Common {
                 _ => return Err("rate_limit_per_second must be a positive number".into()),
             },
         };
-        Ok(Self { base_url: setting(app, "base_url"), subject_field: setting(app, "subject_field"), rate_limit_per_second: rate, timeout })
+        Ok(Self {
+            base_url: setting(app, "base_url"),
+            subject_field: setting(app, "subject_field"),
+            rate_limit_per_second: rate,
+            timeout,
+        })
     }
 }
 
@@ -158,9 +163,16 @@ pub fn transport_error(provider: &str, e: &reqwest::Error) -> ConnectorError {
 /// limits) are checked by the connectors before falling back to this.
 pub fn classify(provider: &str, status: StatusCode, headers: &HeaderMap, body: &str) -> ConnectorError {
     let detail = snippet(body);
-    let reason = format!("{provider} answered {}{}", status.as_u16(), if detail.is_empty() { String::new() } else { format!(": {detail}") });
+    let reason = format!(
+        "{provider} answered {}{}",
+        status.as_u16(),
+        if detail.is_empty() { String::new() } else { format!(": {detail}") }
+    );
     match status {
-        StatusCode::TOO_MANY_REQUESTS => ConnectorError::Transient { reason, retry_after: Some(retry_hint(headers).unwrap_or(Duration::from_secs(1))) },
+        StatusCode::TOO_MANY_REQUESTS => ConnectorError::Transient {
+            reason,
+            retry_after: Some(retry_hint(headers).unwrap_or(Duration::from_secs(1))),
+        },
         s if s.is_server_error() => ConnectorError::Transient { reason, retry_after: retry_hint(headers) },
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ConnectorError::Unauthorized(reason),
         StatusCode::NOT_FOUND => ConnectorError::NotFound { what: reason },
@@ -178,9 +190,31 @@ pub fn snippet(body: &str) -> String {
     one_line[..end].to_owned()
 }
 
+/// Sets `url`'s query from `pairs`, percent-encoding everything but RFC 3986
+/// unreserved characters (so a space is `%20`, as vendor docs write filters,
+/// never `+`). Keys are written as given (`$filter`, `$select`).
+pub fn set_query(url: &mut reqwest::Url, pairs: &[(&str, &str)]) {
+    let mut q = String::new();
+    for (k, v) in pairs {
+        if !q.is_empty() {
+            q.push('&');
+        }
+        q.push_str(k);
+        q.push('=');
+        for b in v.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                q.push(b as char);
+            } else {
+                q.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    url.set_query(if q.is_empty() { None } else { Some(&q) });
+}
+
 /// The wait a provider asked for: `Retry-After` (seconds or HTTP date) first,
-/// then an epoch-seconds reset header (`X-Rate-Limit-Reset` Okta,
-/// `x-ratelimit-reset` GitHub), capped at [`MAX_HINT`].
+/// then a reset header (`X-Rate-Limit-Reset` Okta and `x-ratelimit-reset`
+/// GitHub in epoch seconds, Jira's `X-RateLimit-Reset` in ISO-8601), capped at [`MAX_HINT`].
 pub fn retry_hint(headers: &HeaderMap) -> Option<Duration> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     retry_hint_at(headers, now)
@@ -199,10 +233,20 @@ pub fn retry_hint_at(headers: &HeaderMap, now: Duration) -> Option<Duration> {
     } else {
         get("x-rate-limit-reset")
             .or_else(|| get("x-ratelimit-reset"))
-            .and_then(|v| v.parse::<u64>().ok())
+            .and_then(|v| v.parse::<u64>().ok().or_else(|| iso8601_epoch(v)))
             .map(|reset| Duration::from_secs(reset).saturating_sub(now))
     };
     hint.map(|h| h.min(MAX_HINT))
+}
+
+/// Epoch seconds of an ISO-8601 reset time (Jira's `X-RateLimit-Reset`,
+/// `2026-11-25T10:15Z`, i.e. without seconds, or full RFC 3339).
+fn iso8601_epoch(v: &str) -> Option<u64> {
+    let at = chrono::DateTime::parse_from_rfc3339(v).map(|t| t.timestamp()).ok().or_else(|| {
+        let naive = v.strip_suffix('Z').or_else(|| v.strip_suffix('z'))?;
+        chrono::NaiveDateTime::parse_from_str(naive, "%Y-%m-%dT%H:%M").ok().map(|t| t.and_utc().timestamp())
+    })?;
+    u64::try_from(at).ok()
 }
 
 /// A cached bearer token.
@@ -255,11 +299,28 @@ mod tests {
     #[test]
     fn retry_after_seconds_win_over_reset_headers() {
         let now = Duration::from_secs(1_000_000);
-        assert_eq!(retry_hint_at(&headers(&[("retry-after", "7"), ("x-rate-limit-reset", "1000100")]), now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            retry_hint_at(&headers(&[("retry-after", "7"), ("x-rate-limit-reset", "1000100")]), now),
+            Some(Duration::from_secs(7))
+        );
         assert_eq!(retry_hint_at(&headers(&[("x-rate-limit-reset", "1000030")]), now), Some(Duration::from_secs(30)));
         assert_eq!(retry_hint_at(&headers(&[("x-ratelimit-reset", "999999")]), now), Some(Duration::ZERO));
         assert_eq!(retry_hint_at(&headers(&[("retry-after", "999999")]), now), Some(MAX_HINT));
         assert_eq!(retry_hint_at(&headers(&[]), now), None);
+    }
+
+    #[test]
+    fn an_iso8601_reset_header_counts_from_now() {
+        let now = Duration::from_secs(1_764_065_700); // 2025-11-25T10:15:00Z
+        assert_eq!(
+            retry_hint_at(&headers(&[("x-ratelimit-reset", "2025-11-25T10:17Z")]), now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            retry_hint_at(&headers(&[("x-ratelimit-reset", "2025-11-25T10:15:30Z")]), now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(retry_hint_at(&headers(&[("x-ratelimit-reset", "soon")]), now), None);
     }
 
     #[test]

@@ -7,7 +7,18 @@
 //! and "not a member" is [`RevokeOutcome::AlreadyAbsent`], both successes.
 //! Errors are classified so that the worker knows whether to retry.
 
+pub(crate) mod atlassian;
+pub mod aws;
+pub mod bitbucket;
+pub mod confluence;
+pub mod entra;
+pub mod github;
+pub mod google;
 pub mod http;
+pub mod jira;
+pub mod okta;
+#[cfg(test)]
+pub mod spec_check;
 
 use crate::config::{AppKind, ApplicationConfig, Config};
 use crate::event::Person;
@@ -32,7 +43,12 @@ pub struct Subject {
 
 impl Subject {
     pub fn from_person(p: &Person) -> Self {
-        Self { account_id: p.account_id.clone(), email: p.email.clone(), display_name: p.display_name.clone(), fields: BTreeMap::new() }
+        Self {
+            account_id: p.account_id.clone(),
+            email: p.email.clone(),
+            display_name: p.display_name.clone(),
+            fields: BTreeMap::new(),
+        }
     }
 
     /// The value of the application's `subject_field`, if it has one.
@@ -143,16 +159,14 @@ pub fn build(config: &Config) -> Result<Connectors, Vec<crate::config::Problem>>
 
 /// One application's connector.
 pub fn build_one(name: &str, app: &ApplicationConfig) -> Result<Arc<dyn Connector>, String> {
-    let _ = name;
     match app.kind {
-        kind => Err(format!(
-            "this build has no {} connector yet, so the application must run with dry_run = true \
-             (decisions are audited, no provider is called)",
-            kind_name(kind)
-        )),
+        AppKind::Google => Ok(Arc::new(google::Google::from_config(name, app)?)),
+        AppKind::Github => Ok(Arc::new(github::Github::from_config(name, app)?)),
+        AppKind::Okta => Ok(Arc::new(okta::Okta::from_config(name, app)?)),
+        AppKind::Jira => Ok(Arc::new(jira::Jira::from_config(name, app)?)),
+        AppKind::Confluence => Ok(Arc::new(confluence::Confluence::from_config(name, app)?)),
+        AppKind::Bitbucket => Ok(Arc::new(bitbucket::Bitbucket::from_config(name, app)?)),
+        AppKind::Aws => Ok(Arc::new(aws::Aws::from_config(name, app)?)),
+        AppKind::Entra => Ok(Arc::new(entra::Entra::from_config(name, app)?)),
     }
-}
-
-fn kind_name(kind: AppKind) -> &'static str {
-    kind.as_str()
 }

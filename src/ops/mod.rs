@@ -1,14 +1,20 @@
-//! The operator listener: `/metrics` (Prometheus), `/healthz`, `/readyz`.
-//! Routes are listed in one place; the admin API will be one more `.nest`.
+//! The operator listener: `/metrics` (Prometheus), `/healthz`, `/readyz`, and
+//! the admin API under `/admin` ([`admin`]). Routes are listed in one place;
+//! adding one is one line.
+
+pub mod admin;
 
 use crate::broker::Broker;
+use crate::config::Config;
 use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
+use secrecy::SecretString;
 use sqlx::PgPool;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +23,9 @@ pub struct OpsState {
     pub broker: Broker,
     pub pool: PgPool,
     pub metrics: PrometheusHandle,
+    pub config: Arc<Config>,
+    /// The admin API token; `None` turns `/admin` off.
+    pub admin_token: Option<Arc<SecretString>>,
 }
 
 pub fn router(state: OpsState) -> Router {
@@ -24,6 +33,7 @@ pub fn router(state: OpsState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(crate::ingress::handlers::healthz))
         .route("/readyz", get(readyz))
+        .nest("/admin", admin::router(&state))
         .with_state(state)
 }
 
@@ -36,6 +46,7 @@ async fn readyz(State(state): State<OpsState>) -> axum::response::Response {
 }
 
 pub async fn serve(listener: TcpListener, state: OpsState, shutdown: CancellationToken) -> std::io::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "ops listener (metrics, health) listening");
+    let admin = if state.admin_token.is_some() { "enabled" } else { "disabled (no [ops] admin token)" };
+    tracing::info!(addr = %listener.local_addr()?, admin_api = admin, "ops listener (metrics, health, admin) listening");
     axum::serve(listener, router(state)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }

@@ -13,12 +13,11 @@ use super::retry::{self, Next};
 use crate::audit::{self, AuditEntry};
 use crate::connectors::{ConnectorError, Subject, Target};
 use crate::event::{AccessEvent, Person};
-use crate::grants::{self, Note, ProviderOp, Request};
+use crate::grants::{self, Note, ProviderOp, effect};
 use crate::rules::{self, Decision};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::PgConnection;
-use std::time::Duration;
 
 /// What became of a delivery.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,42 +41,6 @@ impl Outcome {
             Self::Failed { next: Next::DeadLetter, .. } => "dead_lettered",
             Self::Failed { .. } => "retry_scheduled",
         }
-    }
-}
-
-/// The decision's effect, when it has one.
-struct Effect<'a> {
-    application: &'a str,
-    subject: &'a Person,
-    access_level: &'a str,
-    request: Request<'a>,
-    max_duration: Option<Duration>,
-}
-
-fn effect(decision: &Decision) -> Option<Effect<'_>> {
-    match decision {
-        Decision::Grant { application, access_level, targets, subject, max_duration, .. } => Some(Effect {
-            application,
-            subject,
-            access_level,
-            request: Request::Grant { targets, access_level },
-            max_duration: *max_duration,
-        }),
-        Decision::Change { application, access_level, targets, subject, max_duration, .. } => Some(Effect {
-            application,
-            subject,
-            access_level,
-            request: Request::Change { targets, access_level },
-            max_duration: *max_duration,
-        }),
-        Decision::Revoke { application, access_level, targets, subject, scope } => Some(Effect {
-            application,
-            subject,
-            access_level,
-            request: Request::Revoke { targets, scope: *scope },
-            max_duration: None,
-        }),
-        Decision::NoAction { .. } | Decision::Refused { .. } => None,
     }
 }
 
@@ -443,11 +406,16 @@ impl WorkerContext {
     /// The subject as connectors see it: the requester plus the application's `subject_field` value.
     fn subject(&self, application: &str, person: &Person, event: &AccessEvent) -> Subject {
         let mut subject = Subject::from_person(person);
-        let field = self.config.applications.get(application).and_then(|a| crate::connectors::http::setting(a, "subject_field"));
+        let field = self
+            .config
+            .applications
+            .get(application)
+            .and_then(|a| crate::connectors::http::setting(a, "subject_field"));
         if let Some(id) = field
             && let Some(v) = event.raw_fields.get(&id)
         {
-            let value = v.as_str().or_else(|| v.get("value").and_then(|x| x.as_str())).map(str::trim).filter(|s| !s.is_empty());
+            let value =
+                v.as_str().or_else(|| v.get("value").and_then(|x| x.as_str())).map(str::trim).filter(|s| !s.is_empty());
             if let Some(value) = value {
                 subject.fields.insert(id, value.to_owned());
             }

@@ -9,4 +9,5 @@ mod e2e;
 mod helpers;
 mod ingress;
 mod jsm_flow;
+mod operator;
 mod worker;

@@ -933,7 +933,11 @@ proptest! {
 
 #[test]
 fn an_applications_subject_field_travels_in_the_event_for_its_connector() {
-    let text = EXAMPLE.replacen("token_env = \"OKTA_API_TOKEN\"", "token_env = \"OKTA_API_TOKEN\"\nsubject_field = \"customfield_10099\"", 1);
+    let text = EXAMPLE.replacen(
+        "token_env = \"OKTA_API_TOKEN\"",
+        "token_env = \"OKTA_API_TOKEN\"\nsubject_field = \"customfield_10099\"",
+        1,
+    );
     let config = crate::config::Config::parse(&text).unwrap();
     assert_eq!(config.jsm.fields.subject_fields, vec!["customfield_10099".to_owned()]);
     let mut body = fixture("webhook-approved-confluence-write");

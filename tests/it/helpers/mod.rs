@@ -1,6 +1,7 @@
 //! `spawn_app()`: a whole accessgov (ingress + worker + ops) on port 0, with its
 //! own database and its own broker prefix, torn down when dropped.
 
+pub mod chaos_proxy;
 pub mod provider;
 
 use accessgov::app::{App, Role};
@@ -46,6 +47,8 @@ pub fn test_config(db_name: &str, prefix: &str) -> Config {
     c.ingress.listen = "127.0.0.1:0".parse().unwrap();
     c.ops.listen = "127.0.0.1:0".parse().unwrap();
     c.worker.shutdown_grace = Duration::from_secs(5);
+    // The admin API is off unless a test turns it on (with `admin_token_file`).
+    c.ops.admin_token_env = None;
     assert_eq!(c.validate(), vec![], "test config must be valid");
     c
 }

@@ -1,0 +1,498 @@
+//! The dead-letter inbox (`dead_letters`, filled by the worker's dead-queue
+//! drain): list, show, replay, discard, and the dry-run preview of a replay.
+//! Shared by `accessgov dlq` and the admin API; every change is audited
+//! (`replayed`, `discarded`) with the operator as the actor.
+//!
+//! Replay re-publishes the original event to the events exchange with a fresh
+//! attempt count. A dead letter's event id has no `processed_events` row (failed
+//! attempts roll theirs back), so a worker processes the replay like a new
+//! delivery; if it was processed meanwhile (say, a second dead letter of the
+//! same event was replayed first), the worker records a `duplicate` and calls
+//! nothing. A row is marked replayed in the same transaction as its audit row,
+//! under a row lock, and only after the broker confirmed the publish; a second
+//! replay of the same row is refused unless forced.
+
+use crate::audit::{self, AuditEntry};
+use crate::broker::Broker;
+use crate::broker::publisher::PublishError;
+use crate::config::Config;
+use crate::event::AccessEvent;
+use crate::grants::{self, Note, ProviderOp};
+use crate::operator::Operator;
+use crate::rules::{self, Decision};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// One row of `dead_letters`.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub dead_key: String,
+    pub event_id: Option<Uuid>,
+    pub ticket: Option<String>,
+    pub application: Option<String>,
+    pub action: Option<String>,
+    pub subject: Option<String>,
+    /// The `AccessEvent` as JSON, or `{"raw": ...}` / `{"raw_hex": ...}` for an unreadable body.
+    pub message: Value,
+    pub error_class: String,
+    pub last_error: String,
+    pub attempts: i32,
+    pub attempt_history: Value,
+    pub first_failed_at: Option<DateTime<Utc>>,
+    pub died_at: DateTime<Utc>,
+    pub replayed_at: Option<DateTime<Utc>>,
+    pub replayed_by: Option<String>,
+    pub discarded_at: Option<DateTime<Utc>>,
+    pub discarded_by: Option<String>,
+    pub discard_reason: Option<String>,
+}
+
+/// Where a dead letter stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Open,
+    Replayed,
+    Discarded,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Replayed => "replayed",
+            Self::Discarded => "discarded",
+        }
+    }
+}
+
+impl DeadLetter {
+    /// The latest of replayed / discarded, else open.
+    pub fn state(&self) -> State {
+        match (self.replayed_at, self.discarded_at) {
+            (None, None) => State::Open,
+            (Some(_), None) => State::Replayed,
+            (None, Some(_)) => State::Discarded,
+            (Some(r), Some(d)) if r >= d => State::Replayed,
+            _ => State::Discarded,
+        }
+    }
+
+    /// The row with its state, for JSON output.
+    pub fn view(&self) -> View<'_> {
+        View { state: self.state(), row: self }
+    }
+
+    /// The original event, when the message is one.
+    pub fn event(&self) -> Result<AccessEvent, String> {
+        if self.message.get("raw").is_some() || self.message.get("raw_hex").is_some() {
+            return Err("its message is not a readable access event (it is kept as raw bytes)".into());
+        }
+        let bytes = serde_json::to_vec(&self.message).map_err(|e| e.to_string())?;
+        AccessEvent::decode(&bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// A row as JSON: its columns plus `state`.
+#[derive(Debug, Serialize)]
+pub struct View<'a> {
+    pub state: State,
+    #[serde(flatten)]
+    pub row: &'a DeadLetter,
+}
+
+/// Which rows a listing shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum StateFilter {
+    /// Neither replayed nor discarded.
+    #[default]
+    Open,
+    Replayed,
+    Discarded,
+    All,
+}
+
+/// Filters of `dlq list` / `dlq replay --all` / `GET /admin/dead-letters`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub application: Option<String>,
+    pub error_class: Option<String>,
+    /// Died at or after.
+    pub since: Option<DateTime<Utc>>,
+    pub state: StateFilter,
+    pub limit: Option<i64>,
+}
+
+fn push_filter(qb: &mut QueryBuilder<Postgres>, f: &Filter) {
+    qb.push(" WHERE true");
+    if let Some(a) = &f.application {
+        qb.push(" AND application = ").push_bind(a.clone());
+    }
+    if let Some(c) = &f.error_class {
+        qb.push(" AND error_class = ").push_bind(c.clone());
+    }
+    if let Some(t) = f.since {
+        qb.push(" AND died_at >= ").push_bind(t);
+    }
+    qb.push(match f.state {
+        StateFilter::Open => " AND replayed_at IS NULL AND discarded_at IS NULL",
+        StateFilter::Replayed => " AND replayed_at IS NOT NULL",
+        StateFilter::Discarded => " AND discarded_at IS NOT NULL",
+        StateFilter::All => "",
+    });
+    qb.push(" ORDER BY id");
+    if let Some(n) = f.limit {
+        qb.push(" LIMIT ").push_bind(n.max(0));
+    }
+}
+
+/// Rows matching the filter, oldest first.
+pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    let mut qb = QueryBuilder::new("SELECT * FROM dead_letters");
+    push_filter(&mut qb, filter);
+    qb.build_query_as().fetch_all(pool).await
+}
+
+/// Ids of the rows matching the filter, oldest first (for `replay --all`).
+pub async fn ids(pool: &PgPool, filter: &Filter) -> Result<Vec<i64>, sqlx::Error> {
+    let mut qb = QueryBuilder::new("SELECT id FROM dead_letters");
+    push_filter(&mut qb, filter);
+    qb.build_query_scalar().fetch_all(pool).await
+}
+
+pub async fn get(pool: &PgPool, id: i64) -> Result<Option<DeadLetter>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM dead_letters WHERE id = $1").bind(id).fetch_optional(pool).await
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("dead letter {0} does not exist")]
+    NotFound(i64),
+    #[error(
+        "dead letter {id} (class {class}) cannot be replayed: {reason}; inspect it with `accessgov dlq show {id}` \
+         and close it with `accessgov dlq discard {id} --reason TEXT`"
+    )]
+    NotReplayable { id: i64, class: String, reason: String },
+    #[error(
+        "dead letter {id} was already {state} at {at} by {by}; not replaying it again \
+         (force it with --force, or ?force=true on the admin API; the worker still deduplicates)"
+    )]
+    Closed { id: i64, state: &'static str, at: DateTime<Utc>, by: String },
+    #[error("publishing the event of dead letter {id} failed: {source}; it was not marked replayed, retry later")]
+    Publish { id: i64, source: PublishError },
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// A successful replay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Replayed {
+    pub dead_letter_id: i64,
+    pub event_id: Uuid,
+    pub ticket: String,
+    pub application: Option<String>,
+    pub forced: bool,
+}
+
+fn row_entry(row: &DeadLetter, action: &str, outcome: &str, operator: &Operator) -> AuditEntry {
+    let mut e = AuditEntry::new(action, outcome);
+    e.event_id = row.event_id;
+    e.ticket = row.ticket.clone();
+    e.actor = Some(operator.name.clone());
+    e.application = row.application.clone();
+    e.subject = row.subject.clone();
+    e
+}
+
+/// Replays one dead letter: publish its event (attempt 0), mark it replayed,
+/// audit `replayed` with the operator. The `replayed` row is appended before
+/// the publish, so it precedes the worker's rows for the replay in the chain.
+pub async fn replay(
+    pool: &PgPool,
+    broker: &Broker,
+    id: i64,
+    operator: &Operator,
+    force: bool,
+    confirm_timeout: Duration,
+) -> Result<Replayed, ReplayError> {
+    let mut tx = pool.begin().await?;
+    let row: DeadLetter = sqlx::query_as("SELECT * FROM dead_letters WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(ReplayError::NotFound(id))?;
+    let event =
+        row.event().map_err(|reason| ReplayError::NotReplayable { id, class: row.error_class.clone(), reason })?;
+    let state = row.state();
+    if !force && state != State::Open {
+        let (at, by) = match state {
+            State::Replayed => (row.replayed_at, row.replayed_by.clone()),
+            _ => (row.discarded_at, row.discarded_by.clone()),
+        };
+        return Err(ReplayError::Closed {
+            id,
+            state: state.as_str(),
+            at: at.unwrap_or_default(),
+            by: by.unwrap_or_default(),
+        });
+    }
+    let mut e = row_entry(&row, "replayed", "ok", operator);
+    e.event_id = Some(event.event_id);
+    e.detail = json!({
+        "dead_letter_id": id,
+        "via": operator.via.as_str(),
+        "forced": force && state != State::Open,
+        "previous_state": state.as_str(),
+        "error_class": row.error_class,
+        "attempts": row.attempts,
+    });
+    audit::append(&mut tx, &[e]).await?;
+    sqlx::query("UPDATE dead_letters SET replayed_at = now(), replayed_by = $2 WHERE id = $1")
+        .bind(id)
+        .bind(&operator.name)
+        .execute(&mut *tx)
+        .await?;
+    if let Err(source) = broker.publish_event(&event, 0, confirm_timeout).await {
+        tx.rollback().await?;
+        // The failure is worth a row of its own (the attempt is gone with the rollback).
+        let mut tx = pool.begin().await?;
+        let mut e = row_entry(&row, "replayed", "failed", operator);
+        e.detail = json!({"dead_letter_id": id, "via": operator.via.as_str(), "error": source.to_string()});
+        audit::append(&mut tx, &[e]).await?;
+        tx.commit().await?;
+        return Err(ReplayError::Publish { id, source });
+    }
+    tx.commit().await?;
+    tracing::info!(dead_letter_id = id, event_id = %event.event_id, operator = %operator, "dead letter replayed");
+    Ok(Replayed {
+        dead_letter_id: id,
+        event_id: event.event_id,
+        ticket: event.ticket.key.clone(),
+        application: event.application.clone(),
+        forced: force && state != State::Open,
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscardError {
+    #[error("dead letter {0} does not exist")]
+    NotFound(i64),
+    #[error("a reason is required to discard a dead letter (it is kept in the audit trail)")]
+    NoReason,
+    #[error("dead letter {id} is already {state} (at {at} by {by}); nothing to discard")]
+    Closed { id: i64, state: &'static str, at: DateTime<Utc>, by: String },
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// Closes an open dead letter without replaying it; audited as `discarded`.
+pub async fn discard(pool: &PgPool, id: i64, operator: &Operator, reason: &str) -> Result<DeadLetter, DiscardError> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(DiscardError::NoReason);
+    }
+    let mut tx = pool.begin().await?;
+    let row: DeadLetter = sqlx::query_as("SELECT * FROM dead_letters WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(DiscardError::NotFound(id))?;
+    match row.state() {
+        State::Open => {}
+        state => {
+            let (at, by) = match state {
+                State::Replayed => (row.replayed_at, row.replayed_by.clone()),
+                _ => (row.discarded_at, row.discarded_by.clone()),
+            };
+            return Err(DiscardError::Closed {
+                id,
+                state: state.as_str(),
+                at: at.unwrap_or_default(),
+                by: by.unwrap_or_default(),
+            });
+        }
+    }
+    let updated: DeadLetter = sqlx::query_as(
+        "UPDATE dead_letters SET discarded_at = now(), discarded_by = $2, discard_reason = $3 WHERE id = $1 RETURNING *",
+    )
+    .bind(id)
+    .bind(&operator.name)
+    .bind(reason)
+    .fetch_one(&mut *tx)
+    .await?;
+    let mut e = row_entry(&row, "discarded", "ok", operator);
+    e.detail = json!({
+        "dead_letter_id": id,
+        "via": operator.via.as_str(),
+        "reason": reason,
+        "error_class": row.error_class,
+    });
+    audit::append(&mut tx, &[e]).await?;
+    tx.commit().await?;
+    tracing::info!(dead_letter_id = id, operator = %operator, "dead letter discarded");
+    Ok(updated)
+}
+
+/// What a replay would do now, computed without changing anything.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Preview {
+    pub dead_letter_id: i64,
+    pub state: State,
+    pub event_id: Option<Uuid>,
+    pub ticket: Option<String>,
+    /// `not_replayable`, `closed` (needs --force), `duplicate`, `no_action`,
+    /// `denied_by_policy`, `superseded`, `dry_run` (application in dry-run
+    /// mode: audited, no provider call) or `apply`.
+    pub would: &'static str,
+    pub decision: Option<Decision>,
+    /// The provider calls the worker would make (or, in dry-run mode, record).
+    pub provider_calls: Vec<ProviderOp>,
+    pub notes: Vec<Note>,
+    /// Anything else worth knowing.
+    pub remarks: Vec<String>,
+}
+
+impl Preview {
+    fn new(row: &DeadLetter, would: &'static str) -> Self {
+        Self {
+            dead_letter_id: row.id,
+            state: row.state(),
+            event_id: row.event_id,
+            ticket: row.ticket.clone(),
+            would,
+            decision: None,
+            provider_calls: Vec::new(),
+            notes: Vec::new(),
+            remarks: Vec::new(),
+        }
+    }
+}
+
+/// The worker's path for the event under the current config and ledger, read
+/// in a read-only transaction: dedupe, decision, ticket ordering, ledger plan.
+/// `approver_groups` are the approver's Jira groups when the caller could
+/// resolve them (the worker asks JSM when the rule has `group:` approvers).
+pub async fn preview(
+    pool: &PgPool,
+    config: &Config,
+    row: &DeadLetter,
+    approver_groups: Option<&[String]>,
+) -> Result<Preview, sqlx::Error> {
+    let event = match row.event() {
+        Ok(e) => e,
+        Err(reason) => {
+            let mut p = Preview::new(row, "not_replayable");
+            p.remarks.push(reason);
+            return Ok(p);
+        }
+    };
+    let mut p = Preview::new(row, "apply");
+    p.event_id = Some(event.event_id);
+    p.ticket = Some(event.ticket.key.clone());
+    if row.state() != State::Open {
+        p.would = "closed";
+        p.remarks.push(format!("the dead letter is {}; a replay needs --force", row.state().as_str()));
+    }
+    let decision = rules::decide(&event, config, approver_groups.unwrap_or(&[]));
+    if approver_groups.is_none()
+        && let (Some(app), Some(level)) = (&event.application, &event.access_level)
+        && config.rule_for(app, level).is_some_and(|r| r.approvers.iter().any(|a| a.starts_with("group:")))
+    {
+        p.remarks.push(
+            "the rule lists group: approvers, which could not be resolved here; the worker resolves them through JSM"
+                .into(),
+        );
+    }
+    if config.jsm.verify_approval && matches!(decision, Decision::Grant { .. } | Decision::Change { .. }) {
+        p.remarks.push("verify_approval is on: the worker will first confirm the approval on the live ticket".into());
+    }
+
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION READ ONLY").execute(&mut *tx).await?;
+    let processed: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM processed_events WHERE event_id = $1)")
+        .bind(event.event_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let effect = grants::effect(&decision);
+    if processed {
+        p.would = "duplicate";
+        p.remarks.push("the event was processed since it died; the worker would record a duplicate".into());
+    } else if let Some(grants::Effect { application, subject, request: req, .. }) = effect {
+        let last: Option<DateTime<Utc>> =
+            sqlx::query_scalar("SELECT last_event_at FROM ticket_progress WHERE ticket = $1")
+                .bind(&event.ticket.key)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if last.is_some_and(|last| event.occurred_at < last) {
+            if p.would == "apply" {
+                p.would = "superseded";
+            }
+            p.remarks.push("a newer event of this ticket was applied since; the worker would skip it".into());
+        } else {
+            let ledger = grants::load(&mut tx, application, &subject.account_id).await?;
+            let plan = grants::plan(&ledger, &req, &event.ticket.key, event.occurred_at);
+            p.provider_calls = plan.ops;
+            p.notes = plan.notes;
+            if config.applications.get(application).is_none_or(|a| a.dry_run) && p.would == "apply" {
+                p.would = "dry_run";
+            }
+        }
+    } else if p.would == "apply" {
+        p.would = if matches!(decision, Decision::Refused { .. }) { "denied_by_policy" } else { "no_action" };
+    }
+    tx.rollback().await?;
+    p.decision = Some(decision);
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(message: Value) -> DeadLetter {
+        DeadLetter {
+            id: 1,
+            dead_key: "k".into(),
+            event_id: None,
+            ticket: None,
+            application: None,
+            action: None,
+            subject: None,
+            message,
+            error_class: "poison".into(),
+            last_error: "x".into(),
+            attempts: 1,
+            attempt_history: json!([]),
+            first_failed_at: None,
+            died_at: Utc::now(),
+            replayed_at: None,
+            replayed_by: None,
+            discarded_at: None,
+            discarded_by: None,
+            discard_reason: None,
+        }
+    }
+
+    #[test]
+    fn a_raw_message_is_not_an_event() {
+        assert!(row(json!({"raw": "garbage"})).event().unwrap_err().contains("raw bytes"));
+        assert!(row(json!({"raw_hex": "00ff"})).event().is_err());
+        assert!(row(json!({"schema": "accessgov.access-event/v9"})).event().unwrap_err().contains("v9"));
+    }
+
+    #[test]
+    fn the_state_follows_the_latest_close() {
+        let mut r = row(json!({}));
+        assert_eq!(r.state(), State::Open);
+        r.discarded_at = Some(Utc::now() - chrono::Duration::seconds(10));
+        assert_eq!(r.state(), State::Discarded);
+        r.replayed_at = Some(Utc::now());
+        assert_eq!(r.state(), State::Replayed);
+    }
+}

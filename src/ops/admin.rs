@@ -1,0 +1,405 @@
+//! The admin API under `/admin` on the ops listener: the operations of
+//! `accessgov dlq | audit | grants` over HTTP, in JSON.
+//!
+//! - Enabled iff `[ops] admin_token_env` or `admin_token_file` is set (the
+//!   process refuses to start when it is set but cannot be read); otherwise
+//!   every `/admin` path answers 404 `admin_api_disabled`.
+//! - `Authorization: Bearer <admin token>`, compared in constant time; anything
+//!   else is 401 `{"error": "unauthorized"}`.
+//! - The caller names themself in `X-Accessgov-Operator` (required for writes:
+//!   400 `operator_required` without it; reads without it are recorded as
+//!   `admin-token`).
+//! - Every authenticated call is audited (`admin_call`, actor = the caller,
+//!   detail = method, path, query, status); replays and discards also write
+//!   their own `replayed` / `discarded` rows.
+
+use super::OpsState;
+use crate::audit::{self, AuditEntry, query as audit_query, verify};
+use crate::dead_letters::{self, DiscardError, ReplayError, StateFilter};
+use crate::grants::list as grants_list;
+use crate::operator::{Operator, Via, parse_time};
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Header naming the operator behind an admin call.
+pub const OPERATOR_HEADER: &str = "x-accessgov-operator";
+/// The actor recorded for reads that name no operator.
+pub const ANONYMOUS_CALLER: &str = "admin-token";
+/// Largest page of a listing.
+const MAX_LIMIT: i64 = 1000;
+const DEFAULT_LIMIT: i64 = 100;
+
+/// The routes; `ops::router` nests them under `/admin` behind [`guard`].
+pub fn router(state: &OpsState) -> Router<OpsState> {
+    Router::new()
+        .route("/dead-letters", get(list_dead_letters))
+        .route("/dead-letters/{id}", get(show_dead_letter))
+        .route("/dead-letters/{id}/replay", post(replay))
+        .route("/dead-letters/{id}/discard", post(discard))
+        .route("/audit", get(list_audit))
+        .route("/audit/verify", get(verify_audit))
+        .route("/grants", get(list_grants))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+}
+
+/// A JSON error: `{"error": code, "detail": ...}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self { status, code, detail: detail.into() }
+    }
+    fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", detail)
+    }
+    fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "admin API call failed");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the call failed; see the server log")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, Json(json!({"error": self.code, "detail": self.detail}))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// The authenticated caller, put into the request by [`guard`].
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Named by `X-Accessgov-Operator`.
+    pub operator: Option<Operator>,
+}
+
+impl Caller {
+    fn name(&self) -> &str {
+        self.operator.as_ref().map_or(ANONYMOUS_CALLER, |o| o.name.as_str())
+    }
+    fn required(&self) -> Result<&Operator, ApiError> {
+        self.operator.as_ref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "operator_required",
+                "admin writes must name the operator: set the X-Accessgov-Operator header",
+            )
+        })
+    }
+}
+
+/// Compares a presented token with the configured one in constant time
+/// (hashing both first, so that the length does not leak either).
+pub fn token_matches(presented: &str, token: &SecretString) -> bool {
+    let a = Sha256::digest(presented.as_bytes());
+    let b = Sha256::digest(token.expose_secret().as_bytes());
+    a.ct_eq(&b).into()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Authenticates, names the caller, runs the call, audits it.
+async fn guard(State(state): State<OpsState>, mut req: Request, next: Next) -> Response {
+    let Some(token) = state.admin_token.as_deref() else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "admin_api_disabled",
+            "the admin API is off: set [ops] admin_token_env (or admin_token_file) and restart",
+        )
+        .into_response();
+    };
+    if !bearer(req.headers()).is_some_and(|p| token_matches(p, token)) {
+        tracing::warn!(path = %req.uri().path(), "admin API call without a valid token refused");
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Authorization: Bearer <admin token> is required",
+        )
+        .into_response();
+    }
+    let operator = match req.headers().get(OPERATOR_HEADER) {
+        None => None,
+        Some(v) => match v
+            .to_str()
+            .map_err(|_| "it is not visible ASCII".to_owned())
+            .and_then(|v| Operator::new(v, Via::AdminApi))
+        {
+            Ok(o) => Some(o),
+            Err(e) => return ApiError::bad_request(format!("X-Accessgov-Operator: {e}")).into_response(),
+        },
+    };
+    let caller = Caller { operator };
+    let method = req.method().clone();
+    let path = format!("/admin{}", req.uri().path());
+    let query = req.uri().query().map(str::to_owned);
+    req.extensions_mut().insert(caller.clone());
+
+    let resp = next.run(req).await;
+
+    let status = resp.status();
+    let mut e = AuditEntry::new("admin_call", if status.is_success() { "ok" } else { "failed" });
+    e.actor = Some(caller.name().to_owned());
+    e.detail = json!({
+        "method": method.as_str(),
+        "path": path,
+        "query": query,
+        "status": status.as_u16(),
+        "operator_named": caller.operator.is_some(),
+    });
+    let recorded = async {
+        let mut tx = state.pool.begin().await?;
+        audit::append(&mut tx, &[e]).await?;
+        tx.commit().await
+    };
+    if let Err(err) = recorded.await {
+        tracing::error!(error = %err, %path, "could not audit an admin API call");
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the call could not be audited (database unavailable); retry later",
+        )
+        .into_response();
+    }
+    resp
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v).map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+fn time(name: &str, v: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    v.map(|s| parse_time(s).map_err(|e| ApiError::bad_request(format!("{name}: {e}")))).transpose()
+}
+
+fn limit(v: Option<i64>) -> i64 {
+    v.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT)
+}
+
+#[derive(Debug, Deserialize)]
+struct DeadLetterQuery {
+    application: Option<String>,
+    error_class: Option<String>,
+    since: Option<String>,
+    #[serde(default)]
+    state: StateFilter,
+    limit: Option<i64>,
+}
+
+/// `GET /admin/dead-letters?application=&error_class=&since=&state=open|replayed|discarded|all&limit=`
+async fn list_dead_letters(
+    State(state): State<OpsState>,
+    q: Result<Query<DeadLetterQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let filter = dead_letters::Filter {
+        application: q.application,
+        error_class: q.error_class,
+        since: time("since", q.since.as_deref())?,
+        state: q.state,
+        limit: Some(limit(q.limit)),
+    };
+    let rows = dead_letters::list(&state.pool, &filter).await.map_err(ApiError::internal)?;
+    let items: Vec<_> = rows.iter().map(|r| r.view()).collect();
+    Ok(Json(json!({"count": items.len(), "dead_letters": items})))
+}
+
+/// `GET /admin/dead-letters/{id}`
+async fn show_dead_letter(State(state): State<OpsState>, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
+    match dead_letters::get(&state.pool, id).await.map_err(ApiError::internal)? {
+        Some(row) => Ok(Json(serde_json::to_value(row.view()).map_err(ApiError::internal)?)),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("dead letter {id} does not exist"))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ReplayQuery {
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /admin/dead-letters/{id}/replay?force=true&dry_run=true`
+async fn replay(
+    State(state): State<OpsState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<i64>,
+    q: Result<Query<ReplayQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let operator = caller.required()?;
+    if q.dry_run {
+        let row = dead_letters::get(&state.pool, id).await.map_err(ApiError::internal)?.ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("dead letter {id} does not exist"))
+        })?;
+        let preview =
+            dead_letters::preview(&state.pool, &state.config, &row, None).await.map_err(ApiError::internal)?;
+        return Ok(Json(json!({"dry_run": true, "preview": preview})));
+    }
+    let timeout = state.config.broker.confirm_timeout;
+    match dead_letters::replay(&state.pool, &state.broker, id, operator, q.force, timeout).await {
+        Ok(r) => Ok(Json(json!({"replayed": r}))),
+        Err(e @ ReplayError::NotFound(_)) => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())),
+        Err(e @ ReplayError::NotReplayable { .. }) => {
+            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_replayable", e.to_string()))
+        }
+        Err(e @ ReplayError::Closed { .. }) => Err(ApiError::new(StatusCode::CONFLICT, "closed", e.to_string())),
+        Err(e @ ReplayError::Publish { .. }) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", e.to_string()))
+        }
+        Err(ReplayError::Db(e)) => Err(ApiError::internal(e)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct DiscardBody {
+    reason: String,
+}
+
+/// `POST /admin/dead-letters/{id}/discard` with `{"reason": "..."}`
+async fn discard(
+    State(state): State<OpsState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<i64>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let operator = caller.required()?;
+    let body: DiscardBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the body must be {{\"reason\": \"...\"}}: {e}")))?;
+    match dead_letters::discard(&state.pool, id, operator, &body.reason).await {
+        Ok(row) => Ok(Json(json!({"discarded": row.view()}))),
+        Err(e @ DiscardError::NotFound(_)) => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())),
+        Err(e @ DiscardError::NoReason) => Err(ApiError::bad_request(e.to_string())),
+        Err(e @ DiscardError::Closed { .. }) => Err(ApiError::new(StatusCode::CONFLICT, "closed", e.to_string())),
+        Err(DiscardError::Db(e)) => Err(ApiError::internal(e)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    ticket: Option<String>,
+    #[serde(alias = "user")]
+    subject: Option<String>,
+    application: Option<String>,
+    action: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    since_seq: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// `GET /admin/audit?ticket=&subject=|user=&application=&action=&since=&until=&since_seq=&limit=`
+/// (the newest `limit` matching rows, oldest first).
+async fn list_audit(
+    State(state): State<OpsState>,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let filter = audit_query::Filter {
+        ticket: q.ticket,
+        subject: q.subject,
+        application: q.application,
+        action: q.action,
+        since: time("since", q.since.as_deref())?,
+        until: time("until", q.until.as_deref())?,
+        since_seq: q.since_seq,
+    };
+    let rows = audit_query::list(&state.pool, &filter, Some(limit(q.limit))).await.map_err(ApiError::internal)?;
+    Ok(Json(json!({"count": rows.len(), "rows": rows})))
+}
+
+#[derive(Debug, Deserialize)]
+struct VerifyQuery {
+    since_seq: Option<i64>,
+}
+
+/// `GET /admin/audit/verify?since_seq=N`: the verification report (200 either
+/// way; `ok` says whether the chain is intact).
+async fn verify_audit(
+    State(state): State<OpsState>,
+    q: Result<Query<VerifyQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let report = verify::verify(&state.pool, q.since_seq.unwrap_or(1), 0, |_| {}).await.map_err(ApiError::internal)?;
+    Ok(Json(json!({"ok": report.first_broken.is_none(), "report": report})))
+}
+
+#[derive(Debug, Deserialize)]
+struct GrantsQuery {
+    #[serde(alias = "user")]
+    subject: Option<String>,
+    application: Option<String>,
+    expiring_within: Option<String>,
+    #[serde(default)]
+    state: grants_list::StateFilter,
+}
+
+/// `GET /admin/grants?subject=|user=&application=&expiring_within=7d&state=active|revoked|all`
+async fn list_grants(
+    State(state): State<OpsState>,
+    q: Result<Query<GrantsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let expiring_before = match q.expiring_within.as_deref() {
+        None => None,
+        Some(d) => {
+            let d = crate::config::duration::parse(d)
+                .map_err(|e| ApiError::bad_request(format!("expiring_within: {e}")))?;
+            let d = chrono::Duration::from_std(d).map_err(|_| ApiError::bad_request("expiring_within is too large"))?;
+            Some(chrono::Utc::now() + d)
+        }
+    };
+    let filter =
+        grants_list::Filter { subject: q.subject, application: q.application, expiring_before, state: q.state };
+    let grants = grants_list::list(&state.pool, &filter).await.map_err(ApiError::internal)?;
+    Ok(Json(json!({"count": grants.len(), "grants": grants})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_must_match_exactly_and_the_scheme_is_bearer() {
+        let token = SecretString::from("s3cret-admin-token");
+        assert!(token_matches("s3cret-admin-token", &token));
+        assert!(!token_matches("s3cret-admin-toke", &token));
+        assert!(!token_matches("", &token));
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "bearer  abc ".parse().unwrap());
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+
+    #[test]
+    fn writes_need_a_named_operator() {
+        let anonymous = Caller { operator: None };
+        assert_eq!(anonymous.name(), ANONYMOUS_CALLER);
+        assert_eq!(anonymous.required().unwrap_err().code, "operator_required");
+        let named = Caller { operator: Some(Operator::new("alice", Via::AdminApi).unwrap()) };
+        assert_eq!(named.required().unwrap().name, "alice");
+    }
+}
