@@ -27,7 +27,7 @@
 //! `Retry-After` header) as the hint.
 
 use super::http::{Common, RateLimiter};
-use super::{Connector, ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
+use super::{ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
 use crate::config::ApplicationConfig;
 use aws_config::sts::AssumeRoleProvider;
 use aws_config::{BehaviorVersion, ConfigLoader, Region};
@@ -40,7 +40,6 @@ use aws_sdk_identitystore::types::error::{ConflictException, ResourceNotFoundExc
 use aws_sdk_identitystore::types::{
     AlternateIdentifier, ConflictExceptionReason, MemberId, ResourceType, UniqueAttribute,
 };
-use futures_util::future::BoxFuture;
 use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -625,28 +624,4 @@ fn valid_identity_store_id(s: &str) -> bool {
     }
 }
 
-impl Connector for Aws {
-    fn kind(&self) -> &'static str {
-        "aws"
-    }
-
-    fn grant<'a>(
-        &'a self,
-        subject: &'a Subject,
-        target: &'a Target,
-    ) -> BoxFuture<'a, Result<GrantOutcome, ConnectorError>> {
-        Box::pin(self.do_grant(subject, target))
-    }
-
-    fn revoke<'a>(
-        &'a self,
-        subject: &'a Subject,
-        target: &'a Target,
-    ) -> BoxFuture<'a, Result<RevokeOutcome, ConnectorError>> {
-        Box::pin(self.do_revoke(subject, target))
-    }
-
-    fn test_connection(&self) -> BoxFuture<'_, Result<(), ConnectorError>> {
-        Box::pin(self.do_test())
-    }
-}
+super::connector_impl!(Aws, "aws", grant: do_grant, revoke: do_revoke, test: do_test);

@@ -19,9 +19,8 @@
 
 use super::atlassian::{checked_base, json, seg};
 use super::http::{self, Common, Http};
-use super::{Connector, ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
+use super::{ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
 use crate::config::ApplicationConfig;
-use futures_util::future::BoxFuture;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -338,31 +337,7 @@ impl Bitbucket {
     }
 }
 
-impl Connector for Bitbucket {
-    fn kind(&self) -> &'static str {
-        PROVIDER
-    }
-
-    fn grant<'a>(
-        &'a self,
-        subject: &'a Subject,
-        target: &'a Target,
-    ) -> BoxFuture<'a, Result<GrantOutcome, ConnectorError>> {
-        Box::pin(self.add(subject, target))
-    }
-
-    fn revoke<'a>(
-        &'a self,
-        subject: &'a Subject,
-        target: &'a Target,
-    ) -> BoxFuture<'a, Result<RevokeOutcome, ConnectorError>> {
-        Box::pin(self.remove(subject, target))
-    }
-
-    fn test_connection(&self) -> BoxFuture<'_, Result<(), ConnectorError>> {
-        Box::pin(self.check())
-    }
-}
+super::connector_impl!(Bitbucket, PROVIDER, grant: add, revoke: remove, test: check);
 
 #[cfg(test)]
 mod tests;

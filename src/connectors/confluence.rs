@@ -21,9 +21,8 @@
 
 use super::atlassian::{account_id, checked_base, json, looks_like_uuid, seg};
 use super::http::{self, Common, Http};
-use super::{Connector, ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
+use super::{ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
 use crate::config::ApplicationConfig;
-use futures_util::future::BoxFuture;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -605,31 +604,7 @@ impl Admin {
     }
 }
 
-impl Connector for Confluence {
-    fn kind(&self) -> &'static str {
-        PROVIDER
-    }
-
-    fn grant<'a>(
-        &'a self,
-        subject: &'a Subject,
-        target: &'a Target,
-    ) -> BoxFuture<'a, Result<GrantOutcome, ConnectorError>> {
-        Box::pin(self.add(subject, target))
-    }
-
-    fn revoke<'a>(
-        &'a self,
-        subject: &'a Subject,
-        target: &'a Target,
-    ) -> BoxFuture<'a, Result<RevokeOutcome, ConnectorError>> {
-        Box::pin(self.remove(subject, target))
-    }
-
-    fn test_connection(&self) -> BoxFuture<'_, Result<(), ConnectorError>> {
-        Box::pin(self.check())
-    }
-}
+super::connector_impl!(Confluence, PROVIDER, grant: add, revoke: remove, test: check);
 
 /// The organization's only directory (several make `directory_id` required).
 fn only_directory(admin: &Admin, mut all: Vec<Directory>) -> Result<String, ConnectorError> {

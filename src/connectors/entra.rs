@@ -23,11 +23,10 @@
 //! group and the user are read again and both exist.
 
 use super::http::{self, Common, Http};
-use super::{Connector, ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
+use super::{ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
 use crate::config::ApplicationConfig;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use futures_util::future::BoxFuture;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
 use reqwest::{Method, Response, StatusCode, Url};
@@ -605,31 +604,7 @@ impl Entra {
     }
 }
 
-impl Connector for Entra {
-    fn kind(&self) -> &'static str {
-        "entra"
-    }
-
-    fn grant<'a>(
-        &'a self,
-        subject: &'a Subject,
-        target: &'a Target,
-    ) -> BoxFuture<'a, Result<GrantOutcome, ConnectorError>> {
-        Box::pin(self.do_grant(subject, target))
-    }
-
-    fn revoke<'a>(
-        &'a self,
-        subject: &'a Subject,
-        target: &'a Target,
-    ) -> BoxFuture<'a, Result<RevokeOutcome, ConnectorError>> {
-        Box::pin(self.do_revoke(subject, target))
-    }
-
-    fn test_connection(&self) -> BoxFuture<'_, Result<(), ConnectorError>> {
-        Box::pin(self.do_test())
-    }
-}
+super::connector_impl!(Entra, "entra", grant: do_grant, revoke: do_revoke, test: do_test);
 
 /// Object ids are GUIDs: 8-4-4-4-12 hex digits.
 fn is_guid(s: &str) -> bool {

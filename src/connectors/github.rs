@@ -17,9 +17,8 @@
 //! counts only after the team and the user are confirmed to exist.
 
 use super::http::{self, Common, Http, TokenCache};
-use super::{Connector, ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
+use super::{ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
 use crate::config::ApplicationConfig;
-use futures_util::future::BoxFuture;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
@@ -613,28 +612,4 @@ fn rank(role: &str) -> usize {
     ROLES.iter().position(|r| *r == role).unwrap_or(0)
 }
 
-impl Connector for Github {
-    fn kind(&self) -> &'static str {
-        "github"
-    }
-
-    fn grant<'a>(
-        &'a self,
-        subject: &'a Subject,
-        target: &'a Target,
-    ) -> BoxFuture<'a, Result<GrantOutcome, ConnectorError>> {
-        Box::pin(self.do_grant(subject, target))
-    }
-
-    fn revoke<'a>(
-        &'a self,
-        subject: &'a Subject,
-        target: &'a Target,
-    ) -> BoxFuture<'a, Result<RevokeOutcome, ConnectorError>> {
-        Box::pin(self.do_revoke(subject, target))
-    }
-
-    fn test_connection(&self) -> BoxFuture<'_, Result<(), ConnectorError>> {
-        Box::pin(self.do_test())
-    }
-}
+super::connector_impl!(Github, "github", grant: do_grant, revoke: do_revoke, test: do_test);

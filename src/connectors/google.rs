@@ -17,9 +17,8 @@
 //! and `users.get` confirm that both still exist.
 
 use super::http::{self, Common, Http};
-use super::{Connector, ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
+use super::{ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
 use crate::config::ApplicationConfig;
-use futures_util::future::BoxFuture;
 use gcp_auth::{CustomServiceAccount, TokenProvider};
 use reqwest::{Method, Response, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
@@ -493,28 +492,4 @@ fn rank(role: &str) -> usize {
     ROLES.iter().position(|r| *r == role).unwrap_or(0)
 }
 
-impl Connector for Google {
-    fn kind(&self) -> &'static str {
-        "google"
-    }
-
-    fn grant<'a>(
-        &'a self,
-        subject: &'a Subject,
-        target: &'a Target,
-    ) -> BoxFuture<'a, Result<GrantOutcome, ConnectorError>> {
-        Box::pin(self.do_grant(subject, target))
-    }
-
-    fn revoke<'a>(
-        &'a self,
-        subject: &'a Subject,
-        target: &'a Target,
-    ) -> BoxFuture<'a, Result<RevokeOutcome, ConnectorError>> {
-        Box::pin(self.do_revoke(subject, target))
-    }
-
-    fn test_connection(&self) -> BoxFuture<'_, Result<(), ConnectorError>> {
-        Box::pin(self.do_test())
-    }
-}
+super::connector_impl!(Google, "google", grant: do_grant, revoke: do_revoke, test: do_test);

@@ -138,6 +138,47 @@ pub trait Connector: Send + Sync {
     fn test_connection(&self) -> BoxFuture<'_, Result<(), ConnectorError>>;
 }
 
+/// Implements [`Connector`] for a provider type from its inherent async
+/// methods, so that each provider file holds only its logic.
+macro_rules! connector_impl {
+    ($ty:ty, $kind:expr, grant: $grant:ident, revoke: $revoke:ident, test: $test:ident) => {
+        impl $crate::connectors::Connector for $ty {
+            fn kind(&self) -> &'static str {
+                $kind
+            }
+
+            fn grant<'a>(
+                &'a self,
+                subject: &'a $crate::connectors::Subject,
+                target: &'a $crate::connectors::Target,
+            ) -> futures_util::future::BoxFuture<
+                'a,
+                Result<$crate::connectors::GrantOutcome, $crate::connectors::ConnectorError>,
+            > {
+                Box::pin(self.$grant(subject, target))
+            }
+
+            fn revoke<'a>(
+                &'a self,
+                subject: &'a $crate::connectors::Subject,
+                target: &'a $crate::connectors::Target,
+            ) -> futures_util::future::BoxFuture<
+                'a,
+                Result<$crate::connectors::RevokeOutcome, $crate::connectors::ConnectorError>,
+            > {
+                Box::pin(self.$revoke(subject, target))
+            }
+
+            fn test_connection(
+                &self,
+            ) -> futures_util::future::BoxFuture<'_, Result<(), $crate::connectors::ConnectorError>> {
+                Box::pin(self.$test())
+            }
+        }
+    };
+}
+use connector_impl;
+
 /// Connectors by application name (the keys of `[applications]`).
 pub type Connectors = HashMap<String, Arc<dyn Connector>>;
 

@@ -21,9 +21,8 @@
 //! A 429 carries `X-Rate-Limit-Reset` (epoch seconds), surfaced as the retry hint.
 
 use super::http::{self, Common, Http};
-use super::{Connector, ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
+use super::{ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
 use crate::config::ApplicationConfig;
-use futures_util::future::BoxFuture;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, Response, StatusCode, Url};
@@ -556,31 +555,7 @@ impl Okta {
     }
 }
 
-impl Connector for Okta {
-    fn kind(&self) -> &'static str {
-        "okta"
-    }
-
-    fn grant<'a>(
-        &'a self,
-        subject: &'a Subject,
-        target: &'a Target,
-    ) -> BoxFuture<'a, Result<GrantOutcome, ConnectorError>> {
-        Box::pin(self.do_grant(subject, target))
-    }
-
-    fn revoke<'a>(
-        &'a self,
-        subject: &'a Subject,
-        target: &'a Target,
-    ) -> BoxFuture<'a, Result<RevokeOutcome, ConnectorError>> {
-        Box::pin(self.do_revoke(subject, target))
-    }
-
-    fn test_connection(&self) -> BoxFuture<'_, Result<(), ConnectorError>> {
-        Box::pin(self.do_test())
-    }
-}
+super::connector_impl!(Okta, "okta", grant: do_grant, revoke: do_revoke, test: do_test);
 
 fn dpop_error() -> ConnectorError {
     ConnectorError::Permanent {

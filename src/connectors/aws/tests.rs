@@ -1,4 +1,5 @@
 use super::*;
+use crate::connectors::Connector;
 use crate::connectors::spec_check;
 use aws_sdk_identitystore::config::Credentials;
 use serde_json::json;

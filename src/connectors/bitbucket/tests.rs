@@ -1,4 +1,5 @@
 use super::*;
+use crate::connectors::Connector;
 use crate::connectors::spec_check;
 use tempfile::TempDir;
 use wiremock::matchers::{basic_auth, body_json, header, method, path, query_param};

@@ -1,4 +1,5 @@
 use super::*;
+use crate::connectors::Connector;
 use crate::connectors::spec_check;
 use serde_json::Value;
 use std::time::Duration;
