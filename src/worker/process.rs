@@ -142,24 +142,29 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
         return record_failure(ctx, &event, rows, attempt, error, what, Some(eff.application)).await;
     }
 
-    let expires_at = eff.max_duration.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| Utc::now() + d);
-    let revoked: Vec<String> =
-        plan.ops.iter().filter(|o| matches!(o, ProviderOp::Revoke(_))).map(|o| op_target(o).to_owned()).collect();
-    grants::apply(
-        &mut tx,
-        &grants::Applied {
-            application: eff.application,
-            subject: &eff.subject.account_id,
-            subject_info: subject_info.as_ref(),
-            ticket: &event.ticket.key,
-            event_id: event.event_id,
-            event_at: event.occurred_at,
-            expires_at,
-        },
-        &plan.changes,
-        &revoked,
-    )
-    .await?;
+    // The ledger mirrors what the providers really hold: a dry run records its
+    // would-be calls in the audit trail but never takes or releases a hold, so
+    // switching an application live later starts from the true state.
+    if !dry_run {
+        let expires_at = eff.max_duration.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| Utc::now() + d);
+        let revoked: Vec<String> =
+            plan.ops.iter().filter(|o| matches!(o, ProviderOp::Revoke(_))).map(|o| op_target(o).to_owned()).collect();
+        grants::apply(
+            &mut tx,
+            &grants::Applied {
+                application: eff.application,
+                subject: &eff.subject.account_id,
+                subject_info: subject_info.as_ref(),
+                ticket: &event.ticket.key,
+                event_id: event.event_id,
+                event_at: event.occurred_at,
+                expires_at,
+            },
+            &plan.changes,
+            &revoked,
+        )
+        .await?;
+    }
     set_ticket_progress(&mut tx, &event).await?;
     if dry_run {
         for op in &plan.ops {

@@ -198,10 +198,15 @@ impl Drop for TestApp {
         self.token.cancel();
         let db_name = self.db_name.clone();
         let names = self.names.clone();
+        let app = self.app.take();
         // Teardown on its own runtime: Drop cannot await, and the test's runtime may be ending.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
+                // Let the app stop first, or its worker could re-declare the queues deleted below.
+                if let Some(app) = app {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), app.wait()).await;
+                }
                 if let Ok(conn) = lapin::Connection::connect(&amqp_url(), Default::default()).await {
                     if let Ok(ch) = conn.create_channel().await {
                         let _ = topology::delete(&ch, &names).await;
