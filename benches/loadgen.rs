@@ -63,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
     config.broker.prefix = format!("agload_{tag}");
     config.ingress.listen = "127.0.0.1:0".parse()?;
     config.ops.listen = "127.0.0.1:0".parse()?;
+    config.ops.admin_token_env = None; // no admin API in the benchmark
     let config = Arc::new(config);
     let secret = "loadgen-secret";
     let verifier = Verifier { hmac_secret: Some(SecretString::from(secret)), bearer_token: None };
