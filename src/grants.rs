@@ -374,5 +374,16 @@ pub fn effect(decision: &Decision) -> Option<Effect<'_>> {
     }
 }
 
+/// How long a grant lasts: the ticket's requested duration (`7d`), capped by the
+/// rule's `max_duration`; either alone when only one is set. An unreadable
+/// request falls back to the rule.
+pub fn effective_duration(requested: Option<&str>, max: Option<Duration>) -> Option<Duration> {
+    let requested = requested.and_then(|r| crate::config::duration::parse(r).ok()).filter(|d| !d.is_zero());
+    match (requested, max) {
+        (Some(r), Some(m)) => Some(r.min(m)),
+        (r, m) => r.or(m),
+    }
+}
+
 #[cfg(test)]
 mod tests;

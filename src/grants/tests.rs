@@ -113,3 +113,14 @@ fn lock_keys_differ_per_application_and_subject() {
     assert_ne!(lock_key("Okta", "u1"), lock_key("Okta", "u2"));
     assert_ne!(lock_key("Okta", "u1"), lock_key("Jira", "u1"));
 }
+
+#[test]
+fn the_requested_duration_is_capped_by_the_rule() {
+    let d = |s: u64| Some(std::time::Duration::from_secs(s));
+    assert_eq!(effective_duration(Some("7d"), d(90 * 86_400)), d(7 * 86_400));
+    assert_eq!(effective_duration(Some("365d"), d(90 * 86_400)), d(90 * 86_400));
+    assert_eq!(effective_duration(Some("2h"), None), d(7200));
+    assert_eq!(effective_duration(None, d(60)), d(60));
+    assert_eq!(effective_duration(Some("soon"), d(60)), d(60), "unreadable falls back to the rule");
+    assert_eq!(effective_duration(None, None), None);
+}

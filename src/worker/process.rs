@@ -146,7 +146,8 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
     // would-be calls in the audit trail but never takes or releases a hold, so
     // switching an application live later starts from the true state.
     if !dry_run {
-        let expires_at = eff.max_duration.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| Utc::now() + d);
+        let lasts = grants::effective_duration(event.duration.as_deref(), eff.max_duration);
+        let expires_at = lasts.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| Utc::now() + d);
         let revoked: Vec<String> =
             plan.ops.iter().filter(|o| matches!(o, ProviderOp::Revoke(_))).map(|o| op_target(o).to_owned()).collect();
         grants::apply(
