@@ -181,16 +181,8 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
     audit::append(&mut tx, &rows).await?;
     tx.commit().await?;
     tracing::info!(event_id = %event.event_id, ticket = %event.ticket.key, ops = plan.ops.len(), dry_run, "event applied");
-    if dry_run {
-        ctx.write_back(
-            &event,
-            WriteBack::Info(format!("accessgov evaluated this request in dry-run mode: {}.", summary(&plan))),
-        )
-        .await;
-    } else {
-        ctx.write_back(&event, WriteBack::Success(format!("accessgov applied this request: {}.", summary(&plan))))
-            .await;
-    }
+    // (write_back itself stays silent for dry-run applications.)
+    ctx.write_back(&event, WriteBack::Success(format!("accessgov applied this request: {}.", summary(&plan)))).await;
     Ok(Outcome::Recorded(if dry_run { "dry_run" } else { "applied" }))
 }
 
@@ -499,6 +491,12 @@ impl WorkerContext {
     /// (the effect it reports is already committed).
     pub async fn write_back(&self, event: &AccessEvent, note: WriteBack) {
         let Some(jsm) = &self.jsm else { return };
+        // A dry-run application calls nothing outside accessgov, JSM included.
+        let dry_run =
+            event.application.as_ref().and_then(|a| self.config.applications.get(a)).is_some_and(|a| a.dry_run);
+        if dry_run {
+            return;
+        }
         let wb = &self.config.jsm.write_back;
         let (text, transition) = match &note {
             WriteBack::Success(t) => (t, wb.transition_on_success.as_deref()),

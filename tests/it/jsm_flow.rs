@@ -193,3 +193,31 @@ async fn expired_access_is_revoked_by_the_sweeper() {
     let ops: Vec<&str> = provider.calls().iter().map(|c| c.op).collect();
     assert_eq!(ops, vec!["grant", "revoke"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_application_writes_nothing_back_to_jsm() {
+    let server = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    Mock::given(method("GET"))
+        .and(path("/rest/api/3/user/groups"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(201)).expect(0).mount(&server).await;
+    // One delivery at a time, so that once the second event is recorded the first
+    // one's processing, write-back included, is over.
+    let app = crate::helpers::spawn_app_with(|c| {
+        use_jsm(c, &server, &dir);
+        c.worker.concurrency = 1;
+        c.broker.prefetch = 1;
+    })
+    .await;
+    let first = post(&app, &fixture("webhook-approved-confluence-write.json")).await;
+    let other =
+        String::from_utf8(fixture("webhook-approved-confluence-write.json")).unwrap().replace("ACC-42", "ACC-43");
+    let second = post(&app, other.replace("\"20077\"", "\"20078\"").as_bytes()).await;
+    actions_when(&app, second, "dry_run").await;
+    let actions: Vec<String> = app.audit_actions(first).await.into_iter().map(|r| r.0).collect();
+    assert_eq!(actions, vec!["received", "decided", "dry_run"]);
+    server.verify().await;
+}
