@@ -22,6 +22,7 @@
 //! deletes the user object itself); a 404 is "already absent" only after the
 //! group and the user are read again and both exist.
 
+use super::http::Failure;
 use super::http::{self, Common, Http};
 use super::{ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
 use crate::config::ApplicationConfig;
@@ -174,21 +175,8 @@ struct AssertionClaims<'a> {
     exp: u64,
 }
 
-/// An answer that was not a success, read once.
-struct Failure {
-    status: StatusCode,
-    headers: reqwest::header::HeaderMap,
-    body: String,
-}
-
+// Provider-specific readings of a failed answer (the type is `http::Failure`).
 impl Failure {
-    async fn read(resp: Response) -> Self {
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp.text().await.unwrap_or_default();
-        Self { status, headers, body }
-    }
-
     fn detail(&self) -> GraphErrorDetail {
         serde_json::from_str::<GraphError>(&self.body).map(|e| e.error).unwrap_or_default()
     }

@@ -16,11 +16,11 @@
 //! higher role is "already granted". Revoke: check, then DELETE; "not a member"
 //! counts only after the team and the user are confirmed to exist.
 
+use super::http::Failure;
 use super::http::{self, Common, Http, TokenCache};
 use super::{ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
 use crate::config::ApplicationConfig;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use reqwest::header::HeaderMap;
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -95,21 +95,8 @@ fn id_setting(app: &ApplicationConfig, key: &str) -> Option<String> {
     }
 }
 
-/// A GitHub answer that was not a success, read once.
-struct Failure {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
+// Provider-specific readings of a failed answer (the type is `http::Failure`).
 impl Failure {
-    async fn read(resp: Response) -> Self {
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp.text().await.unwrap_or_default();
-        Self { status, headers, body }
-    }
-
     fn message(&self) -> String {
         serde_json::from_str::<Value>(&self.body)
             .ok()

@@ -16,6 +16,7 @@
 //! Revoke: `members.delete`; a 404 is "already absent" only after `groups.get`
 //! and `users.get` confirm that both still exist.
 
+use super::http::Failure;
 use super::http::{self, Common, Http};
 use super::{ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
 use crate::config::ApplicationConfig;
@@ -95,21 +96,8 @@ struct ErrorItem {
     reason: String,
 }
 
-/// A Google answer that was not a success: status, headers and body, read once.
-struct Failure {
-    status: StatusCode,
-    headers: reqwest::header::HeaderMap,
-    body: String,
-}
-
+// Provider-specific readings of a failed answer (the type is `http::Failure`).
 impl Failure {
-    async fn read(resp: Response) -> Self {
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp.text().await.unwrap_or_default();
-        Self { status, headers, body }
-    }
-
     fn parsed(&self) -> ErrorDetail {
         serde_json::from_str::<ErrorBody>(&self.body).map(|b| b.error).unwrap_or_default()
     }

@@ -145,6 +145,23 @@ impl Http {
     }
 }
 
+/// An answer that was not a success: status, headers and body, read once, so a
+/// connector can look at the provider's error body before classifying it.
+pub struct Failure {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Failure {
+    pub async fn read(resp: Response) -> Self {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.text().await.unwrap_or_default();
+        Self { status, headers, body }
+    }
+}
+
 /// A transport error (no HTTP answer): always transient, message without URL secrets.
 pub fn transport_error(provider: &str, e: &reqwest::Error) -> ConnectorError {
     let kind = if e.is_timeout() {
