@@ -382,7 +382,7 @@ pub async fn preview(
     pool: &PgPool,
     config: &Config,
     row: &DeadLetter,
-    approver_groups: Option<&[String]>,
+    approver_groups: Option<&std::collections::BTreeMap<String, Vec<String>>>,
 ) -> Result<Preview, sqlx::Error> {
     let event = match row.event() {
         Ok(e) => e,
@@ -399,7 +399,18 @@ pub async fn preview(
         p.would = "closed";
         p.remarks.push(format!("the dead letter is {}; a replay needs --force", row.state().as_str()));
     }
-    let decision = rules::decide(&event, config, approver_groups.unwrap_or(&[]));
+    let last_revoke_at: Option<Option<DateTime<Utc>>> =
+        sqlx::query_scalar("SELECT last_revoke_at FROM ticket_progress WHERE ticket = $1")
+            .bind(&event.ticket.key)
+            .fetch_optional(pool)
+            .await?;
+    let verify_approval = config.verify_approval_in_effect(crate::worker::jsm_client(config).is_some());
+    let facts = rules::Facts {
+        approver_groups: approver_groups.cloned().unwrap_or_default(),
+        verify_approval,
+        last_revoke_at: last_revoke_at.flatten(),
+    };
+    let decision = rules::decide(&event, config, &facts);
     if approver_groups.is_none()
         && let (Some(app), Some(level)) = (&event.application, &event.access_level)
         && config.rule_for(app, level).is_some_and(|r| r.approvers.iter().any(|a| a.starts_with("group:")))
@@ -409,7 +420,7 @@ pub async fn preview(
                 .into(),
         );
     }
-    if config.jsm.verify_approval && matches!(decision, Decision::Grant { .. } | Decision::Change { .. }) {
+    if verify_approval && matches!(decision, Decision::Grant { .. } | Decision::Change { .. }) {
         p.remarks.push("verify_approval is on: the worker will first confirm the approval on the live ticket".into());
     }
 

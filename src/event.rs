@@ -60,6 +60,29 @@ pub struct Approver {
     pub source: ApproverSource,
 }
 
+/// The JSM approval the ticket's approvals field shows as deciding: the latest
+/// one (by completion, else creation). Only `final_decision == "approved"` can
+/// ever grant, and within it only the approvers whose own decision is `approved`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub id: Option<String>,
+    /// `approved`, `declined` or `pending`, as JSM says.
+    pub final_decision: String,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// The approvers whose own `approverDecision` is `approved`.
+    pub approved_by: Vec<Person>,
+}
+
+/// How the ingress authenticated the body the event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Authenticity {
+    /// A Jira admin webhook's `X-Hub-Signature`: Jira vouches for the body, its `user` included.
+    Signature,
+    /// A bearer token (Automation): whoever holds the token wrote the body.
+    Bearer,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ticket {
     pub key: String,
@@ -96,6 +119,12 @@ pub struct AccessEvent {
     pub access_level: Option<String>,
     pub requester: Option<Person>,
     pub approver: Option<Approver>,
+    /// The deciding approval of the JSM approvals field, when the ticket has one.
+    #[serde(default)]
+    pub approval: Option<Approval>,
+    /// How the body was authenticated (`None` from `simulate` without headers, or an older event).
+    #[serde(default)]
+    pub authenticity: Option<Authenticity>,
     /// Who moved the ticket (may be an app user); never taken as the approver.
     pub actor: Option<Person>,
     pub changelog_id: Option<String>,

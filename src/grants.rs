@@ -33,6 +33,8 @@ pub struct Hold {
 pub struct TargetState {
     pub holds: Vec<Hold>,
     pub revoked_through: Option<DateTime<Utc>>,
+    /// The provider identity the membership was granted to (a [`crate::connectors::Subject`]).
+    pub identity: Option<crate::connectors::Subject>,
 }
 
 /// The ledger of one (application, subject): target -> state.
@@ -200,6 +202,32 @@ pub fn plan(ledger: &Ledger, request: &Request<'_>, ticket: &str, event_at: Date
     p
 }
 
+/// A grant for `subject` on a target that is already held for a *different*
+/// provider identity (another `subject_field` value, e.g. another GitHub login)
+/// would add a hold without provisioning the new identity. Returns the first such
+/// target with the identity held there; the caller refuses the request.
+pub fn identity_conflict<'a>(
+    ledger: &'a Ledger,
+    targets: &[String],
+    subject: &crate::connectors::Subject,
+) -> Option<(&'a str, &'a crate::connectors::Subject)> {
+    targets.iter().find_map(|t| {
+        let (name, st) = ledger.get_key_value(t)?;
+        let held = st.identity.as_ref()?;
+        (!st.holds.is_empty() && held.fields != subject.fields).then_some((name.as_str(), held))
+    })
+}
+
+/// Who a revoke of `target` must address: the identity the membership was
+/// granted to, when the ledger recorded one; else the event's subject.
+pub fn revoke_identity<'a>(
+    ledger: &'a Ledger,
+    target: &str,
+    fallback: &'a crate::connectors::Subject,
+) -> &'a crate::connectors::Subject {
+    ledger.get(target).and_then(|st| st.identity.as_ref()).unwrap_or(fallback)
+}
+
 /// Advisory lock key for one (application, subject): serializes their effects across replicas.
 pub fn lock_key(application: &str, subject: &str) -> i64 {
     use sha2::{Digest, Sha256};
@@ -219,12 +247,13 @@ pub async fn load(tx: &mut PgConnection, application: &str, subject: &str) -> Re
     struct Row {
         target: String,
         revoked_through: Option<DateTime<Utc>>,
+        subject_info: Option<serde_json::Value>,
         ticket: Option<String>,
         access_level: Option<String>,
         event_at: Option<DateTime<Utc>>,
     }
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT g.target, g.revoked_through, h.ticket, h.access_level, h.event_at \
+        "SELECT g.target, g.revoked_through, g.subject_info, h.ticket, h.access_level, h.event_at \
          FROM access_grants g LEFT JOIN grant_holds h ON h.grant_id = g.id \
          WHERE g.application = $1 AND g.subject = $2 ORDER BY g.target, h.event_at",
     )
@@ -233,9 +262,10 @@ pub async fn load(tx: &mut PgConnection, application: &str, subject: &str) -> Re
     .fetch_all(tx)
     .await?;
     let mut ledger = Ledger::new();
-    for Row { target, revoked_through, ticket, access_level, event_at } in rows {
+    for Row { target, revoked_through, subject_info, ticket, access_level, event_at } in rows {
         let st = ledger.entry(target).or_default();
         st.revoked_through = revoked_through;
+        st.identity = subject_info.and_then(|v| serde_json::from_value(v).ok());
         if let (Some(ticket), Some(access_level), Some(event_at)) = (ticket, access_level, event_at) {
             st.holds.push(Hold { ticket, access_level, event_at });
         }
@@ -273,7 +303,7 @@ pub async fn apply(
             "INSERT INTO access_grants (application, subject, target, state, last_event_id, last_event_at, subject_info) \
              VALUES ($1, $2, $3, 'revoked', $4, $5, $6) \
              ON CONFLICT (application, subject, target) DO UPDATE SET last_event_id = $4, last_event_at = $5, \
-               subject_info = COALESCE($6, access_grants.subject_info), updated_at = now() \
+               updated_at = now() \
              RETURNING id",
         )
         .bind(a.application)
@@ -286,9 +316,18 @@ pub async fn apply(
         .await?;
         match c {
             Change::AddHold { access_level, .. } => {
+                // The first hold provisions the membership: it is now granted to this identity.
                 sqlx::query(
-                    "INSERT INTO grant_holds (grant_id, ticket, access_level, event_id, event_at, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (grant_id, ticket) DO NOTHING",
+                    "UPDATE access_grants g SET subject_info = $2 WHERE id = $1 \
+                     AND NOT EXISTS (SELECT 1 FROM grant_holds h WHERE h.grant_id = g.id)",
+                )
+                .bind(id)
+                .bind(a.subject_info)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO grant_holds (grant_id, ticket, access_level, event_id, event_at, expires_at, identity) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (grant_id, ticket) DO NOTHING",
                 )
                 .bind(id)
                 .bind(a.ticket)
@@ -296,6 +335,7 @@ pub async fn apply(
                 .bind(a.event_id)
                 .bind(a.event_at)
                 .bind(a.expires_at)
+                .bind(a.subject_info)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -345,23 +385,27 @@ pub struct Effect<'a> {
     pub access_level: &'a str,
     pub request: Request<'a>,
     pub max_duration: Option<Duration>,
+    /// How long a grant lasts (the decision's `lasts`).
+    pub lasts: Option<Duration>,
 }
 
 pub fn effect(decision: &Decision) -> Option<Effect<'_>> {
     match decision {
-        Decision::Grant { application, access_level, targets, subject, max_duration, .. } => Some(Effect {
+        Decision::Grant { application, access_level, targets, subject, max_duration, lasts, .. } => Some(Effect {
             application,
             subject,
             access_level,
             request: Request::Grant { targets, access_level },
             max_duration: *max_duration,
+            lasts: *lasts,
         }),
-        Decision::Change { application, access_level, targets, subject, max_duration, .. } => Some(Effect {
+        Decision::Change { application, access_level, targets, subject, max_duration, lasts, .. } => Some(Effect {
             application,
             subject,
             access_level,
             request: Request::Change { targets, access_level },
             max_duration: *max_duration,
+            lasts: *lasts,
         }),
         Decision::Revoke { application, access_level, targets, subject, scope } => Some(Effect {
             application,
@@ -369,20 +413,34 @@ pub fn effect(decision: &Decision) -> Option<Effect<'_>> {
             access_level,
             request: Request::Revoke { targets, scope: *scope },
             max_duration: None,
+            lasts: None,
         }),
         Decision::NoAction { .. } | Decision::Refused { .. } => None,
     }
 }
 
 /// How long a grant lasts: the ticket's requested duration (`7d`), capped by the
-/// rule's `max_duration`; either alone when only one is set. An unreadable
-/// request falls back to the rule.
-pub fn effective_duration(requested: Option<&str>, max: Option<Duration>) -> Option<Duration> {
-    let requested = requested.and_then(|r| crate::config::duration::parse(r).ok()).filter(|d| !d.is_zero());
-    match (requested, max) {
+/// rule's `max_duration`, and always by [`crate::config::duration::MAX`]; either
+/// alone when only one is set. A requested value that cannot be read (not a
+/// duration, an overflowing number) is an error: the request is refused rather
+/// than silently given the rule's maximum or no end at all.
+pub fn effective_duration(requested: Option<&str>, max: Option<Duration>) -> Result<Option<Duration>, String> {
+    let requested = match requested.map(str::trim).filter(|r| !r.is_empty()) {
+        None => None,
+        Some(r) => Some(crate::config::duration::parse_capped(r)?).filter(|d| !d.is_zero()),
+    };
+    let lasts = match (requested, max) {
         (Some(r), Some(m)) => Some(r.min(m)),
         (r, m) => r.or(m),
-    }
+    };
+    Ok(lasts.map(|d| d.min(crate::config::duration::MAX)))
+}
+
+/// When a grant made at `now` that lasts `lasts` expires; `None` when it does not
+/// (or, impossibly after the cap, when the date would overflow).
+pub fn expires_at(now: DateTime<Utc>, lasts: Option<Duration>) -> Option<DateTime<Utc>> {
+    let lasts = chrono::Duration::from_std(lasts?.min(crate::config::duration::MAX)).ok()?;
+    now.checked_add_signed(lasts)
 }
 
 #[cfg(test)]

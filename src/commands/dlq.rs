@@ -347,7 +347,7 @@ async fn dry_run(config: &Config, pool: &sqlx::PgPool, ids: &[i64], json_out: bo
             anyhow::bail!("dead letter {id} does not exist (see `accessgov dlq list --state all`)");
         };
         let groups = approver_groups(config, jsm.as_ref(), &row).await;
-        let p = dead_letters::preview(pool, config, &row, groups.as_deref()).await.context("previewing a replay")?;
+        let p = dead_letters::preview(pool, config, &row, groups.as_ref()).await.context("previewing a replay")?;
         if !json_out {
             print_preview(&p);
         }
@@ -366,14 +366,18 @@ async fn approver_groups(
     config: &Config,
     jsm: Option<&crate::jsm::JsmClient>,
     row: &DeadLetter,
-) -> Option<Vec<String>> {
+) -> Option<std::collections::BTreeMap<String, Vec<String>>> {
     let event = row.event().ok()?;
-    let (app, level, approver) = (event.application.as_ref()?, event.access_level.as_ref()?, event.approver.as_ref()?);
+    let (app, level) = (event.application.as_ref()?, event.access_level.as_ref()?);
     let rule = config.rule_for(app, level)?;
+    let mut out = std::collections::BTreeMap::new();
     if !rule.approvers.iter().any(|a| a.starts_with("group:")) {
-        return Some(Vec::new());
+        return Some(out);
     }
-    jsm?.user_groups(&approver.person.account_id).await.ok()
+    for person in crate::rules::approver_candidates(&event) {
+        out.insert(person.account_id.clone(), jsm?.user_groups(&person.account_id).await.ok()?);
+    }
+    Some(out)
 }
 
 #[cfg(test)]

@@ -52,7 +52,11 @@ fn config_check(path: &std::path::Path, config: &Config) -> ExitCode {
         }
         return ExitCode::from(EXIT_CONFIG);
     }
-    if crate::worker::jsm_client(config).is_none() {
+    let jsm_credentials = crate::worker::jsm_client(config).is_some();
+    if let Some(warning) = config.verify_approval_warning(jsm_credentials) {
+        eprintln!("WARNING: {warning}");
+    }
+    if !jsm_credentials {
         let groups = config.rules.iter().any(|r| r.approvers.iter().any(|a| a.starts_with("group:")));
         let wb = &config.jsm.write_back;
         if groups {

@@ -18,23 +18,33 @@ pub fn run(config: &Config, args: &SimulateArgs) -> anyhow::Result<ExitCode> {
     }
     let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
 
+    let mut authenticity = None;
     if !headers.is_empty() {
         let verifier = crate::app::verifier_from_env(config)?;
-        if let Err(failure) = verifier.verify(header("x-hub-signature"), header("authorization"), &body) {
-            print_json(
-                &json!({"outcome": "unauthorized", "reason": failure.as_str(), "ignore_reason": null, "event": null, "decision": null}),
-            )?;
-            return Ok(ExitCode::SUCCESS);
+        match verifier.verify(header("x-hub-signature"), header("authorization"), &body) {
+            Ok(method) => authenticity = Some(method.into()),
+            Err(failure) => {
+                print_json(
+                    &json!({"outcome": "unauthorized", "reason": failure.as_str(), "ignore_reason": null, "event": null, "decision": null}),
+                )?;
+                return Ok(ExitCode::SUCCESS);
+            }
         }
     }
     let value: serde_json::Value = serde_json::from_slice(&body).context("the event file is not valid JSON")?;
-    let meta = Meta { delivery_id: header("x-atlassian-webhook-identifier").map(str::to_owned) };
+    let meta = Meta { delivery_id: header("x-atlassian-webhook-identifier").map(str::to_owned), authenticity };
     let out = match normalize::normalize(&value, &meta, &config.jsm, chrono::Utc::now()) {
         Normalized::Ignored(reason) => {
             json!({"outcome": "ignored", "ignore_reason": reason, "event": null, "decision": null})
         }
         Normalized::Accepted(event) => {
-            let decision = rules::decide(&event, config, &[]);
+            // Offline: no group lookups, no ledger; verify_approval as configured
+            // (credentials are not resolved here, so an unset value counts as off).
+            let facts = rules::Facts {
+                verify_approval: config.jsm.verify_approval.unwrap_or(false),
+                ..rules::Facts::default()
+            };
+            let decision = rules::decide(&event, config, &facts);
             json!({"outcome": "accepted", "ignore_reason": null, "event": event, "decision": decision})
         }
     };

@@ -3,8 +3,27 @@
 use serde::{Deserialize, Deserializer};
 use std::time::Duration;
 
-/// Parses `<integer><unit>` with unit `ms`, `s`, `m`, `h` or `d`.
+/// The longest duration accessgov accepts anywhere (config, tickets, CLI, admin
+/// API): 3650 days, about ten years. Longer values are refused by [`parse`], so
+/// every date computed from a duration stays far from any overflow.
+pub const MAX: Duration = Duration::from_secs(3650 * 86_400);
+
+/// Parses `<integer><unit>` with unit `ms`, `s`, `m`, `h` or `d`, up to [`MAX`].
 pub fn parse(s: &str) -> Result<Duration, String> {
+    let d = parse_unbounded(s)?;
+    if d > MAX {
+        return Err(format!("duration {:?} is longer than the maximum of 3650d", s.trim()));
+    }
+    Ok(d)
+}
+
+/// Like [`parse`], but a well-formed value longer than [`MAX`] is capped at it
+/// (a ticket asking for "99999d" gets the maximum, not a refusal).
+pub fn parse_capped(s: &str) -> Result<Duration, String> {
+    parse_unbounded(s).map(|d| d.min(MAX))
+}
+
+fn parse_unbounded(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !c.is_ascii_digit())
@@ -72,5 +91,15 @@ mod tests {
         assert!(parse("3w").unwrap_err().contains("unknown unit"));
         assert!(parse("s").unwrap_err().contains("whole number"));
         assert!(parse("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn durations_are_bounded_and_never_overflow() {
+        assert_eq!(parse("3650d").unwrap(), MAX);
+        assert!(parse("3651d").unwrap_err().contains("maximum"));
+        assert_eq!(parse_capped("9999999999d").unwrap(), MAX);
+        assert!(parse_capped("99999999999999999999d").is_err());
+        assert!(parse_capped("18446744073709551615d").is_err(), "u64::MAX days overflows the seconds");
+        assert_eq!(parse_capped("18446744073709551615ms").unwrap(), MAX);
     }
 }

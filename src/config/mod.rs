@@ -207,9 +207,16 @@ pub struct JsmConfig {
     pub email_file: Option<String>,
     pub api_token_env: Option<String>,
     pub api_token_file: Option<String>,
-    /// Re-read approvals and status through the JSM API before a grant.
+    /// Re-read approvals and status through the JSM API before a grant. Unset, it
+    /// is on exactly when JSM credentials resolve ([`Config::verify_approval_in_effect`]);
+    /// `false` is allowed but warned about loudly by `config check` and the worker.
     #[serde(default)]
-    pub verify_approval: bool,
+    pub verify_approval: Option<bool>,
+    /// Accept the approver that an Automation body declares (custom body `approver`,
+    /// the approver field of an Automation issue body) without `verify_approval`.
+    /// Off by default: whoever holds the Automation bearer token could name anyone.
+    #[serde(default)]
+    pub trust_automation_approver: bool,
     pub fields: FieldsConfig,
     /// Request type name -> action.
     pub request_types: BTreeMap<String, RequestAction>,
@@ -670,7 +677,7 @@ impl Config {
         if let Some(r) = self.ops_admin_token() {
             refs.push(("ops.admin_token".into(), r));
         }
-        if self.jsm.verify_approval {
+        if self.jsm.verify_approval == Some(true) {
             match self.jsm_api_token() {
                 Some(r) => refs.push(("jsm.api_token".into(), r)),
                 None => {
@@ -697,6 +704,35 @@ impl Config {
 
     pub fn ops_admin_token(&self) -> Option<SecretRef> {
         SecretRef::from_pair(self.ops.admin_token_env.as_deref(), self.ops.admin_token_file.as_deref())
+    }
+
+    /// Whether the worker re-reads approvals through the JSM API before a grant:
+    /// as configured, else on whenever JSM credentials are available.
+    pub fn verify_approval_in_effect(&self, jsm_credentials: bool) -> bool {
+        self.jsm.verify_approval.unwrap_or(jsm_credentials)
+    }
+
+    /// A loud warning when grants rest on the payload alone, `None` when verification is on.
+    pub fn verify_approval_warning(&self, jsm_credentials: bool) -> Option<String> {
+        if self.verify_approval_in_effect(jsm_credentials) {
+            return None;
+        }
+        let why = if self.jsm.verify_approval == Some(false) {
+            "[jsm] verify_approval = false"
+        } else {
+            "no JSM credentials are available (jsm.email_env / jsm.api_token_env)"
+        };
+        Some(format!(
+            "APPROVALS ARE NOT VERIFIED: {why}. Grants rest on the webhook payload alone: an \
+             approver-field approval counts only when a signed webhook shows the approver making the \
+             transition, and an Automation body's approver is refused{}. Configure JSM credentials \
+             and leave verify_approval unset (or true).",
+            if self.jsm.trust_automation_approver {
+                ", except Automation-declared approvers (trust_automation_approver = true)"
+            } else {
+                ""
+            }
+        ))
     }
 
     pub fn jsm_api_token(&self) -> Option<SecretRef> {

@@ -57,6 +57,60 @@ impl Subject {
     }
 }
 
+/// The subject as the connectors of `application` see it: the requester plus the
+/// value of the application's `subject_field` (a provider login) from the ticket.
+/// Every identity that will reach a provider URL or body is checked here, before
+/// any call: see [`check_identity`].
+pub fn subject_of(
+    config: &Config,
+    application: &str,
+    person: &Person,
+    raw_fields: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Subject, String> {
+    let mut subject = Subject::from_person(person);
+    check_identity("the requester's account id", &subject.account_id)?;
+    if let Some(email) = &subject.email {
+        check_identity("the requester's email", email)?;
+    }
+    let field = config.applications.get(application).and_then(|a| http::setting(a, "subject_field"));
+    if let Some(id) = field
+        && let Some(v) = raw_fields.get(&id)
+    {
+        let value = v.as_str().or_else(|| v.get("value").and_then(|x| x.as_str()));
+        // An empty field is "not given" (connectors fall back to the email); anything else must be usable.
+        if let Some(value) = value.filter(|s| !s.trim().is_empty()) {
+            check_identity(&format!("ticket field {id}"), value)?;
+            subject.fields.insert(id, value.trim().to_owned());
+        }
+    }
+    Ok(subject)
+}
+
+/// Refuses identities that would address someone other than the person meant:
+/// provider aliases for the caller (`me`, `self`), path segments (`.`, `..`,
+/// anything with `/`, `\`, `?`, `#` or `%`), control characters, blank or
+/// over-long values.
+pub fn check_identity(what: &str, value: &str) -> Result<(), String> {
+    let v = value.trim();
+    let bad = |why: &str| Err(format!("{what} {value:?} {why}"));
+    if v.is_empty() {
+        return bad("is empty");
+    }
+    if v.chars().any(char::is_control) {
+        return bad("contains control characters");
+    }
+    if v.len() > 256 {
+        return bad("is longer than 256 bytes");
+    }
+    if matches!(v.to_ascii_lowercase().as_str(), "me" | "self" | "." | "..") {
+        return bad("is a provider alias or a path segment, not a user");
+    }
+    if v.contains(['/', '\\', '?', '#', '%']) || v.chars().any(char::is_whitespace) {
+        return bad("contains a character that is never part of a user name (/ \\ ? # % or a space)");
+    }
+    Ok(())
+}
+
 /// What to grant: a group/team name or a permission level, with an optional role.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Target {

@@ -12,7 +12,7 @@ fn hold(ticket: &str, level: &str, t: i64) -> Hold {
 fn ledger(entries: &[(&str, Vec<Hold>, Option<i64>)]) -> Ledger {
     entries
         .iter()
-        .map(|(t, holds, rt)| (t.to_string(), TargetState { holds: holds.clone(), revoked_through: rt.map(at) }))
+        .map(|(t, holds, rt)| (t.to_string(), TargetState { holds: holds.clone(), revoked_through: rt.map(at), identity: None }))
         .collect()
 }
 
@@ -117,10 +117,50 @@ fn lock_keys_differ_per_application_and_subject() {
 #[test]
 fn the_requested_duration_is_capped_by_the_rule() {
     let d = |s: u64| Some(std::time::Duration::from_secs(s));
-    assert_eq!(effective_duration(Some("7d"), d(90 * 86_400)), d(7 * 86_400));
-    assert_eq!(effective_duration(Some("365d"), d(90 * 86_400)), d(90 * 86_400));
-    assert_eq!(effective_duration(Some("2h"), None), d(7200));
-    assert_eq!(effective_duration(None, d(60)), d(60));
-    assert_eq!(effective_duration(Some("soon"), d(60)), d(60), "unreadable falls back to the rule");
-    assert_eq!(effective_duration(None, None), None);
+    assert_eq!(effective_duration(Some("7d"), d(90 * 86_400)), Ok(d(7 * 86_400)));
+    assert_eq!(effective_duration(Some("365d"), d(90 * 86_400)), Ok(d(90 * 86_400)));
+    assert_eq!(effective_duration(Some("2h"), None), Ok(d(7200)));
+    assert_eq!(effective_duration(None, d(60)), Ok(d(60)));
+    assert!(effective_duration(Some("soon"), d(60)).is_err(), "unreadable is refused, not guessed");
+    assert_eq!(effective_duration(None, None), Ok(None));
+    assert_eq!(effective_duration(Some(""), None), Ok(None), "an empty field asks for nothing");
+}
+
+#[test]
+fn a_huge_requested_duration_is_capped_and_its_expiry_never_overflows() {
+    // Before the bound, "99999999999d" passed parse and `now + d` panicked the worker after the grant.
+    let lasts = effective_duration(Some("99999999999d"), None).expect("well-formed: capped");
+    assert_eq!(lasts, Some(crate::config::duration::MAX));
+    let now = chrono::Utc::now();
+    let at = expires_at(now, lasts).expect("ten years from now is a date");
+    assert!(at > now + chrono::Duration::days(3649));
+    assert!(effective_duration(Some("18446744073709551615d"), None).is_err(), "overflow is refused");
+    assert_eq!(expires_at(chrono::DateTime::<chrono::Utc>::MAX_UTC, Some(std::time::Duration::from_secs(1))), None);
+}
+
+fn subject_with_login(login: &str) -> crate::connectors::Subject {
+    let mut s = crate::connectors::Subject {
+        account_id: "u1".into(),
+        email: None,
+        display_name: None,
+        fields: Default::default(),
+    };
+    s.fields.insert("customfield_10090".into(), login.into());
+    s
+}
+
+#[test]
+fn a_grant_for_another_identity_of_a_held_target_is_a_conflict_and_revokes_address_the_held_identity() {
+    let mut l = ledger(&[("devs", vec![hold("A-1", "Write", 0)], None), ("ops", vec![], None)]);
+    l.get_mut("devs").unwrap().identity = Some(subject_with_login("alice-gh"));
+    l.get_mut("ops").unwrap().identity = Some(subject_with_login("old-login"));
+    let t = targets(&["devs"]);
+    let (target, held) = identity_conflict(&l, &t, &subject_with_login("mallory-gh")).expect("conflict");
+    assert_eq!((target, held.field("customfield_10090")), ("devs", Some("alice-gh")));
+    assert_eq!(identity_conflict(&l, &t, &subject_with_login("alice-gh")), None, "same identity: no conflict");
+    // A target nobody holds any more may be granted to a new identity.
+    assert_eq!(identity_conflict(&l, &targets(&["ops"]), &subject_with_login("new-login")), None);
+    let now = subject_with_login("mallory-gh");
+    assert_eq!(revoke_identity(&l, "devs", &now).field("customfield_10090"), Some("alice-gh"));
+    assert_eq!(revoke_identity(&l, "unknown", &now).field("customfield_10090"), Some("mallory-gh"));
 }

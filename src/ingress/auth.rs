@@ -54,6 +54,15 @@ pub enum AuthMethod {
     Bearer,
 }
 
+impl From<AuthMethod> for crate::event::Authenticity {
+    fn from(m: AuthMethod) -> Self {
+        match m {
+            AuthMethod::Signature => Self::Signature,
+            AuthMethod::Bearer => Self::Bearer,
+        }
+    }
+}
+
 impl Verifier {
     /// Checks the request. `signature` is the `X-Hub-Signature` value, `authorization`
     /// the `Authorization` value (header lookups are case-insensitive in `http`).

@@ -85,19 +85,27 @@ async fn handle(state: &IngressState, headers: &HeaderMap, body: Body) -> Result
     }
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| IngressError::TooLarge(limit))?;
 
-    if let Err(failure) =
-        state.verifier.verify(header_str(headers, "x-hub-signature"), header_str(headers, "authorization"), &bytes)
-    {
-        metrics::ingress_auth_failure(failure.as_str());
-        tracing::warn!(reason = failure.as_str(), "webhook refused: not authenticated");
-        return Err(IngressError::Unauthorized(failure.as_str()));
-    }
+    let method = match state.verifier.verify(
+        header_str(headers, "x-hub-signature"),
+        header_str(headers, "authorization"),
+        &bytes,
+    ) {
+        Ok(method) => method,
+        Err(failure) => {
+            metrics::ingress_auth_failure(failure.as_str());
+            tracing::warn!(reason = failure.as_str(), "webhook refused: not authenticated");
+            return Err(IngressError::Unauthorized(failure.as_str()));
+        }
+    };
 
     let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
         // serde_json's message names line and column, never the content.
         IngressError::BadRequest(format!("body is not valid JSON: {e}"))
     })?;
-    let meta = Meta { delivery_id: header_str(headers, "x-atlassian-webhook-identifier").map(str::to_owned) };
+    let meta = Meta {
+        delivery_id: header_str(headers, "x-atlassian-webhook-identifier").map(str::to_owned),
+        authenticity: Some(method.into()),
+    };
     match normalize::normalize(&value, &meta, &state.config.jsm, chrono::Utc::now()) {
         Normalized::Ignored(reason) => {
             metrics::ingress_request("ignored");

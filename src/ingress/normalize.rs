@@ -15,7 +15,8 @@
 
 use crate::config::{AppStatus, JsmConfig};
 use crate::event::{
-    AccessEvent, Approver, ApproverSource, Person, SCHEMA_V1, Source, StatusChange, Ticket, event_id_for,
+    AccessEvent, Approval, Approver, ApproverSource, Authenticity, Person, SCHEMA_V1, Source, StatusChange, Ticket,
+    event_id_for,
 };
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
@@ -29,6 +30,8 @@ pub const AUTOMATION_SCHEMA_V1: &str = "accessgov.automation/v1";
 pub struct Meta {
     /// `X-Atlassian-Webhook-Identifier`.
     pub delivery_id: Option<String>,
+    /// How the body was authenticated (the worker trusts a webhook's `user` only when signed).
+    pub authenticity: Option<Authenticity>,
 }
 
 /// Why a well-authenticated body is not an access event. Answered 200.
@@ -243,11 +246,11 @@ fn build(
 
     let requester_field = if f.requester == "reporter" { "reporter" } else { f.requester.as_str() };
     let requester = fields.get(requester_field).and_then(person);
-    let approver = f
-        .approvals
+    let approval = f.approvals.as_ref().and_then(|id| fields.get(id)).and_then(latest_approval);
+    let approver = approval
         .as_ref()
-        .and_then(|id| fields.get(id))
-        .and_then(latest_decision_approver)
+        .filter(|a| a.final_decision == "approved")
+        .and_then(|a| a.approved_by.first().cloned())
         .map(|person| Approver { person, source: ApproverSource::JsmApprovals })
         .or_else(|| {
             f.approver
@@ -296,6 +299,8 @@ fn build(
         access_level,
         requester,
         approver,
+        approval,
+        authenticity: meta.authenticity,
         actor,
         changelog_id,
         occurred_at,
@@ -382,6 +387,8 @@ fn automation_custom(body: &Map<String, Value>, meta: &Meta, jsm: &JsmConfig, no
             .get("approver")
             .and_then(custom_person)
             .map(|person| Approver { person, source: ApproverSource::ApproverField }),
+        approval: None,
+        authenticity: meta.authenticity,
         actor: body.get("actor").and_then(custom_person),
         changelog_id: None,
         occurred_at,
@@ -451,27 +458,41 @@ fn request_type_name(v: &Value) -> Option<String> {
     v.get("requestType").and_then(|rt| rt.get("name")).and_then(non_empty_str).or_else(|| non_empty_str(v))
 }
 
-/// The approver of the latest final decision (approved or declined) in a JSM approvals field.
-fn latest_decision_approver(v: &Value) -> Option<Person> {
-    let approvals = v.as_array()?;
-    let decided = approvals.iter().filter_map(|a| {
-        let decision = a.get("finalDecision").and_then(Value::as_str)?;
-        if !matches!(decision, "approved" | "declined") {
-            return None;
-        }
-        let when =
-            a.get("completedDate").and_then(|d| d.get("epochMillis")).and_then(Value::as_i64).unwrap_or(i64::MIN);
-        Some((when, decision, a))
-    });
-    let (_, decision, approval) = decided.max_by_key(|(when, _, _)| *when)?;
-    let approvers = approval.get("approvers").and_then(Value::as_array)?;
-    // Only an approver whose own decision is the final one decided; a pending or
-    // silent co-approver listed first is not taken as a guess.
-    approvers
+/// The deciding approval of a JSM approvals field: the latest one by completion
+/// time (a pending approval, not completed, counts from its creation, so a new
+/// pending approval after an old approved one is what the ticket waits on).
+/// Its `approved_by` lists only approvers whose own decision is `approved`.
+fn latest_approval(v: &Value) -> Option<Approval> {
+    let millis = |a: &Value, key: &str| a.get(key).and_then(|d| d.get("epochMillis")).and_then(Value::as_i64);
+    let approval = v
+        .as_array()?
         .iter()
-        .find(|a| a.get("approverDecision").and_then(Value::as_str) == Some(decision))
-        .and_then(|a| a.get("approver"))
-        .and_then(person)
+        .filter(|a| a.is_object())
+        .max_by_key(|a| millis(a, "completedDate").or_else(|| millis(a, "createdDate")).unwrap_or(i64::MIN))?;
+    let final_decision = approval
+        .get("finalDecision")
+        .and_then(Value::as_str)
+        .map(|d| d.trim().to_ascii_lowercase())
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "pending".to_owned());
+    let approved_by = approval
+        .get("approvers")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter(|a| {
+                    a.get("approverDecision").and_then(Value::as_str).is_some_and(|d| d.eq_ignore_ascii_case("approved"))
+                })
+                .filter_map(|a| a.get("approver").and_then(person))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(Approval {
+        id: approval.get("id").and_then(id_string),
+        final_decision,
+        completed_at: millis(approval, "completedDate").and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
+        approved_by,
+    })
 }
 
 fn person(v: &Value) -> Option<Person> {

@@ -507,6 +507,8 @@ fn parse_approval(v: &Value) -> Result<Approval, String> {
 /// `finalDecision == "approved"`. `Err` carries a sentence for the audit row and the ticket.
 pub fn confirms(
     event: &AccessEvent,
+    approver: &crate::event::Person,
+    not_before: Option<chrono::DateTime<chrono::Utc>>,
     live: &ApprovalState,
     statuses: &BTreeMap<String, AppStatus>,
 ) -> Result<(), String> {
@@ -538,19 +540,38 @@ pub fn confirms(
         return Ok(());
     }
 
-    let Some(approver) = &event.approver else {
-        return Err(format!("the event for {key} names no approver, so JSM cannot confirm the approval"));
-    };
-    let account = approver.person.account_id.as_str();
-    let confirmed = live.approvals.iter().any(|a| {
+    let account = approver.account_id.as_str();
+    let not_before_ms = not_before.map(|t| t.timestamp_millis());
+    let approving = |a: &&Approval| {
         a.final_decision.eq_ignore_ascii_case("approved")
             && a.approvers.iter().any(|(id, d)| id == account && d.eq_ignore_ascii_case("approved"))
-    });
-    if confirmed {
-        return Ok(());
+    };
+    // The latest approval decides: an approved one followed by a declined or pending one does not grant.
+    let latest = live.approvals.iter().max_by_key(|a| a.completed_epoch_ms.unwrap_or(i64::MAX));
+    if let Some(latest) = latest
+        && !latest.final_decision.eq_ignore_ascii_case("approved")
+    {
+        return Err(format!(
+            "the latest approval of {key} ({}) is {}, not approved",
+            latest.id, latest.final_decision
+        ));
     }
-    let who =
-        approver.person.display_name.as_deref().map_or_else(|| account.to_owned(), |n| format!("{n} ({account})"));
+    let fresh = |a: &&Approval| match (not_before_ms, a.completed_epoch_ms) {
+        (None, _) => true,
+        (Some(nb), Some(done)) => done > nb,
+        (Some(_), None) => false,
+    };
+    match live.approvals.iter().filter(approving).find(fresh) {
+        Some(_) => return Ok(()),
+        None if live.approvals.iter().any(|a| approving(&a)) => {
+            return Err(format!(
+                "{account}'s approval of {key} was given before the ticket's access was revoked; a new approval \
+                 is needed"
+            ));
+        }
+        None => {}
+    }
+    let who = approver.display_name.as_deref().map_or_else(|| account.to_owned(), |n| format!("{n} ({account})"));
     let seen: Vec<String> = live
         .approvals
         .iter()
@@ -559,11 +580,11 @@ pub fn confirms(
             format!("approval {} {} [{}]", a.id, a.final_decision, approvers.join(", "))
         })
         .collect();
-    let source_hint = match approver.source {
-        crate::event::ApproverSource::ApproverField => {
+    let source_hint = match event.approver.as_ref().map(|a| a.source) {
+        Some(crate::event::ApproverSource::ApproverField) => {
             " (the event's approver came from the approver field; verify_approval checks JSM approvals)"
         }
-        crate::event::ApproverSource::JsmApprovals => "",
+        _ => "",
     };
     Err(format!(
         "JSM does not confirm that {who} approved {key}: no approved approval has them as an approving \

@@ -1,4 +1,5 @@
 use super::*;
+use chrono::TimeZone;
 use crate::config::RequestAction;
 use crate::event::{Approver, ApproverSource, Person, SCHEMA_V1, Source, StatusChange, Ticket, event_id_for};
 use reqwest::header::HeaderValue;
@@ -484,6 +485,8 @@ fn event(app_status: AppStatus, approver: Option<&str>) -> AccessEvent {
             person: Person { account_id: id.into(), email: None, display_name: Some("Alice".into()) },
             source: ApproverSource::JsmApprovals,
         }),
+        approval: None,
+        authenticity: None,
         actor: None,
         changelog_id: Some("20001".into()),
         occurred_at: Utc::now(),
@@ -492,6 +495,16 @@ fn event(app_status: AppStatus, approver: Option<&str>) -> AccessEvent {
         errors: vec![],
         raw_fields: serde_json::Map::new(),
     }
+}
+
+/// `confirms` for the event's approver (or someone who approved nothing).
+fn confirms_as(status: AppStatus, approver: Option<&str>, state: &ApprovalState) -> Result<(), String> {
+    let who = Person {
+        account_id: approver.unwrap_or("acc-nobody").into(),
+        email: None,
+        display_name: Some("Alice".into()),
+    };
+    confirms(&event(status, approver), &who, None, state, &statuses())
 }
 
 fn live(status: &str, approvals: Vec<Approval>) -> ApprovalState {
@@ -516,13 +529,13 @@ fn an_approved_event_is_confirmed_by_the_live_status_and_the_approvers_own_appro
             appr("2", "approved", &[("acc-bob", "pending"), ("acc-alice", "approved")]),
         ],
     );
-    assert_eq!(confirms(&event(AppStatus::Approved, Some("acc-alice")), &state, &statuses()), Ok(()));
+    assert_eq!(confirms_as(AppStatus::Approved, Some("acc-alice"), &state), Ok(()));
 }
 
 #[test]
 fn an_approved_event_is_refused_when_the_ticket_has_since_moved_to_rejected() {
     let state = live("Rejected", vec![appr("1", "approved", &[("acc-alice", "approved")])]);
-    let reason = confirms(&event(AppStatus::Approved, Some("acc-alice")), &state, &statuses()).unwrap_err();
+    let reason = confirms_as(AppStatus::Approved, Some("acc-alice"), &state).unwrap_err();
     assert!(
         reason.contains("\"Rejected\"") && reason.contains("denied") && reason.contains("stale or forged"),
         "{reason}"
@@ -532,33 +545,52 @@ fn an_approved_event_is_refused_when_the_ticket_has_since_moved_to_rejected() {
 #[test]
 fn an_event_is_refused_when_the_live_status_is_not_mapped_at_all() {
     let state = live("In Progress", vec![appr("1", "approved", &[("acc-alice", "approved")])]);
-    let reason = confirms(&event(AppStatus::Approved, Some("acc-alice")), &state, &statuses()).unwrap_err();
+    let reason = confirms_as(AppStatus::Approved, Some("acc-alice"), &state).unwrap_err();
     assert!(reason.contains("\"In Progress\"") && reason.contains("does not map"), "{reason}");
 }
 
 #[test]
 fn an_approved_event_is_refused_when_someone_else_gave_the_approval() {
     let state = live("Approved", vec![appr("1", "approved", &[("acc-mallory", "pending"), ("acc-bob", "approved")])]);
-    let reason = confirms(&event(AppStatus::Approved, Some("acc-mallory")), &state, &statuses()).unwrap_err();
+    let reason = confirms_as(AppStatus::Approved, Some("acc-mallory"), &state).unwrap_err();
     assert!(reason.contains("Alice (acc-mallory)") && reason.contains("acc-bob approved"), "{reason}");
 }
 
 #[test]
 fn an_approved_event_is_refused_while_the_approval_is_still_pending() {
     let state = live("Approved", vec![appr("1", "pending", &[("acc-alice", "approved"), ("acc-bob", "pending")])]);
-    let reason = confirms(&event(AppStatus::Approved, Some("acc-alice")), &state, &statuses()).unwrap_err();
-    assert!(reason.contains("approval 1 pending"), "{reason}");
+    let reason = confirms_as(AppStatus::Approved, Some("acc-alice"), &state).unwrap_err();
+    assert!(reason.contains("(1) is pending"), "{reason}");
 }
 
 #[test]
-fn an_approved_event_without_an_approver_cannot_be_confirmed() {
-    let state = live("Approved", vec![appr("1", "approved", &[("acc-alice", "approved")])]);
-    let reason = confirms(&event(AppStatus::Approved, None), &state, &statuses()).unwrap_err();
-    assert!(reason.contains("names no approver"), "{reason}");
+fn a_later_declined_approval_overrides_an_earlier_approved_one() {
+    let mut first = appr("1", "approved", &[("acc-alice", "approved")]);
+    first.completed_epoch_ms = Some(1_000);
+    let mut second = appr("2", "declined", &[("acc-alice", "declined")]);
+    second.completed_epoch_ms = Some(2_000);
+    let reason = confirms_as(AppStatus::Approved, Some("acc-alice"), &live("Approved", vec![first, second])).unwrap_err();
+    assert!(reason.contains("(2) is declined"), "{reason}");
+}
+
+#[test]
+fn an_approval_completed_before_the_tickets_last_revoke_is_spent() {
+    let mut old = appr("1", "approved", &[("acc-alice", "approved")]);
+    old.completed_epoch_ms = Some(1_000);
+    let state = live("Approved", vec![old.clone()]);
+    let alice = Person { account_id: "acc-alice".into(), email: None, display_name: None };
+    let e = event(AppStatus::Approved, Some("acc-alice"));
+    let revoked = Utc.timestamp_millis_opt(5_000).single();
+    let reason = confirms(&e, &alice, revoked, &state, &statuses()).unwrap_err();
+    assert!(reason.contains("before the ticket's access was revoked"), "{reason}");
+    // Positive control: a new approval after the revoke confirms.
+    let mut new = appr("2", "approved", &[("acc-alice", "approved")]);
+    new.completed_epoch_ms = Some(9_000);
+    assert_eq!(confirms(&e, &alice, revoked, &live("Approved", vec![old, new]), &statuses()), Ok(()));
 }
 
 #[test]
 fn a_revoked_event_needs_only_the_live_status_to_match() {
     let state = live("Access Revoked", vec![]);
-    assert_eq!(confirms(&event(AppStatus::Revoked, None), &state, &statuses()), Ok(()));
+    assert_eq!(confirms_as(AppStatus::Revoked, None, &state), Ok(()));
 }

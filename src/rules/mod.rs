@@ -7,10 +7,28 @@
 //! is not the requester. Everything else is a refusal *outcome*, audited with
 //! its reason, never an error.
 
-use crate::config::{AppStatus, Config, RequestAction};
-use crate::event::{AccessEvent, Person};
+use crate::config::{AppStatus, Config, RequestAction, RuleConfig};
+use crate::event::{AccessEvent, ApproverSource, Authenticity, Person, Source};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+/// What the decision needs beyond the event and the config; the caller reads it
+/// (the worker from JSM and the ledger, `simulate` leaves it empty).
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// Jira groups of the candidate approvers (account id -> groups), for `group:` entries.
+    pub approver_groups: BTreeMap<String, Vec<String>>,
+    /// `[jsm] verify_approval` is in effect: the worker confirms the approval on the
+    /// live ticket before any grant, so an approver the payload alone cannot prove
+    /// (the approver field, an Automation body's declared approver) may be accepted
+    /// pending that confirmation.
+    pub verify_approval: bool,
+    /// When this ticket's access was last taken away (revoked or expired): an
+    /// approval completed before then is spent and never grants again.
+    pub last_revoke_at: Option<DateTime<Utc>>,
+}
 
 /// What the worker should do with an event.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -25,6 +43,9 @@ pub enum Decision {
         approver: Person,
         #[serde(with = "opt_duration")]
         max_duration: Option<Duration>,
+        /// How long this grant lasts: the ticket's duration capped by `max_duration` (`None`: until revoked).
+        #[serde(with = "opt_duration")]
+        lasts: Option<Duration>,
     },
     /// Replace the subject's earlier access to this application with this level.
     Change {
@@ -35,6 +56,8 @@ pub enum Decision {
         approver: Person,
         #[serde(with = "opt_duration")]
         max_duration: Option<Duration>,
+        #[serde(with = "opt_duration")]
+        lasts: Option<Duration>,
     },
     /// Remove access: what this ticket granted (`scope: ticket`, the ticket was
     /// revoked) or the subject's access to the rule's targets (`scope: subject`,
@@ -82,6 +105,40 @@ pub enum Refusal {
     ApprovalNotConfirmed {
         reason: String,
     },
+    /// The deciding JSM approval is not `approved` (declined or pending), or no
+    /// approver's own decision in it is `approved`.
+    ApprovalNotApproved {
+        approval: Option<String>,
+        decision: String,
+    },
+    /// The approver is only named (approver field, or declared by an Automation
+    /// body), not shown to have decided, and nothing confirms it.
+    ApproverUnconfirmed {
+        approver: String,
+        reason: String,
+    },
+    /// The approval was completed before this ticket's access was last taken away.
+    ApprovalReused {
+        approval: Option<String>,
+        revoked_at: DateTime<Utc>,
+    },
+    /// The ticket's requested duration cannot be read (or overflows).
+    InvalidDuration {
+        value: String,
+        reason: String,
+    },
+    /// The provider identity from the ticket cannot be used safely.
+    InvalidIdentity {
+        reason: String,
+    },
+    /// The target is already held for this requester under another provider
+    /// identity (another `subject_field` value); granting would add a hold
+    /// without provisioning the new identity.
+    IdentityMismatch {
+        target: String,
+        held: BTreeMap<String, String>,
+        requested: BTreeMap<String, String>,
+    },
 }
 
 impl Refusal {
@@ -108,6 +165,29 @@ impl Refusal {
             Self::ApprovalNotConfirmed { reason } => {
                 format!("the ticket's live approval state does not confirm this request: {reason}")
             }
+            Self::ApprovalNotApproved { approval, decision } => format!(
+                "the ticket's approval{} is {decision}, not approved by an approver; access is granted only \
+                 for an approved approval",
+                approval.as_deref().map(|a| format!(" {a}")).unwrap_or_default()
+            ),
+            Self::ApproverUnconfirmed { approver, reason } => {
+                format!("approver {approver} is named but not shown to have approved: {reason}")
+            }
+            Self::ApprovalReused { approval, revoked_at } => format!(
+                "the approval{} was given before this ticket's access was revoked at {revoked_at}; \
+                 a new approval is needed",
+                approval.as_deref().map(|a| format!(" {a}")).unwrap_or_default()
+            ),
+            Self::InvalidDuration { value, reason } => {
+                format!("the requested duration {value:?} cannot be used: {reason}")
+            }
+            Self::InvalidIdentity { reason } => format!("the provider identity cannot be used: {reason}"),
+            Self::IdentityMismatch { target, held, requested } => format!(
+                "{target} is already held for this requester as {} but this ticket names {}; revoke the \
+                 existing access first, or correct the ticket",
+                identity_text(held),
+                identity_text(requested)
+            ),
         }
     }
 
@@ -121,8 +201,21 @@ impl Refusal {
             Self::ApproverNotAllowed { .. } => "approver_not_allowed",
             Self::ApproverIsRequester { .. } => "approver_is_requester",
             Self::ApprovalNotConfirmed { .. } => "approval_not_confirmed",
+            Self::ApprovalNotApproved { .. } => "approval_not_approved",
+            Self::ApproverUnconfirmed { .. } => "approver_unconfirmed",
+            Self::ApprovalReused { .. } => "approval_reused",
+            Self::InvalidDuration { .. } => "invalid_duration",
+            Self::InvalidIdentity { .. } => "invalid_identity",
+            Self::IdentityMismatch { .. } => "identity_mismatch",
         }
     }
+}
+
+fn identity_text(fields: &BTreeMap<String, String>) -> String {
+    if fields.is_empty() {
+        return "the JSM account alone".into();
+    }
+    fields.iter().map(|(k, v)| format!("{k}={v:?}")).collect::<Vec<_>>().join(", ")
 }
 
 mod opt_duration {
@@ -136,8 +229,8 @@ mod opt_duration {
     }
 }
 
-/// Decides. `approver_groups` are the approver's Jira groups (for `group:` entries).
-pub fn decide(event: &AccessEvent, config: &Config, approver_groups: &[String]) -> Decision {
+/// Decides.
+pub fn decide(event: &AccessEvent, config: &Config, facts: &Facts) -> Decision {
     let refuse = |reason| Decision::Refused { reason };
     match event.app_status {
         AppStatus::Denied | AppStatus::Declined => {
@@ -169,29 +262,134 @@ pub fn decide(event: &AccessEvent, config: &Config, approver_groups: &[String]) 
     let access_level = rule.access_level.clone();
     let targets = rule.targets();
 
-    // Removing access is never gated on an approver: it only reduces access.
+    // Removing access is never gated on an approver: it only reduces access. A
+    // ticket's revoke acts on the identity its holds recorded, whatever the
+    // ticket's fields say now, so only a removal request's identity is checked.
     if event.app_status == AppStatus::Revoked {
         return Decision::Revoke { application, access_level, targets, subject, scope: RevokeScope::Ticket };
+    }
+    if let Err(reason) = crate::connectors::subject_of(config, &application, &subject, &event.raw_fields) {
+        return refuse(Refusal::InvalidIdentity { reason });
     }
     if event.action == RequestAction::Revoke {
         return Decision::Revoke { application, access_level, targets, subject, scope: RevokeScope::Subject };
     }
 
-    let Some(approver) = event.approver.as_ref().map(|a| a.person.clone()) else {
-        return refuse(Refusal::NoApprover);
+    let approver = match approved_by(event, config, rule, &subject, facts) {
+        Ok(approver) => approver,
+        Err(reason) => return refuse(reason),
     };
-    if !approver_allowed(&rule.approvers, &approver, approver_groups) {
-        return refuse(Refusal::ApproverNotAllowed { approver: approver.account_id.clone() });
-    }
-    if rule.require_distinct_approver && approver.account_id == subject.account_id {
-        return refuse(Refusal::ApproverIsRequester { account_id: approver.account_id.clone() });
-    }
     let max_duration = rule.max_duration;
+    let lasts = match crate::grants::effective_duration(event.duration.as_deref(), max_duration) {
+        Ok(lasts) => lasts,
+        Err(reason) => {
+            return refuse(Refusal::InvalidDuration { value: event.duration.clone().unwrap_or_default(), reason });
+        }
+    };
     match event.action {
         RequestAction::Change => {
-            Decision::Change { application, access_level, targets, subject, approver, max_duration }
+            Decision::Change { application, access_level, targets, subject, approver, max_duration, lasts }
         }
-        _ => Decision::Grant { application, access_level, targets, subject, approver, max_duration },
+        _ => Decision::Grant { application, access_level, targets, subject, approver, max_duration, lasts },
+    }
+}
+
+/// Who approved, if the event shows an approval that the rule accepts.
+///
+/// - The JSM approvals field is the evidence when the ticket has approvals: its
+///   deciding approval must be `approved`, completed after the ticket's last
+///   revoke, and one of the approvers whose own decision is `approved` must be
+///   allowed by the rule (and not the requester, when the rule says so).
+/// - The approver field names who was *asked*. It counts only when a signed Jira
+///   webhook shows that person making the transition (the actor), never the
+///   requester; or, with `verify_approval`, pending the JSM API's confirmation.
+/// - An Automation body's declared approver counts only with `verify_approval`
+///   or the explicit `[jsm] trust_automation_approver = true`.
+fn approved_by(
+    event: &AccessEvent,
+    config: &Config,
+    rule: &RuleConfig,
+    subject: &Person,
+    facts: &Facts,
+) -> Result<Person, Refusal> {
+    let no_groups = Vec::new();
+    let groups = |p: &Person| facts.approver_groups.get(&p.account_id).unwrap_or(&no_groups);
+    let distinct = |p: &Person| !rule.require_distinct_approver || p.account_id != subject.account_id;
+    let spent = |at: Option<DateTime<Utc>>| facts.last_revoke_at.filter(|r| at.is_none_or(|a| a <= *r));
+
+    if let Some(approval) = &event.approval {
+        if approval.final_decision != "approved" || approval.approved_by.is_empty() {
+            let decision = if approval.final_decision == "approved" {
+                "approved without any approver's own approval".to_owned()
+            } else {
+                approval.final_decision.clone()
+            };
+            return Err(Refusal::ApprovalNotApproved { approval: approval.id.clone(), decision });
+        }
+        if let Some(revoked_at) = spent(approval.completed_at) {
+            return Err(Refusal::ApprovalReused { approval: approval.id.clone(), revoked_at });
+        }
+        let allowed: Vec<&Person> =
+            approval.approved_by.iter().filter(|p| approver_allowed(&rule.approvers, p, groups(p))).collect();
+        return match allowed.iter().find(|p| distinct(p)) {
+            Some(p) => Ok((*p).clone()),
+            None => match allowed.first() {
+                Some(p) => Err(Refusal::ApproverIsRequester { account_id: p.account_id.clone() }),
+                None => Err(Refusal::ApproverNotAllowed { approver: approval.approved_by[0].account_id.clone() }),
+            },
+        };
+    }
+
+    let Some(named) = &event.approver else {
+        return Err(Refusal::NoApprover);
+    };
+    // An approvals-field approver without the approval itself comes from an event
+    // queued by an earlier version, which did not tell declined from approved:
+    // only the JSM API can vouch for it.
+    let legacy = named.source == ApproverSource::JsmApprovals;
+    let named = &named.person;
+    let unconfirmed = |reason: String| Refusal::ApproverUnconfirmed { approver: named.account_id.clone(), reason };
+    let actor = event.actor.as_ref().map(|a| a.account_id.as_str());
+    if actor == Some(subject.account_id.as_str()) {
+        return Err(unconfirmed("the requester made the transition themselves".into()));
+    }
+    let signed_webhook =
+        event.source == Source::JiraWebhook && event.authenticity == Some(Authenticity::Signature);
+    let automation = matches!(event.source, Source::AutomationCustom | Source::AutomationJira | Source::AutomationIssue);
+    // With verify_approval the worker confirms the approver against the live JSM approvals before granting.
+    let shown = facts.verify_approval
+        || (!legacy && signed_webhook && actor == Some(named.account_id.as_str()))
+        || (!legacy && automation && config.jsm.trust_automation_approver);
+    if !shown {
+        let why = if signed_webhook {
+            match actor {
+                Some(a) => format!("the transition was made by {a}, not by the approver"),
+                None => "the webhook does not say who made the transition".into(),
+            }
+        } else {
+            "an Automation body's approver is only declared; turn on [jsm] verify_approval (or, knowingly, \
+             trust_automation_approver)"
+                .into()
+        };
+        return Err(unconfirmed(why));
+    }
+    if let Some(revoked_at) = spent(Some(event.occurred_at)) {
+        return Err(Refusal::ApprovalReused { approval: None, revoked_at });
+    }
+    if !approver_allowed(&rule.approvers, named, groups(named)) {
+        return Err(Refusal::ApproverNotAllowed { approver: named.account_id.clone() });
+    }
+    if !distinct(named) {
+        return Err(Refusal::ApproverIsRequester { account_id: named.account_id.clone() });
+    }
+    Ok(named.clone())
+}
+
+/// The people whose Jira groups the decision may need (for `group:` entries).
+pub fn approver_candidates(event: &AccessEvent) -> Vec<&Person> {
+    match &event.approval {
+        Some(a) => a.approved_by.iter().collect(),
+        None => event.approver.iter().map(|a| &a.person).collect(),
     }
 }
 

@@ -35,12 +35,18 @@ pub struct WorkerContext {
     /// The JSM REST client (group approvers, approval verification, write-back),
     /// when JSM credentials are configured.
     pub jsm: Option<crate::jsm::JsmClient>,
+    /// `[jsm] verify_approval` in effect (on by default when JSM credentials resolve).
+    pub verify_approval: bool,
 }
 
 impl WorkerContext {
     pub fn new(config: Arc<Config>, pool: PgPool, broker: Broker, connectors: Connectors) -> Self {
         let jsm = jsm_client(&config);
-        Self { config, pool, broker, connectors, jsm }
+        let verify_approval = config.verify_approval_in_effect(jsm.is_some());
+        if let Some(warning) = config.verify_approval_warning(jsm.is_some()) {
+            tracing::warn!("{warning}");
+        }
+        Self { config, pool, broker, connectors, jsm, verify_approval }
     }
 }
 

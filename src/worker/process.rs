@@ -59,9 +59,16 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
             return record_failure(ctx, &event, rows, attempt, jsm_error(e), what, event.application.as_deref()).await;
         }
     };
-    let mut decision = rules::decide(&event, &ctx.config, &approver_groups);
-    if ctx.config.jsm.verify_approval && matches!(decision, Decision::Grant { .. } | Decision::Change { .. }) {
-        match ctx.verify_approval(&event).await {
+    let last_revoke_at = match event.app_status {
+        crate::config::AppStatus::Approved => last_revoke_at(&ctx.pool, &event.ticket.key).await?,
+        _ => None,
+    };
+    let facts = rules::Facts { approver_groups, verify_approval: ctx.verify_approval, last_revoke_at };
+    let mut decision = rules::decide(&event, &ctx.config, &facts);
+    if ctx.verify_approval
+        && let Decision::Grant { approver, .. } | Decision::Change { approver, .. } = &decision
+    {
+        match ctx.verify_approval(&event, approver, last_revoke_at).await {
             Ok(Ok(())) => {}
             Ok(Err(reason)) => decision = Decision::Refused { reason: rules::Refusal::ApprovalNotConfirmed { reason } },
             Err(e) => {
@@ -113,18 +120,44 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
         return Ok(Outcome::Recorded("superseded"));
     }
 
-    let subject = ctx.subject(eff.application, eff.subject, &event);
+    // Grants were checked by the decision; a ticket's revoke acts on the held
+    // identity, so an unusable field there only loses its fallback role.
+    let subject = crate::connectors::subject_of(&ctx.config, eff.application, eff.subject, &event.raw_fields)
+        .unwrap_or_else(|_| Subject::from_person(eff.subject));
     let subject_info = serde_json::to_value(&subject).ok();
     let ledger = grants::load(&mut tx, eff.application, &eff.subject.account_id).await?;
+    if let grants::Request::Grant { targets, .. } | grants::Request::Change { targets, .. } = &eff.request
+        && let Some((target, held)) = grants::identity_conflict(&ledger, targets, &subject)
+    {
+        let reason = rules::Refusal::IdentityMismatch {
+            target: target.to_owned(),
+            held: held.fields.clone(),
+            requested: subject.fields.clone(),
+        };
+        let mut e = entry(&event, "denied_by_policy", "refused");
+        e.target = Some(target.to_owned());
+        e.detail = json!({"code": reason.code(), "reason": reason.message()});
+        rows.push(e);
+        audit::append(&mut tx, &rows).await?;
+        tx.commit().await?;
+        let note = WriteBack::Failure(format!("accessgov refused this request: {}.", reason.message()));
+        ctx.write_back(&event, note).await;
+        return Ok(Outcome::Recorded("denied_by_policy"));
+    }
     let plan = grants::plan(&ledger, &eff.request, &event.ticket.key, event.occurred_at);
     let dry_run = ctx.config.applications.get(eff.application).is_none_or(|a| a.dry_run);
 
-    let mut done: Vec<(ProviderOp, &'static str)> = Vec::new();
+    let mut done: Vec<(ProviderOp, &'static str, &Subject)> = Vec::new();
     let mut failure: Option<(ProviderOp, ConnectorError)> = None;
     if !dry_run {
         for op in &plan.ops {
-            match ctx.call(eff.application, &subject, op, eff.access_level).await {
-                Ok(result) => done.push((op.clone(), result)),
+            // A revoke addresses the identity the membership was granted to.
+            let who = match op {
+                ProviderOp::Grant(_) => &subject,
+                ProviderOp::Revoke(t) => grants::revoke_identity(&ledger, t, &subject),
+            };
+            match ctx.call(eff.application, who, op, eff.access_level).await {
+                Ok(result) => done.push((op.clone(), result, who)),
                 Err(e) => {
                     failure = Some((op.clone(), e));
                     break;
@@ -137,7 +170,7 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
         // Nothing of this attempt's ledger changes is kept; the provider calls
         // that did succeed are recorded (they are idempotent on the next try).
         tx.rollback().await?;
-        rows.extend(done.iter().map(|(op, r)| op_entry(&event, op, r, eff.application)));
+        rows.extend(done.iter().map(|(op, r, who)| op_entry(&event, op, r, eff.application, who)));
         let what = json!({"op": op, "target": op_target(&op)});
         return record_failure(ctx, &event, rows, attempt, error, what, Some(eff.application)).await;
     }
@@ -146,8 +179,7 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
     // would-be calls in the audit trail but never takes or releases a hold, so
     // switching an application live later starts from the true state.
     if !dry_run {
-        let lasts = grants::effective_duration(event.duration.as_deref(), eff.max_duration);
-        let expires_at = lasts.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| Utc::now() + d);
+        let expires_at = grants::expires_at(Utc::now(), eff.lasts);
         let revoked: Vec<String> =
             plan.ops.iter().filter(|o| matches!(o, ProviderOp::Revoke(_))).map(|o| op_target(o).to_owned()).collect();
         grants::apply(
@@ -167,6 +199,9 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
         .await?;
     }
     set_ticket_progress(&mut tx, &event).await?;
+    if !dry_run && matches!(eff.request, grants::Request::Revoke { scope: rules::RevokeScope::Ticket, .. }) {
+        mark_ticket_revoked(&mut tx, &event.ticket.key, event.occurred_at).await?;
+    }
     if dry_run {
         for op in &plan.ops {
             let mut e = entry(&event, "dry_run", "skipped");
@@ -175,7 +210,7 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
             rows.push(e);
         }
     } else {
-        rows.extend(done.iter().map(|(op, r)| op_entry(&event, op, r, eff.application)));
+        rows.extend(done.iter().map(|(op, r, who)| op_entry(&event, op, r, eff.application, who)));
     }
     rows.extend(plan.notes.iter().map(|n| note_entry(&event, n)));
     audit::append(&mut tx, &rows).await?;
@@ -309,6 +344,28 @@ async fn ticket_progress(tx: &mut PgConnection, ticket: &str) -> Result<Option<D
         .await
 }
 
+/// When the ticket's access was last taken away (revoke or expiry), if ever.
+async fn last_revoke_at(pool: &sqlx::PgPool, ticket: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    let at: Option<Option<DateTime<Utc>>> =
+        sqlx::query_scalar("SELECT last_revoke_at FROM ticket_progress WHERE ticket = $1")
+            .bind(ticket)
+            .fetch_optional(pool)
+            .await?;
+    Ok(at.flatten())
+}
+
+/// Records that the ticket's access was taken away at `at` (its approval is spent).
+pub async fn mark_ticket_revoked(tx: &mut PgConnection, ticket: &str, at: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE ticket_progress SET last_revoke_at = GREATEST(last_revoke_at, $2), updated_at = now() WHERE ticket = $1",
+    )
+    .bind(ticket)
+    .bind(at)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
 async fn set_ticket_progress(tx: &mut PgConnection, event: &AccessEvent) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO ticket_progress (ticket, last_event_id, last_event_at) VALUES ($1, $2, $3) \
@@ -339,7 +396,7 @@ fn entry(event: &AccessEvent, action: &str, outcome: &str) -> AuditEntry {
     e
 }
 
-fn op_entry(event: &AccessEvent, op: &ProviderOp, result: &str, application: &str) -> AuditEntry {
+fn op_entry(event: &AccessEvent, op: &ProviderOp, result: &str, application: &str, who: &Subject) -> AuditEntry {
     let action = match op {
         ProviderOp::Grant(_) => "granted",
         ProviderOp::Revoke(_) => "revoked",
@@ -347,8 +404,14 @@ fn op_entry(event: &AccessEvent, op: &ProviderOp, result: &str, application: &st
     let mut e = entry(event, action, "ok");
     e.application = Some(application.to_owned());
     e.target = Some(op_target(op).to_owned());
-    e.detail = json!({"provider_result": result});
+    e.detail = json!({"provider_result": result, "identity": identity_detail(who)});
     e
+}
+
+/// The provider identity an effect addressed, for the chained audit row: the
+/// account id, the email and the `subject_field` values (never a display name).
+pub fn identity_detail(who: &Subject) -> serde_json::Value {
+    json!({"account_id": who.account_id, "email": who.email, "fields": who.fields})
 }
 
 fn note_entry(event: &AccessEvent, note: &Note) -> AuditEntry {
@@ -401,26 +464,6 @@ fn decided_rows(event: &AccessEvent, decision: &Decision) -> Vec<AuditEntry> {
 
 impl WorkerContext {
     /// One provider call with short in-process retries for transient failures.
-    /// The subject as connectors see it: the requester plus the application's `subject_field` value.
-    fn subject(&self, application: &str, person: &Person, event: &AccessEvent) -> Subject {
-        let mut subject = Subject::from_person(person);
-        let field = self
-            .config
-            .applications
-            .get(application)
-            .and_then(|a| crate::connectors::http::setting(a, "subject_field"));
-        if let Some(id) = field
-            && let Some(v) = event.raw_fields.get(&id)
-        {
-            let value =
-                v.as_str().or_else(|| v.get("value").and_then(|x| x.as_str())).map(str::trim).filter(|s| !s.is_empty());
-            if let Some(value) = value {
-                subject.fields.insert(id, value.to_owned());
-            }
-        }
-        subject
-    }
-
     async fn call(
         &self,
         application: &str,
@@ -462,29 +505,41 @@ impl WorkerContext {
         }
     }
 
-    /// The approver's Jira groups, needed only when the event's rule lists
-    /// `group:` approvers. Without JSM credentials they cannot be resolved and
-    /// match nobody (startup and `config check` warn about it).
-    async fn approver_groups(&self, event: &AccessEvent) -> Result<Vec<String>, crate::jsm::JsmError> {
-        let (Some(app), Some(level), Some(approver)) = (&event.application, &event.access_level, &event.approver)
-        else {
-            return Ok(Vec::new());
+    /// The candidate approvers' Jira groups, needed only when the event's rule
+    /// lists `group:` approvers. Without JSM credentials they cannot be resolved
+    /// and match nobody (startup and `config check` warn about it).
+    async fn approver_groups(
+        &self,
+        event: &AccessEvent,
+    ) -> Result<std::collections::BTreeMap<String, Vec<String>>, crate::jsm::JsmError> {
+        let mut out = std::collections::BTreeMap::new();
+        let (Some(app), Some(level)) = (&event.application, &event.access_level) else {
+            return Ok(out);
         };
         let uses_groups =
             self.config.rule_for(app, level).is_some_and(|r| r.approvers.iter().any(|a| a.starts_with("group:")));
-        match (&self.jsm, uses_groups) {
-            (Some(jsm), true) => jsm.user_groups(&approver.person.account_id).await,
-            _ => Ok(Vec::new()),
+        let Some(jsm) = self.jsm.as_ref().filter(|_| uses_groups) else {
+            return Ok(out);
+        };
+        for person in rules::approver_candidates(event) {
+            out.insert(person.account_id.clone(), jsm.user_groups(&person.account_id).await?);
         }
+        Ok(out)
     }
 
-    /// `[jsm] verify_approval`: the live ticket must confirm the payload.
-    async fn verify_approval(&self, event: &AccessEvent) -> Result<Result<(), String>, crate::jsm::JsmError> {
+    /// `[jsm] verify_approval`: the live ticket must confirm the payload, with
+    /// `approver`'s own approval in an approved approval completed after `not_before`.
+    async fn verify_approval(
+        &self,
+        event: &AccessEvent,
+        approver: &Person,
+        not_before: Option<DateTime<Utc>>,
+    ) -> Result<Result<(), String>, crate::jsm::JsmError> {
         let Some(jsm) = &self.jsm else {
             return Ok(Err("verify_approval is on but no JSM credentials are configured".into()));
         };
         let live = jsm.approval_state(&event.ticket.key).await?;
-        Ok(crate::jsm::confirms(event, &live, &self.config.jsm.statuses))
+        Ok(crate::jsm::confirms(event, approver, not_before, &live, &self.config.jsm.statuses))
     }
 
     /// Tells the ticket, best effort: a failure is logged and audited, never retried

@@ -154,7 +154,7 @@ async fn with_verify_approval_a_payload_the_live_ticket_does_not_confirm_is_refu
         .await;
     let (app, provider) = spawn_live_app(|c| {
         use_jsm(c, &server, &dir);
-        c.jsm.verify_approval = true;
+        c.jsm.verify_approval = Some(true);
     })
     .await;
     let id = post(&app, &fixture("webhook-approved-confluence-write.json")).await;

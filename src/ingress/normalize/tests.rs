@@ -29,7 +29,7 @@ fn now() -> DateTime<Utc> {
 }
 
 fn delivery(id: &str) -> Meta {
-    Meta { delivery_id: Some(id.to_owned()) }
+    Meta { delivery_id: Some(id.to_owned()), ..Meta::default() }
 }
 
 fn read_json(path: &Path) -> Value {
@@ -55,7 +55,7 @@ fn fixture_meta(body_path: &Path) -> Meta {
     }
     let meta: MetaFile = serde_json::from_value(read_json(&path))
         .unwrap_or_else(|e| panic!("{}: expected {{\"delivery_id\": ...}}: {e}", path.display()));
-    Meta { delivery_id: meta.delivery_id }
+    Meta { delivery_id: meta.delivery_id, ..Meta::default() }
 }
 
 /// Every fixture body, sorted: `*.json` minus `*.expected.json` and `*.meta.json`.
@@ -913,7 +913,7 @@ proptest! {
 
     #[test]
     fn arbitrary_json_never_panics_the_normalizer(body in arb_json(), delivery_id in proptest::option::of("[a-f0-9-]{0,12}")) {
-        check(&body, &Meta { delivery_id }, &jsm())?;
+        check(&body, &Meta { delivery_id, ..Meta::default() }, &jsm())?;
     }
 
     #[test]
