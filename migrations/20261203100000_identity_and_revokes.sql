@@ -9,3 +9,7 @@ ALTER TABLE grant_holds ADD COLUMN identity jsonb;
 -- (its revoke, or the expiry of its holds). An approval completed before this
 -- never grants again.
 ALTER TABLE ticket_progress ADD COLUMN last_revoke_at timestamptz;
+
+-- Time-bound access: set once the sweeper's expiry event for the hold is confirmed
+-- by the broker; from then on the request pipeline (retries, dead letters) owns it.
+ALTER TABLE grant_holds ADD COLUMN expiry_enqueued_at timestamptz;

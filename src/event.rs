@@ -35,6 +35,8 @@ pub enum Source {
     /// Automation "Custom data": the documented `accessgov.automation/v1` body
     /// (see the README, "Automation rule (custom body)").
     AutomationCustom,
+    /// The worker's own expiry sweeper: the ticket's time-bound holds ran out.
+    Expiry,
 }
 
 /// A person, as JSM identifies them.

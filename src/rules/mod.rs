@@ -249,6 +249,19 @@ pub fn decide(event: &AccessEvent, config: &Config, facts: &Facts) -> Decision {
     if !config.applications.contains_key(application) {
         return refuse(Refusal::UnknownApplication { application: application.clone() });
     }
+    // Expired access is taken back whatever the rules say now: the holds it
+    // releases are in the ledger, not in the config.
+    if event.source == Source::Expiry
+        && let Some(subject) = event.requester.clone()
+    {
+        return Decision::Revoke {
+            application: application.clone(),
+            access_level: access_level.clone(),
+            targets: Vec::new(),
+            subject,
+            scope: RevokeScope::Ticket,
+        };
+    }
     let Some(rule) = config.rule_for(application, access_level) else {
         return refuse(Refusal::NoRuleForAccessLevel {
             application: application.clone(),

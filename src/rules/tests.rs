@@ -364,3 +364,77 @@ fn identities_that_address_someone_else_are_refused_before_any_provider_call() {
     e.raw_fields.insert("customfield_10090".into(), "".into());
     assert!(matches!(decide(&e, &c, &none()), Decision::Grant { .. }));
 }
+
+// --- no panic from any requester-controlled value ------------------------------------------------
+
+mod no_panic {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            any::<String>().prop_map(serde_json::Value::from),
+            "[0-9]{1,25}[a-z]{0,2}".prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(|f| serde_json::json!(f)),
+            Just(serde_json::Value::Null),
+            Just(serde_json::json!({"value": "Write"})),
+            any::<String>().prop_map(|s| serde_json::json!({"value": s})),
+            Just(serde_json::json!(["Write", "Admin"])),
+        ]
+    }
+
+    fn millis() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![any::<i64>().prop_map(serde_json::Value::from), text()]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn normalize_decide_and_plan_never_panic(
+            application in text(), access_level in text(), duration in text(), login in text(),
+            requester in text(), approver in text(), decision in text(), approver_decision in text(),
+            completed in millis(), timestamp in millis(), actor in text(), verify in any::<bool>(),
+            revoked_at in any::<i64>(),
+        ) {
+            let mut c = config();
+            c.jsm.fields.duration = Some("customfield_10070".into());
+            c.applications.get_mut("Confluence").unwrap().settings
+                .insert("subject_field".into(), "customfield_10090".into());
+            c.jsm.fields.subject_fields = vec!["customfield_10090".into()];
+            let path = format!("{}/tests/fixtures/jsm/webhook-approved-confluence-write.json", env!("CARGO_MANIFEST_DIR"));
+            let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            let f = &mut v["issue"]["fields"];
+            f["customfield_10050"] = application;
+            f["customfield_10051"] = access_level;
+            f["customfield_10070"] = duration;
+            f["customfield_10090"] = login;
+            f["reporter"]["accountId"] = requester;
+            f["customfield_10027"][0]["finalDecision"] = decision;
+            f["customfield_10027"][0]["approvers"][0]["approverDecision"] = approver_decision;
+            f["customfield_10027"][0]["approvers"][0]["approver"]["accountId"] = approver;
+            f["customfield_10027"][0]["completedDate"]["epochMillis"] = completed;
+            v["timestamp"] = timestamp;
+            v["user"]["accountId"] = actor;
+            let meta = Meta { delivery_id: None, authenticity: Some(Authenticity::Signature) };
+            if let Normalized::Accepted(e) = normalize::normalize(&v, &meta, &c.jsm, chrono::Utc::now()) {
+                use chrono::TimeZone;
+                let facts = Facts {
+                    verify_approval: verify,
+                    last_revoke_at: chrono::Utc.timestamp_millis_opt(revoked_at).single(),
+                    ..Facts::default()
+                };
+                let decision = decide(&e, &c, &facts);
+                if let Some(eff) = crate::grants::effect(&decision) {
+                    let _ = crate::grants::plan(&crate::grants::Ledger::new(), &eff.request, &e.ticket.key, e.occurred_at);
+                    let _ = crate::grants::expires_at(chrono::Utc::now(), eff.lasts);
+                    let subject = crate::connectors::subject_of(&c, eff.application, eff.subject, &e.raw_fields);
+                    if matches!(decision, Decision::Grant { .. }) {
+                        prop_assert!(subject.is_ok(), "a grant was decided for an unusable identity");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,22 +1,36 @@
-//! Time-bound access: holds past their `expires_at` are released, and the
-//! provider membership is removed when no other ticket still holds it.
-//! Runs in every worker; the per-(application, subject) advisory lock and the
-//! re-read under it make concurrent sweepers harmless.
+//! Time-bound access: when a ticket's holds pass their `expires_at`, the sweeper
+//! publishes one `expiry` event per (ticket, application, subject) into the
+//! normal request pipeline. The worker then revokes that ticket's holds like a
+//! revoked ticket: under the per-subject lock, through the reference-counted
+//! ledger (another ticket's hold keeps the membership), on the identity the
+//! membership was granted to, with in-process retries, the retry ladder and, at
+//! the end, `dead_letters`, where an operator can replay it. A failing expiry is
+//! therefore never retried forever by the sweeper itself.
+//!
+//! - Due holds are taken in `expires_at` order, one event per ticket and subject,
+//!   so one subject with many holds cannot starve the others.
+//! - A hold is marked `expiry_enqueued_at` once its event is confirmed by the
+//!   broker; a crash in between publishes again, and the event id (derived from
+//!   ticket, application, subject and expiry time) makes that a duplicate.
+//! - Dry-run applications are left alone: their ledger mirrors the provider,
+//!   which a dry run never changes.
 
 use super::WorkerContext;
-use crate::audit::{self, AuditEntry};
-use crate::connectors::{Subject, Target};
-use crate::grants;
-use serde_json::json;
+use crate::config::{AppStatus, RequestAction};
+use crate::event::{AccessEvent, Person, SCHEMA_V1, Source, StatusChange, Ticket, event_id_for};
+use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// Expiry events published per sweep at most.
+const BATCH: i64 = 500;
 
 pub async fn run(ctx: Arc<WorkerContext>, shutdown: CancellationToken, every: Duration) {
     loop {
         match sweep_once(&ctx).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(released = n, "expired holds released"),
+            Ok(n) => tracing::info!(enqueued = n, "expired access enqueued for revocation"),
             Err(e) => tracing::warn!(error = %e, "expiry sweep failed; trying again next round"),
         }
         tokio::select! {
@@ -26,122 +40,99 @@ pub async fn run(ctx: Arc<WorkerContext>, shutdown: CancellationToken, every: Du
     }
 }
 
-/// Releases every expired hold; returns how many were released.
-pub async fn sweep_once(ctx: &WorkerContext) -> Result<usize, sqlx::Error> {
-    let due: Vec<(String, String)> = sqlx::query_as(
-        "SELECT DISTINCT g.application, g.subject FROM grant_holds h JOIN access_grants g ON g.id = h.grant_id \
-         WHERE h.expires_at <= now() LIMIT 500",
-    )
-    .fetch_all(&ctx.pool)
-    .await?;
-    let mut released = 0;
-    for (application, subject) in due {
-        released += expire_subject(ctx, &application, &subject).await?;
-    }
-    Ok(released)
+/// One ticket's expired holds on one (application, subject).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Due {
+    pub ticket: String,
+    pub application: String,
+    pub subject: String,
+    pub subject_info: Option<serde_json::Value>,
+    pub access_level: String,
+    pub expires_at: DateTime<Utc>,
 }
 
-async fn expire_subject(ctx: &WorkerContext, application: &str, subject: &str) -> Result<usize, sqlx::Error> {
-    let mut tx = ctx.pool.begin().await?;
-    grants::lock(&mut tx, application, subject).await?;
-    let rows: Vec<(i64, String, Option<serde_json::Value>, String, bool)> = sqlx::query_as(
-        "SELECT g.id, g.target, g.subject_info, h.ticket, (h.expires_at <= now()) AS expired \
-         FROM access_grants g JOIN grant_holds h ON h.grant_id = g.id \
-         WHERE g.application = $1 AND g.subject = $2 ORDER BY g.target",
-    )
-    .bind(application)
-    .bind(subject)
-    .fetch_all(&mut *tx)
-    .await?;
-    let dry_run = ctx.config.applications.get(application).is_none_or(|a| a.dry_run);
-    /// One target of the subject: which holds expired, how many remain.
-    struct Due {
-        id: i64,
-        target: String,
-        info: Option<serde_json::Value>,
-        expired_tickets: Vec<String>,
-        remaining: usize,
+/// Publishes an expiry event for every due (ticket, application, subject) of a
+/// live application; returns how many were enqueued.
+pub async fn sweep_once(ctx: &WorkerContext) -> anyhow::Result<usize> {
+    let live: Vec<String> =
+        ctx.config.applications.iter().filter(|(_, a)| !a.dry_run).map(|(name, _)| name.clone()).collect();
+    if live.is_empty() {
+        return Ok(0);
     }
-    let mut targets: Vec<Due> = Vec::new();
-    for (id, target, info, ticket, expired) in rows {
-        if targets.last().is_none_or(|t| t.id != id) {
-            targets.push(Due { id, target, info, expired_tickets: Vec::new(), remaining: 0 });
-        }
-        let t = targets.last_mut().expect("just pushed");
-        if expired { t.expired_tickets.push(ticket) } else { t.remaining += 1 }
+    let due = due(&ctx.pool, &live).await?;
+    let mut enqueued = 0;
+    for d in &due {
+        let event = expiry_event(d, Utc::now());
+        ctx.broker.publish_event(&event, 0, ctx.config.broker.confirm_timeout).await?;
+        sqlx::query(
+            "UPDATE grant_holds h SET expiry_enqueued_at = now() FROM access_grants g \
+             WHERE h.grant_id = g.id AND h.ticket = $1 AND g.application = $2 AND g.subject = $3 \
+               AND h.expires_at <= $4 AND h.expiry_enqueued_at IS NULL",
+        )
+        .bind(&d.ticket)
+        .bind(&d.application)
+        .bind(&d.subject)
+        .bind(d.expires_at)
+        .execute(&ctx.pool)
+        .await?;
+        enqueued += 1;
     }
-    let mut entries = Vec::new();
-    let mut released = 0;
-    for Due { id, target, info, expired_tickets, remaining } in targets {
-        if expired_tickets.is_empty() {
-            continue;
-        }
-        let person = info.and_then(|v| serde_json::from_value::<Subject>(v).ok()).unwrap_or_else(|| Subject {
-            account_id: subject.to_owned(),
-            email: None,
-            display_name: None,
-            fields: Default::default(),
-        });
-        let provider_result = if remaining > 0 {
-            "kept: another ticket still holds it"
-        } else if dry_run {
-            "dry_run: no provider call made"
-        } else {
-            match call_revoke(ctx, application, &person, &target).await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(application, target = %target, error = %e, "expiry revoke failed; will retry next sweep");
-                    let mut a = AuditEntry::new("provider_error", "failed");
-                    a.application = Some(application.to_owned());
-                    a.subject = Some(subject.to_owned());
-                    a.target = Some(target.clone());
-                    a.detail = json!({"call": "revoke on expiry", "class": e.class(), "error": e.to_string()});
-                    entries.push(a);
-                    continue;
-                }
-            }
-        };
-        sqlx::query("DELETE FROM grant_holds WHERE grant_id = $1 AND expires_at <= now()")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        if remaining == 0 {
-            sqlx::query(
-                "UPDATE access_grants SET state = 'revoked', revoked_at = now(), updated_at = now() WHERE id = $1",
-            )
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        released += expired_tickets.len();
-        let mut a = AuditEntry::new(if remaining == 0 { "expired" } else { "hold_released" }, "ok");
-        a.application = Some(application.to_owned());
-        a.subject = Some(subject.to_owned());
-        a.target = Some(target.clone());
-        a.ticket = expired_tickets.first().cloned();
-        a.detail =
-            json!({"reason": "max_duration reached", "tickets": expired_tickets, "provider_result": provider_result});
-        entries.push(a);
-    }
-    audit::append(&mut tx, &entries).await?;
-    tx.commit().await?;
-    Ok(released)
+    Ok(enqueued)
 }
 
-async fn call_revoke(
-    ctx: &WorkerContext,
-    application: &str,
-    person: &Subject,
-    target: &str,
-) -> Result<&'static str, crate::connectors::ConnectorError> {
-    let Some(connector) = ctx.connectors.get(application) else {
-        return Err(crate::connectors::ConnectorError::Permanent {
-            reason: format!("no connector for {application:?}"),
-        });
-    };
-    let target = Target { name: target.to_owned(), role: None };
-    connector.revoke(person, &target).await.map(|r| match r {
-        crate::connectors::RevokeOutcome::Revoked => "revoked",
-        crate::connectors::RevokeOutcome::AlreadyAbsent => "already_absent",
-    })
+/// Due (ticket, application, subject) groups, oldest expiry first.
+pub async fn due(pool: &sqlx::PgPool, live_applications: &[String]) -> Result<Vec<Due>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT h.ticket, g.application, g.subject, \
+                (array_agg(g.subject_info))[1] AS subject_info, \
+                min(h.access_level) AS access_level, max(h.expires_at) AS expires_at \
+         FROM grant_holds h JOIN access_grants g ON g.id = h.grant_id \
+         WHERE h.expires_at <= now() AND h.expiry_enqueued_at IS NULL AND g.application = ANY($1) \
+         GROUP BY h.ticket, g.application, g.subject \
+         ORDER BY min(h.expires_at), h.ticket \
+         LIMIT $2",
+    )
+    .bind(live_applications)
+    .bind(BATCH)
+    .fetch_all(pool)
+    .await
+}
+
+/// The event that revokes a ticket's expired holds through the normal pipeline.
+/// `now` is when the sweeper saw it due: holds the ticket took before then are released.
+pub fn expiry_event(d: &Due, now: DateTime<Utc>) -> AccessEvent {
+    let dedupe_key =
+        format!("expiry:{}:{}:{}:{}", d.ticket, d.application, d.subject, d.expires_at.timestamp_millis());
+    let known: Option<crate::connectors::Subject> =
+        d.subject_info.clone().and_then(|v| serde_json::from_value(v).ok());
+    AccessEvent {
+        schema: SCHEMA_V1.to_owned(),
+        event_id: event_id_for(&dedupe_key),
+        dedupe_key,
+        source: Source::Expiry,
+        delivery_id: None,
+        ticket: Ticket { key: d.ticket.clone(), id: String::new(), project_key: None, request_type: String::new() },
+        action: RequestAction::Grant,
+        app_status: AppStatus::Revoked,
+        status: StatusChange { from: None, to: "expired".into(), from_id: None, to_id: None },
+        application: Some(d.application.clone()),
+        access_level: Some(d.access_level.clone()),
+        requester: Some(Person {
+            account_id: d.subject.clone(),
+            email: known.as_ref().and_then(|s| s.email.clone()),
+            display_name: known.as_ref().and_then(|s| s.display_name.clone()),
+        }),
+        approver: None,
+        approval: None,
+        authenticity: None,
+        actor: None,
+        changelog_id: None,
+        // Not the expiry time: an event of the ticket applied since then must not
+        // supersede the expiry and leave the access in place.
+        occurred_at: now.max(d.expires_at),
+        duration: None,
+        department: None,
+        errors: Vec::new(),
+        raw_fields: Default::default(),
+    }
 }

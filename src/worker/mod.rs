@@ -212,8 +212,16 @@ async fn handle_delivery(ctx: &WorkerContext, delivery: lapin::message::Delivery
         .clamp(0, 1000) as u32;
     // Database trouble: keep the message, unacked, and try again; a shutdown
     // leaves it for redelivery.
-    let Some(outcome) =
-        persist("recording the event", shutdown, || process::process_one(ctx, &delivery.data, attempt)).await
+    let Some(outcome) = persist("recording the event", shutdown, || async {
+        match process::process_one(ctx, &delivery.data, attempt).await {
+            // Retrying cannot fix the message's own data: dead-letter it, keep the queue moving.
+            Err(e) if retry::is_data_error(&e) => {
+                Ok(Outcome::Poison(format!("the database refused a value of this message: {e}")))
+            }
+            other => other,
+        }
+    })
+    .await
     else {
         return;
     };

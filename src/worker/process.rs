@@ -217,7 +217,12 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
     tx.commit().await?;
     tracing::info!(event_id = %event.event_id, ticket = %event.ticket.key, ops = plan.ops.len(), dry_run, "event applied");
     // (write_back itself stays silent for dry-run applications.)
-    ctx.write_back(&event, WriteBack::Success(format!("accessgov applied this request: {}.", summary(&plan)))).await;
+    let note = if event.source == crate::event::Source::Expiry {
+        WriteBack::Info(format!("The time-bound access of this request expired: {}.", summary(&plan)))
+    } else {
+        WriteBack::Success(format!("accessgov applied this request: {}.", summary(&plan)))
+    };
+    ctx.write_back(&event, note).await;
     Ok(Outcome::Recorded(if dry_run { "dry_run" } else { "applied" }))
 }
 
@@ -399,6 +404,7 @@ fn entry(event: &AccessEvent, action: &str, outcome: &str) -> AuditEntry {
 fn op_entry(event: &AccessEvent, op: &ProviderOp, result: &str, application: &str, who: &Subject) -> AuditEntry {
     let action = match op {
         ProviderOp::Grant(_) => "granted",
+        ProviderOp::Revoke(_) if event.source == crate::event::Source::Expiry => "expired",
         ProviderOp::Revoke(_) => "revoked",
     };
     let mut e = entry(event, action, "ok");

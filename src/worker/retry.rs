@@ -28,6 +28,20 @@ pub fn next(ladder: &[Duration], attempt: u32, retry_after: Option<Duration>) ->
     Next::Retry { step, delay: ladder[step], attempt: step as u32 + 1 }
 }
 
+/// A database error caused by the message's own data, which no retry can fix:
+/// SQLSTATE class 22 (data exception: a NUL in text or jsonb, an out-of-range
+/// value) or 23 (integrity constraint violation), and values sqlx cannot encode
+/// or decode. Such a message is dead-lettered as poison. Every other database
+/// error (connection loss, timeouts, serialization failures, a missing
+/// privilege an operator can fix) keeps the message for a later try.
+pub fn is_data_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23")),
+        sqlx::Error::Encode(_) | sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. } => true,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

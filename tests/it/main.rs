@@ -6,6 +6,7 @@
 mod audit;
 mod cli;
 mod e2e;
+mod hardening;
 mod helpers;
 mod ingress;
 mod jsm_flow;

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 pub struct Call {
     pub op: &'static str,
     pub subject: String,
+    /// The `subject_field` values the connector was given (provider logins).
+    pub fields: std::collections::BTreeMap<String, String>,
     pub target: String,
     pub at: Instant,
 }
@@ -48,6 +50,7 @@ impl FakeProvider {
         self.calls.lock().unwrap().push(Call {
             op,
             subject: subject.account_id.clone(),
+            fields: subject.fields.clone(),
             target: target.name.clone(),
             at: Instant::now(),
         });
