@@ -162,3 +162,18 @@ fn the_shipped_demo_and_kubernetes_configs_are_valid() {
         assert_eq!(config.jsm.statuses.get("Approved by Manager"), Some(&AppStatus::Approved), "{name}");
     }
 }
+
+#[test]
+fn verify_approval_is_on_with_credentials_unless_turned_off_and_off_is_warned_about() {
+    let mut c = Config::parse(EXAMPLE).unwrap();
+    c.jsm.verify_approval = None;
+    assert!(c.verify_approval_in_effect(true));
+    assert_eq!(c.verify_approval_warning(true), None);
+    assert!(!c.verify_approval_in_effect(false));
+    assert!(c.verify_approval_warning(false).unwrap().contains("NOT VERIFIED"));
+    c.jsm.verify_approval = Some(false);
+    assert!(!c.verify_approval_in_effect(true));
+    assert!(c.verify_approval_warning(true).unwrap().contains("verify_approval = false"));
+    c.jsm.verify_approval = Some(true);
+    assert!(c.verify_approval_in_effect(false), "explicitly on stays on (and refuses without credentials)");
+}

@@ -24,6 +24,9 @@ fn use_jsm(c: &mut Config, server: &MockServer, dir: &tempfile::TempDir) {
     c.jsm.email_file = Some(email.display().to_string());
     c.jsm.api_token_file = Some(token.display().to_string());
     c.jsm.write_back.transition_on_failure = None;
+    // With credentials, verification is on by default; these tests are about the
+    // other JSM calls, and verification has tests of its own.
+    c.jsm.verify_approval = Some(false);
 }
 
 fn basic() -> String {
@@ -220,4 +223,59 @@ async fn a_dry_run_application_writes_nothing_back_to_jsm() {
     let actions: Vec<String> = app.audit_actions(first).await.into_iter().map(|r| r.0).collect();
     assert_eq!(actions, vec!["received", "decided", "dry_run"]);
     server.verify().await;
+}
+
+/// JSM answering for ACC-118: the status, and one approval by Morgan with `decision`.
+async fn live_ticket(server: &MockServer, decision: &str) {
+    Mock::given(method("GET"))
+        .and(path("/rest/api/3/user/groups"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .mount(server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/rest/api/3/issue/ACC-118"))
+        .and(header("authorization", basic().as_str()))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"key": "ACC-118", "fields": {"status": {"name": "Approved by Manager"}}})),
+        )
+        .mount(server)
+        .await;
+    let approval = json!({
+        "id": "9", "name": "Manager approval", "finalDecision": decision, "canAnswerApproval": false,
+        "approvers": [{"approver": {"accountId": "5f8e1b2c3d4a5b6c7d8e9f01", "displayName": "Morgan Manager"},
+                       "approverDecision": decision}],
+        "createdDate": {"epochMillis": 1_764_591_000_000_i64},
+        "completedDate": {"epochMillis": 1_764_591_400_000_i64}
+    });
+    Mock::given(method("GET"))
+        .and(path("/rest/servicedeskapi/request/ACC-118/approval"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"size": 1, "start": 0, "limit": 50, "isLastPage": true, "values": [approval]}),
+        ))
+        .mount(server)
+        .await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": "1"}))).mount(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_jsm_credentials_verification_is_on_by_default_and_only_a_confirmed_approval_grants() {
+    for (decision, granted) in [("declined", false), ("approved", true)] {
+        let server = MockServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        live_ticket(&server, decision).await;
+        let (app, provider) = spawn_live_app(|c| {
+            use_jsm(c, &server, &dir);
+            c.jsm.verify_approval = None;
+        })
+        .await;
+        // The approver field names Morgan; an app user moved the ticket. Only JSM can confirm it.
+        let id = post(&app, &fixture("webhook-approver-field-fallback.json")).await;
+        let last = if granted { "granted" } else { "denied_by_policy" };
+        let actions = actions_when(&app, id, last).await;
+        assert_eq!(actions.contains(&"granted".to_owned()), granted, "{decision}: {actions:?}");
+        assert_eq!(provider.calls().len(), usize::from(granted), "{decision}");
+        let asked = server.received_requests().await.unwrap_or_default();
+        assert!(asked.iter().any(|r| r.url.path() == "/rest/servicedeskapi/request/ACC-118/approval"), "{decision}");
+    }
 }
