@@ -15,6 +15,7 @@
 //! - [`broker`]: RabbitMQ topology and confirmed publishing.
 //! - [`worker`]: the consume loop and [`worker::process`], one delivery end to end.
 //! - [`rules`]: the pure decision (rule match, approver policy).
+//! - [`intents`]: committed provider calls, claimed under a lease and run with no transaction open.
 //! - [`audit`]: the append-only, hash-chained trail and its verification.
 //! - [`db`]: pool and embedded migrations.
 //! - [`ops`]: `/metrics`, health and the admin API ([`ops::admin`]) on the operator listener.
@@ -36,6 +37,7 @@ pub mod dead_letters;
 pub mod event;
 pub mod grants;
 pub mod ingress;
+pub mod intents;
 pub mod jsm;
 pub mod metrics;
 pub mod operator;

@@ -184,6 +184,11 @@ pub struct WorkerConfig {
     /// How often expired time-bound access (`max_duration`) is looked for and revoked.
     #[serde(deserialize_with = "duration::de")]
     pub expiry_interval: Duration,
+    /// How long a worker's claim on a provider call (an intent) lasts; a worker
+    /// that dies mid-call leaves it to be re-run by another after this. Longer
+    /// than a provider call with its in-process retries.
+    #[serde(deserialize_with = "duration::de")]
+    pub intent_lease: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -194,6 +199,7 @@ impl Default for WorkerConfig {
             inline_backoff: vec![Duration::from_millis(200), Duration::from_secs(1), Duration::from_secs(3)],
             max_inline_wait: Duration::from_secs(5),
             expiry_interval: Duration::from_secs(60),
+            intent_lease: Duration::from_secs(120),
         }
     }
 }

@@ -51,6 +51,10 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
         Ok(e) => e,
         Err(e) => return Ok(Outcome::Poison(e.to_string())),
     };
+    // Its decision is committed already (a crash, a retry): finish its intents.
+    if crate::intents::running(&ctx.pool, event.event_id).await? {
+        return execute(ctx, &event, attempt).await;
+    }
     let approver_groups = match ctx.approver_groups(&event).await {
         Ok(groups) => groups,
         Err(e) => {
@@ -82,10 +86,17 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
     }
 
     let mut tx = ctx.pool.begin().await?;
-    if !claim(&mut tx, &event, attempt).await? {
-        tx.commit().await?;
-        tracing::info!(event_id = %event.event_id, ticket = %event.ticket.key, "duplicate event; nothing done again");
-        return Ok(Outcome::Duplicate);
+    match claim(&mut tx, &event, attempt).await? {
+        Claim::New => {}
+        Claim::Duplicate => {
+            tx.commit().await?;
+            tracing::info!(event_id = %event.event_id, ticket = %event.ticket.key, "duplicate event; nothing done again");
+            return Ok(Outcome::Duplicate);
+        }
+        Claim::Resume => {
+            tx.commit().await?;
+            return execute(ctx, &event, attempt).await;
+        }
     }
     let mut rows = if attempt == 0 { vec![received_row(&event)] } else { Vec::new() };
     rows.extend(decided_rows(&event, &decision));
@@ -93,6 +104,7 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
     let Some(eff) = effect(&decision) else {
         let label = if matches!(decision, Decision::Refused { .. }) { "denied_by_policy" } else { "no_action" };
         audit::append(&mut tx, &rows).await?;
+        complete(&mut tx, &event).await?;
         tx.commit().await?;
         let note = match &decision {
             Decision::Refused { reason } => {
@@ -116,6 +128,7 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
         e.detail = json!({"reason": "a newer event of this ticket was already applied", "newer_event_at": last, "event_at": event.occurred_at});
         rows.push(e);
         audit::append(&mut tx, &rows).await?;
+        complete(&mut tx, &event).await?;
         tx.commit().await?;
         return Ok(Outcome::Recorded("superseded"));
     }
@@ -139,6 +152,7 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
         e.detail = json!({"code": reason.code(), "reason": reason.message()});
         rows.push(e);
         audit::append(&mut tx, &rows).await?;
+        complete(&mut tx, &event).await?;
         tx.commit().await?;
         let note = WriteBack::Failure(format!("accessgov refused this request: {}.", reason.message()));
         ctx.write_back(&event, note).await;
@@ -147,38 +161,42 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
     let plan = grants::plan(&ledger, &eff.request, &event.ticket.key, event.occurred_at);
     let dry_run = ctx.config.applications.get(eff.application).is_none_or(|a| a.dry_run);
 
-    let mut done: Vec<(ProviderOp, &'static str, &Subject)> = Vec::new();
-    let mut failure: Option<(ProviderOp, ConnectorError)> = None;
-    if !dry_run {
-        for op in &plan.ops {
-            // A revoke addresses the identity the membership was granted to.
-            let who = match op {
-                ProviderOp::Grant(_) => &subject,
-                ProviderOp::Revoke(t) => grants::revoke_identity(&ledger, t, &subject),
-            };
-            match ctx.call(eff.application, who, op, eff.access_level).await {
-                Ok(result) => done.push((op.clone(), result, who)),
-                Err(e) => {
-                    failure = Some((op.clone(), e));
-                    break;
-                }
-            }
-        }
-    }
-
-    if let Some((op, error)) = failure {
-        // Nothing of this attempt's ledger changes is kept; the provider calls
-        // that did succeed are recorded (they are idempotent on the next try).
-        tx.rollback().await?;
-        rows.extend(done.iter().map(|(op, r, who)| op_entry(&event, op, r, eff.application, who)));
-        let what = json!({"op": op, "target": op_target(&op)});
-        return record_failure(ctx, &event, rows, attempt, error, what, Some(eff.application)).await;
-    }
 
     // The ledger mirrors what the providers really hold: a dry run records its
     // would-be calls in the audit trail but never takes or releases a hold, so
     // switching an application live later starts from the true state.
-    if !dry_run {
+    let mut pending = 0;
+    if dry_run {
+        for op in &plan.ops {
+            let mut e = entry(&event, "dry_run", "skipped");
+            e.target = Some(op_target(op).to_owned());
+            e.detail = json!({"would": op, "reason": "application is in dry_run mode; no provider call made"});
+            rows.push(e);
+        }
+    } else {
+        // What to undo for each call's target if it can never be made: read before the change.
+        let mut undo = std::collections::BTreeMap::new();
+        for op in &plan.ops {
+            let steps = match op {
+                ProviderOp::Grant(_) => vec![json!({"kind": "remove_hold", "ticket": event.ticket.key})],
+                ProviderOp::Revoke(t) => {
+                    let released: Vec<String> = plan
+                        .changes
+                        .iter()
+                        .filter_map(|c| match c {
+                            grants::Change::RemoveHold { target, ticket } if target == t => Some(ticket.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    crate::intents::holds_json(&mut tx, eff.application, &eff.subject.account_id, t, &released)
+                        .await?
+                        .into_iter()
+                        .map(|hold| json!({"kind": "restore_hold", "hold": hold}))
+                        .collect()
+                }
+            };
+            undo.insert(op_target(op).to_owned(), steps);
+        }
         let expires_at = grants::expires_at(Utc::now(), eff.lasts);
         let revoked: Vec<String> =
             plan.ops.iter().filter(|o| matches!(o, ProviderOp::Revoke(_))).map(|o| op_target(o).to_owned()).collect();
@@ -197,45 +215,163 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
             &revoked,
         )
         .await?;
+        // One committed intent per provider call; the calls happen after COMMIT.
+        let source = if event.source == crate::event::Source::Expiry { "expiry" } else { "event" };
+        for op in &plan.ops {
+            // A revoke addresses the identity the membership was granted to.
+            let who = match op {
+                ProviderOp::Grant(_) => &subject,
+                ProviderOp::Revoke(t) => grants::revoke_identity(&ledger, t, &subject),
+            };
+            let intent = crate::intents::NewIntent {
+                event_id: event.event_id,
+                ticket: &event.ticket.key,
+                application: eff.application,
+                subject: &eff.subject.account_id,
+                identity: who,
+                access_level: eff.access_level,
+                op,
+                undo: json!(undo.remove(op_target(op)).unwrap_or_default()),
+                source,
+            };
+            match crate::intents::record(&mut tx, &intent).await? {
+                crate::intents::Recorded::Pending(_) => pending += 1,
+                crate::intents::Recorded::Cancelled(other) => {
+                    let reason = "a still-pending opposite call on the same access was cancelled; neither is needed";
+                    rows.push(other.audit(
+                        "cancelled",
+                        "skipped",
+                        json!({"intent": other.id, "op": other.op, "cancelled_by": event.event_id, "reason": reason}),
+                    ));
+                    let mut e = entry(&event, "cancelled", "skipped");
+                    e.application = Some(eff.application.to_owned());
+                    e.target = Some(op_target(op).to_owned());
+                    e.detail = json!({"op": op, "cancels_intent": other.id, "of_ticket": other.ticket, "reason": reason});
+                    rows.push(e);
+                }
+            }
+        }
     }
     set_ticket_progress(&mut tx, &event).await?;
     if !dry_run && matches!(eff.request, grants::Request::Revoke { scope: rules::RevokeScope::Ticket, .. }) {
         mark_ticket_revoked(&mut tx, &event.ticket.key, event.occurred_at).await?;
     }
-    if dry_run {
-        for op in &plan.ops {
-            let mut e = entry(&event, "dry_run", "skipped");
-            e.target = Some(op_target(op).to_owned());
-            e.detail = json!({"would": op, "reason": "application is in dry_run mode; no provider call made"});
-            rows.push(e);
-        }
-    } else {
-        rows.extend(done.iter().map(|(op, r, who)| op_entry(&event, op, r, eff.application, who)));
-    }
     rows.extend(plan.notes.iter().map(|n| note_entry(&event, n)));
     audit::append(&mut tx, &rows).await?;
+    if pending == 0 {
+        complete(&mut tx, &event).await?;
+    }
     tx.commit().await?;
+    if pending > 0 {
+        return execute(ctx, &event, attempt).await;
+    }
     tracing::info!(event_id = %event.event_id, ticket = %event.ticket.key, ops = plan.ops.len(), dry_run, "event applied");
     // (write_back itself stays silent for dry-run applications.)
-    let note = if event.source == crate::event::Source::Expiry {
-        WriteBack::Info(format!("The time-bound access of this request expired: {}.", summary(&plan)))
-    } else {
-        WriteBack::Success(format!("accessgov applied this request: {}.", summary(&plan)))
-    };
-    ctx.write_back(&event, note).await;
+    ctx.write_back(&event, done_note(&event, &summary(&plan.ops, &plan.notes))).await;
     Ok(Outcome::Recorded(if dry_run { "dry_run" } else { "applied" }))
 }
 
-fn summary(plan: &grants::Plan) -> String {
-    let mut parts: Vec<String> = plan
-        .ops
+/// Runs the event's open intents, each after the older ones on its key, with no
+/// transaction open during a provider call; then completes the event.
+async fn execute(ctx: &WorkerContext, event: &AccessEvent, attempt: u32) -> Result<Outcome, sqlx::Error> {
+    let lease = ctx.config.worker.intent_lease;
+    for intent in crate::intents::open_for_event(&ctx.pool, event.event_id).await? {
+        let mut waited = std::time::Duration::ZERO;
+        loop {
+            if matches!(crate::intents::state(&ctx.pool, intent.id).await?.as_str(), "done" | "cancelled" | "dead") {
+                break;
+            }
+            let Some(claimed) = crate::intents::claim_next(&ctx.pool, &intent, lease).await? else {
+                // An older intent on this access is running on another worker: wait for it, boundedly.
+                if waited >= lease {
+                    let error = ConnectorError::Transient {
+                        reason: format!("waited {waited:?} behind another worker's call on {}", intent.target),
+                        retry_after: None,
+                    };
+                    let what = json!({"op": intent.provider_op(), "target": intent.target, "intent": intent.id});
+                    return record_failure(ctx, event, Vec::new(), attempt, error, what, Some(&intent.application))
+                        .await;
+                }
+                let step = std::time::Duration::from_millis(50);
+                tokio::time::sleep(step).await;
+                waited += step;
+                continue;
+            };
+            let who = claimed.subject();
+            let op = claimed.provider_op();
+            match ctx.call(&claimed.application, &who, &op, &claimed.access_level).await {
+                Ok(result) => {
+                    let action = match (&op, claimed.source.as_str()) {
+                        (ProviderOp::Grant(_), _) => "granted",
+                        (ProviderOp::Revoke(_), "expiry") => "expired",
+                        (ProviderOp::Revoke(_), _) => "revoked",
+                    };
+                    let row = claimed.audit(
+                        action,
+                        "ok",
+                        json!({"provider_result": result, "identity": identity_detail(&who), "intent": claimed.id}),
+                    );
+                    crate::intents::succeed(&ctx.pool, &claimed, result, row).await?;
+                }
+                Err(error) => {
+                    crate::intents::release(&ctx.pool, &claimed, &error.to_string()).await?;
+                    let what = json!({"op": op, "target": claimed.target, "intent": claimed.id});
+                    let error = if claimed.id == intent.id {
+                        error
+                    } else {
+                        // Another event's call failed before ours could run; ours waits for it.
+                        ConnectorError::Transient {
+                            reason: format!("waiting behind ticket {}'s call, which failed: {error}", claimed.ticket),
+                            retry_after: None,
+                        }
+                    };
+                    return record_failure(ctx, event, Vec::new(), attempt, error, what, Some(&claimed.application))
+                        .await;
+                }
+            }
+        }
+    }
+    let all = crate::intents::of_event(&ctx.pool, event.event_id).await?;
+    let mut tx = ctx.pool.begin().await?;
+    if !complete(&mut tx, event).await? {
+        // Two deliveries of one event ran its intents together; the other finished first.
+        let duplicate = matches!(claim(&mut tx, event, attempt).await?, Claim::Duplicate);
+        tx.commit().await?;
+        if duplicate {
+            return Ok(Outcome::Duplicate);
+        }
+        return Ok(Outcome::Recorded("applied"));
+    }
+    tx.commit().await?;
+    let ops: Vec<ProviderOp> = all.iter().filter(|i| i.state == "done").map(|i| i.provider_op()).collect();
+    let cancelled = all.iter().filter(|i| i.state == "cancelled").map(|i| Note::Superseded {
+        target: i.target.clone(),
+        reason: "cancelled by a later request before it ran".into(),
+    });
+    let notes: Vec<Note> = cancelled.collect();
+    tracing::info!(event_id = %event.event_id, ticket = %event.ticket.key, ops = ops.len(), "event applied");
+    ctx.write_back(event, done_note(event, &summary(&ops, &notes))).await;
+    Ok(Outcome::Recorded("applied"))
+}
+
+/// The write-back of a completed event.
+fn done_note(event: &AccessEvent, summary: &str) -> WriteBack {
+    if event.source == crate::event::Source::Expiry {
+        WriteBack::Info(format!("The time-bound access of this request expired: {summary}."))
+    } else {
+        WriteBack::Success(format!("accessgov applied this request: {summary}."))
+    }
+}
+
+fn summary(ops: &[ProviderOp], notes: &[Note]) -> String {
+    let mut parts: Vec<String> = ops
         .iter()
         .map(|op| match op {
             ProviderOp::Grant(t) => format!("added to {t}"),
             ProviderOp::Revoke(t) => format!("removed from {t}"),
         })
         .collect();
-    parts.extend(plan.notes.iter().map(|n| match n {
+    parts.extend(notes.iter().map(|n| match n {
         Note::HoldAdded { target, .. } => format!("{target} was already granted through another ticket"),
         Note::HoldReleased { target, .. } => format!("{target} stays: another ticket still grants it"),
         Note::AlreadyHeld { target } => format!("{target} was already granted by this ticket"),
@@ -271,6 +407,11 @@ async fn record_failure(
         rows.push(e);
     }
     let mut tx = ctx.pool.begin().await?;
+    if next == Next::DeadLetter {
+        // It goes to the operators: its calls will not be made, so the ledger
+        // changes they stood for are undone, and a replay decides it afresh.
+        rows.extend(crate::intents::abandon(&mut tx, event.event_id).await?);
+    }
     audit::append(&mut tx, &rows).await?;
     tx.commit().await?;
     if next == Next::DeadLetter {
@@ -308,23 +449,30 @@ pub enum WriteBack {
     Info(String),
 }
 
-/// Inserts the dedupe row. False when the event was already processed (and then
-/// records one `duplicate` audit row the first time that happens). A retry
-/// (attempt > 0) finds no row: failed attempts roll theirs back.
-async fn claim(tx: &mut PgConnection, event: &AccessEvent, attempt: u32) -> Result<bool, sqlx::Error> {
-    let first = sqlx::query(
-        "INSERT INTO processed_events (event_id, dedupe_key, ticket, outcome) VALUES ($1, $2, $3, 'processed') \
-         ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(event.event_id)
-    .bind(&event.dedupe_key)
-    .bind(&event.ticket.key)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if first {
-        return Ok(true);
+/// How the decision's transaction starts.
+enum Claim {
+    /// Decide and record it (this transaction holds its run).
+    New,
+    /// Already processed: nothing is done again.
+    Duplicate,
+    /// Another delivery committed its decision meanwhile: resume its intents.
+    Resume,
+}
+
+/// Checks the dedupe row (recording one `duplicate` audit row the first time a
+/// processed event comes again), then takes the event's run. A failed attempt
+/// leaves no dedupe row: it is written by [`complete`], when everything the
+/// event caused is committed.
+async fn claim(tx: &mut PgConnection, event: &AccessEvent, attempt: u32) -> Result<Claim, sqlx::Error> {
+    let processed: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM processed_events WHERE event_id = $1)")
+        .bind(event.event_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !processed {
+        return Ok(match crate::intents::begin(tx, event.event_id, &event.ticket.key).await? {
+            crate::intents::Begin::New => Claim::New,
+            crate::intents::Begin::Resume => Claim::Resume,
+        });
     }
     let first_duplicate = sqlx::query(
         "UPDATE processed_events SET duplicate_seen_at = now() WHERE event_id = $1 AND duplicate_seen_at IS NULL",
@@ -339,7 +487,24 @@ async fn claim(tx: &mut PgConnection, event: &AccessEvent, attempt: u32) -> Resu
         e.detail = json!({"dedupe_key": event.dedupe_key, "delivery_id": event.delivery_id, "attempt": attempt});
         audit::append(tx, &[e]).await?;
     }
-    Ok(false)
+    Ok(Claim::Duplicate)
+}
+
+/// The event is done: its dedupe row is written and its run closed. False when
+/// another delivery of the same event completed it first.
+async fn complete(tx: &mut PgConnection, event: &AccessEvent) -> Result<bool, sqlx::Error> {
+    let first = sqlx::query(
+        "INSERT INTO processed_events (event_id, dedupe_key, ticket, outcome) VALUES ($1, $2, $3, 'processed')          ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(event.event_id)
+    .bind(&event.dedupe_key)
+    .bind(&event.ticket.key)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    sqlx::query("DELETE FROM event_runs WHERE event_id = $1").bind(event.event_id).execute(&mut *tx).await?;
+    Ok(first)
 }
 
 async fn ticket_progress(tx: &mut PgConnection, ticket: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
@@ -398,19 +563,6 @@ fn entry(event: &AccessEvent, action: &str, outcome: &str) -> AuditEntry {
     e.actor = event.actor.as_ref().map(|p| p.account_id.clone());
     e.application = event.application.clone();
     e.subject = event.requester.as_ref().map(|p| p.account_id.clone());
-    e
-}
-
-fn op_entry(event: &AccessEvent, op: &ProviderOp, result: &str, application: &str, who: &Subject) -> AuditEntry {
-    let action = match op {
-        ProviderOp::Grant(_) => "granted",
-        ProviderOp::Revoke(_) if event.source == crate::event::Source::Expiry => "expired",
-        ProviderOp::Revoke(_) => "revoked",
-    };
-    let mut e = entry(event, action, "ok");
-    e.application = Some(application.to_owned());
-    e.target = Some(op_target(op).to_owned());
-    e.detail = json!({"provider_result": result, "identity": identity_detail(who)});
     e
 }
 

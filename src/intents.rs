@@ -1,0 +1,367 @@
+//! The intents store: committed provider calls to make, claimed under a lease,
+//! executed with no transaction open, resolved in a transaction of their own.
+//! See `migrations/20261203200000_intents.sql` for the model.
+//!
+//! Order: per key (application, identity, target) only the oldest open intent
+//! can be claimed, so effects run in the order their events were decided, on
+//! every replica. Crash safety: a claim is a lease; a worker that dies with an
+//! intent `running` leaves it to be claimed again once the lease ran out, and
+//! grants and revokes are idempotent at the provider ("already a member").
+
+use crate::audit::AuditEntry;
+use crate::connectors::Subject;
+use crate::grants::ProviderOp;
+use serde_json::{Value, json};
+use sqlx::{PgConnection, PgPool};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// One intent as stored.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Intent {
+    pub id: i64,
+    pub event_id: Uuid,
+    pub ticket: String,
+    pub application: String,
+    pub subject: String,
+    pub identity: Value,
+    pub identity_key: String,
+    pub target: String,
+    pub access_level: String,
+    pub op: String,
+    pub state: String,
+    pub attempts: i32,
+    pub source: String,
+}
+
+impl Intent {
+    /// The identity the call addresses.
+    pub fn subject(&self) -> Subject {
+        serde_json::from_value(self.identity.clone()).unwrap_or_else(|_| Subject {
+            account_id: self.subject.clone(),
+            email: None,
+            display_name: None,
+            fields: Default::default(),
+        })
+    }
+
+    pub fn provider_op(&self) -> ProviderOp {
+        if self.op == "grant" { ProviderOp::Grant(self.target.clone()) } else { ProviderOp::Revoke(self.target.clone()) }
+    }
+
+    /// An audit row about this intent, attributed to its event.
+    pub fn audit(&self, action: &str, outcome: &str, detail: Value) -> AuditEntry {
+        let mut e = AuditEntry::new(action, outcome);
+        e.event_id = Some(self.event_id);
+        e.ticket = Some(self.ticket.clone());
+        e.application = Some(self.application.clone());
+        e.subject = Some(self.subject.clone());
+        e.target = Some(self.target.clone());
+        e.detail = detail;
+        e
+    }
+}
+
+/// The ordering key of a provider identity: the JSM account plus the
+/// `subject_field` values (two logins of one person are two identities).
+pub fn identity_key(s: &Subject) -> String {
+    format!("{}\u{1f}{}", s.account_id, serde_json::to_string(&s.fields).unwrap_or_default())
+}
+
+/// What the decision asks for one provider call.
+pub struct NewIntent<'a> {
+    pub event_id: Uuid,
+    pub ticket: &'a str,
+    pub application: &'a str,
+    pub subject: &'a str,
+    pub identity: &'a Subject,
+    pub access_level: &'a str,
+    pub op: &'a ProviderOp,
+    pub undo: Value,
+    pub source: &'a str,
+}
+
+/// What recording an intent did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recorded {
+    /// A new pending intent.
+    Pending(i64),
+    /// It met a still-pending opposite intent on the same key (a revoke catching
+    /// its grant before it ran, or the reverse): that one is cancelled and no
+    /// call is needed for either. The cancelled intent is returned for its audit row.
+    Cancelled(Box<Intent>),
+}
+
+/// Records an intent in the decision's transaction (which holds the subject lock).
+pub async fn record(tx: &mut PgConnection, n: &NewIntent<'_>) -> Result<Recorded, sqlx::Error> {
+    let (op, target) = match n.op {
+        ProviderOp::Grant(t) => ("grant", t),
+        ProviderOp::Revoke(t) => ("revoke", t),
+    };
+    let key = identity_key(n.identity);
+    let last: Option<Intent> = sqlx::query_as(
+        "SELECT id, event_id, ticket, application, subject, identity, identity_key, target, access_level, op, state, \
+                attempts, source \
+         FROM intents WHERE application = $1 AND identity_key = $2 AND target = $3 AND state IN ('pending', 'running') \
+         ORDER BY id DESC LIMIT 1 FOR UPDATE",
+    )
+    .bind(n.application)
+    .bind(&key)
+    .bind(target)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(last) = last
+        && last.state == "pending"
+        && last.op != op
+    {
+        sqlx::query(
+            "UPDATE intents SET state = 'cancelled', result = $2, updated_at = now() WHERE id = $1 AND state = 'pending'",
+        )
+        .bind(last.id)
+        .bind(format!("cancelled before it ran by the {op} of event {}", n.event_id))
+        .execute(&mut *tx)
+        .await?;
+        return Ok(Recorded::Cancelled(Box::new(last)));
+    }
+    let identity = serde_json::to_value(n.identity).unwrap_or(Value::Null);
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO intents (event_id, ticket, application, subject, identity, identity_key, target, access_level, \
+                              op, state, undo, source) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11) RETURNING id",
+    )
+    .bind(n.event_id)
+    .bind(n.ticket)
+    .bind(n.application)
+    .bind(n.subject)
+    .bind(identity)
+    .bind(&key)
+    .bind(target)
+    .bind(n.access_level)
+    .bind(op)
+    .bind(&n.undo)
+    .bind(n.source)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(Recorded::Pending(id))
+}
+
+const COLUMNS: &str = "id, event_id, ticket, application, subject, identity, identity_key, target, access_level, op, \
+                       state, attempts, source";
+
+/// The event's intents that are not resolved yet, in order.
+pub async fn open_for_event(pool: &PgPool, event_id: Uuid) -> Result<Vec<Intent>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM intents WHERE event_id = $1 AND state IN ('pending', 'running') ORDER BY id"
+    )))
+    .bind(event_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// Every intent of the event, in order (for its summary).
+pub async fn of_event(pool: &PgPool, event_id: Uuid) -> Result<Vec<Intent>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM intents WHERE event_id = $1 ORDER BY id")))
+        .bind(event_id)
+        .fetch_all(pool)
+        .await
+}
+
+/// The state of one intent.
+pub async fn state(pool: &PgPool, id: i64) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT state FROM intents WHERE id = $1").bind(id).fetch_one(pool).await
+}
+
+/// Claims the oldest open intent of `of`'s key, if it is claimable: pending, or
+/// running under a lease that ran out (its worker died). `None` while another
+/// worker's lease holds it.
+pub async fn claim_next(pool: &PgPool, of: &Intent, lease: Duration) -> Result<Option<Intent>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE intents SET state = 'running', lease_until = now() + $4 * interval '1 millisecond', \
+                attempts = attempts + 1, updated_at = now() \
+         WHERE id = (SELECT id FROM intents \
+                     WHERE application = $1 AND identity_key = $2 AND target = $3 AND state IN ('pending', 'running') \
+                     ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+           AND (state = 'pending' OR lease_until < now()) \
+         RETURNING {COLUMNS}"
+    )))
+    .bind(&of.application)
+    .bind(&of.identity_key)
+    .bind(&of.target)
+    .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+    .fetch_optional(pool)
+    .await
+}
+
+/// Records a successful call: the intent is done and its audit row is chained, in one transaction.
+pub async fn succeed(pool: &PgPool, intent: &Intent, result: &str, row: AuditEntry) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let done = sqlx::query(
+        "UPDATE intents SET state = 'done', result = $2, lease_until = NULL, updated_at = now() \
+         WHERE id = $1 AND state = 'running'",
+    )
+    .bind(intent.id)
+    .bind(result)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    // A lease that ran out and was taken over: the other worker records the result.
+    if done == 1 {
+        crate::audit::append(&mut tx, &[row]).await?;
+    }
+    tx.commit().await
+}
+
+/// Gives a failed claim back (pending again) with the error, for a later try.
+pub async fn release(pool: &PgPool, intent: &Intent, error: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE intents SET state = 'pending', lease_until = NULL, last_error = $2, updated_at = now() \
+         WHERE id = $1 AND state = 'running'",
+    )
+    .bind(intent.id)
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The event cannot complete (dead-lettered): its open intents are `dead` and
+/// the ledger changes they carried are undone, so that the ledger keeps saying
+/// what the provider holds. Returns the audit rows (one per abandoned intent).
+pub async fn abandon(tx: &mut PgConnection, event_id: Uuid) -> Result<Vec<AuditEntry>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Dead {
+        id: i64,
+        application: String,
+        subject: String,
+        target: String,
+        op: String,
+        undo: Value,
+    }
+    let dead: Vec<Dead> = sqlx::query_as(
+        "UPDATE intents SET state = 'dead', lease_until = NULL, updated_at = now() \
+         WHERE event_id = $1 AND state IN ('pending', 'running') \
+         RETURNING id, application, subject, target, op, undo",
+    )
+    .bind(event_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut rows = Vec::new();
+    for d in dead {
+        for step in d.undo.as_array().into_iter().flatten() {
+            undo_step(tx, &d.application, &d.subject, &d.target, step).await?;
+        }
+        sqlx::query(
+            "UPDATE access_grants g SET \
+               state = CASE WHEN EXISTS (SELECT 1 FROM grant_holds h WHERE h.grant_id = g.id) THEN 'active' ELSE 'revoked' END, \
+               updated_at = now() \
+             WHERE application = $1 AND subject = $2 AND target = $3",
+        )
+        .bind(&d.application)
+        .bind(&d.subject)
+        .bind(&d.target)
+        .execute(&mut *tx)
+        .await?;
+        let mut e = AuditEntry::new("intent_abandoned", "failed");
+        e.event_id = Some(event_id);
+        e.application = Some(d.application);
+        e.subject = Some(d.subject);
+        e.target = Some(d.target);
+        e.detail = json!({"intent": d.id, "op": d.op, "ledger_undone": d.undo});
+        rows.push(e);
+    }
+    sqlx::query("DELETE FROM event_runs WHERE event_id = $1").bind(event_id).execute(&mut *tx).await?;
+    Ok(rows)
+}
+
+async fn undo_step(
+    tx: &mut PgConnection,
+    application: &str,
+    subject: &str,
+    target: &str,
+    step: &Value,
+) -> Result<(), sqlx::Error> {
+    match step.get("kind").and_then(Value::as_str) {
+        Some("remove_hold") => {
+            sqlx::query(
+                "DELETE FROM grant_holds h USING access_grants g WHERE h.grant_id = g.id \
+                 AND g.application = $1 AND g.subject = $2 AND g.target = $3 AND h.ticket = $4",
+            )
+            .bind(application)
+            .bind(subject)
+            .bind(target)
+            .bind(step.get("ticket").and_then(Value::as_str).unwrap_or_default())
+            .execute(&mut *tx)
+            .await?;
+        }
+        // An expired hold comes back marked as enqueued: its dead letter, not the
+        // sweeper, decides what happens next.
+        Some("restore_hold") => {
+            sqlx::query(
+                "INSERT INTO grant_holds (grant_id, ticket, access_level, event_id, event_at, held_since, expires_at, \
+                                          identity, expiry_enqueued_at) \
+                 SELECT g.id, r.ticket, r.access_level, r.event_id, r.event_at, r.held_since, r.expires_at, r.identity, \
+                        CASE WHEN r.expires_at <= now() THEN now() ELSE r.expiry_enqueued_at END \
+                 FROM access_grants g, jsonb_populate_record(NULL::grant_holds, $4) r \
+                 WHERE g.application = $1 AND g.subject = $2 AND g.target = $3 \
+                 ON CONFLICT (grant_id, ticket) DO NOTHING",
+            )
+            .bind(application)
+            .bind(subject)
+            .bind(target)
+            .bind(step.get("hold"))
+            .execute(&mut *tx)
+            .await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The holds of `tickets` on one target as JSON rows, to restore if a revoke dies.
+pub async fn holds_json(
+    tx: &mut PgConnection,
+    application: &str,
+    subject: &str,
+    target: &str,
+    tickets: &[String],
+) -> Result<Vec<Value>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT to_jsonb(h) FROM grant_holds h JOIN access_grants g ON g.id = h.grant_id \
+         WHERE g.application = $1 AND g.subject = $2 AND g.target = $3 AND h.ticket = ANY($4)",
+    )
+    .bind(application)
+    .bind(subject)
+    .bind(target)
+    .bind(tickets)
+    .fetch_all(tx)
+    .await
+}
+
+/// How an event's run begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Begin {
+    /// Decide it now (the caller's transaction now holds its run).
+    New,
+    /// Its decision is committed; resume its intents.
+    Resume,
+}
+
+/// Takes the event's run in the decision's transaction, unless one exists.
+pub async fn begin(tx: &mut PgConnection, event_id: Uuid, ticket: &str) -> Result<Begin, sqlx::Error> {
+    let new = sqlx::query("INSERT INTO event_runs (event_id, ticket) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(event_id)
+        .bind(ticket)
+        .execute(tx)
+        .await?
+        .rows_affected()
+        == 1;
+    Ok(if new { Begin::New } else { Begin::Resume })
+}
+
+/// Whether the event's decision is committed and its run not finished.
+pub async fn running(pool: &PgPool, event_id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM event_runs WHERE event_id = $1)")
+        .bind(event_id)
+        .fetch_one(pool)
+        .await
+}
