@@ -201,7 +201,8 @@ impl TestApp {
         (app, token)
     }
 
-    /// Stops the app and waits for it.
+    /// Stops the app and waits for it. Later [`TestApp::extra_worker`]s run
+    /// (a child of a cancelled token would stop at once) and stop on drop.
     pub async fn stop(&mut self) {
         self.token.cancel();
         if let Some(app) = self.app.take() {
@@ -210,6 +211,7 @@ impl TestApp {
                 .expect("app stops within 15s")
                 .expect("app stops cleanly");
         }
+        self.token = CancellationToken::new();
     }
 }
 
