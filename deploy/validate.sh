@@ -137,6 +137,37 @@ PY
 }
 check "demo configs parse, dry_run only, no credentials" demo_configs
 
+# --- database roles -----------------------------------------------------------
+
+# Only the migration step gets the owner's database credentials: in compose the
+# `migrate` service alone sets ACCESSGOV_DATABASE_MIGRATE_URL, in Kubernetes the
+# migrate Job alone reads the Secret accessgov-migrate-secrets; ingress and
+# worker connect as the runtime role accessgov_app.
+owner_credentials_only_in_migrate() {
+    local bad=0 where
+    where="$(awk '/^  [a-z][a-z0-9_-]*:[[:space:]]*$/ { svc = $1 }
+                  /^x-/ { svc = "" }
+                  /ACCESSGOV_DATABASE_MIGRATE_URL/ { print (svc == "" ? "<shared>" : svc) }' "$compose_file" \
+        | sort -u | paste -sd ' ' -)"
+    if [[ "$where" != "migrate:" ]]; then
+        echo "$compose_file: ACCESSGOV_DATABASE_MIGRATE_URL is set in: ${where:-nothing} (expected: the migrate service only)"
+        bad=1
+    fi
+    where="$(grep -l 'accessgov-migrate-secrets' "$k8s_dir"/*.yaml | grep -v secret.example.yaml | paste -sd ' ' - || true)"
+    if [[ "$where" != "$k8s_dir/migrate-job.yaml" ]]; then
+        echo "accessgov-migrate-secrets is read by: ${where:-nothing} (expected: $k8s_dir/migrate-job.yaml only)"
+        bad=1
+    fi
+    grep -q 'postgres://accessgov_app[:@]' "$compose_file" \
+        || { echo "$compose_file: ingress/worker do not connect as accessgov_app"; bad=1; }
+    for cfg in "$compose_config" "$k8s_dir/accessgov.toml"; do
+        grep -Eq '^url = "postgres://accessgov_app@' "$cfg" \
+            || { echo "$cfg: [database] url is not the runtime role accessgov_app"; bad=1; }
+    done
+    return "$bad"
+}
+check "owner credentials only in the migration step" owner_credentials_only_in_migrate
+
 # --- docker-compose.yml -------------------------------------------------------
 
 if ensure_tool check-jsonschema "$CHECK_JSONSCHEMA_SPEC"; then

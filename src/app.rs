@@ -87,11 +87,16 @@ impl App {
             anyhow::bail!("application {name:?} is live (dry_run = false) but has no connector");
         }
         let admin_token = admin_token_from_config(&config)?;
-        let pool = db::pool(&config.database.url, config.database.max_connections)?;
         if migrate {
-            let applied = db::migrate(&pool, &config.database.url).await?;
-            tracing::info!(applied = applied.len(), "migrations up to date");
+            // As the owner ([database] migrate_url); the services below connect with `url`.
+            let prepared = db::prepare(&config.database).await?;
+            tracing::info!(
+                applied = prepared.applied.len(),
+                runtime_password_set = prepared.password_set,
+                "migrations up to date"
+            );
         }
+        let pool = db::pool(&config.database.url, config.database.max_connections)?;
         let broker = Broker::new(&config.broker.url, Names::new(&config.broker.prefix, &config.broker.retry_delays));
         let mut tasks = JoinSet::new();
 

@@ -11,6 +11,11 @@
 //! nothing. A row is marked replayed in the same transaction as its audit row,
 //! under a row lock, and only after the broker confirmed the publish; a second
 //! replay of the same row is refused unless forced.
+//!
+//! The replayed message names the dead letter it replays (and carries an id of
+//! its own): if it dies again, the drain reopens that dead letter, adds the new
+//! attempts, error and history to it and audits the death (see
+//! [`crate::worker::dead::record`]), so a replay never disappears silently.
 
 use crate::audit::{self, AuditEntry};
 use crate::broker::Broker;
@@ -41,8 +46,12 @@ pub struct DeadLetter {
     pub message: Value,
     pub error_class: String,
     pub last_error: String,
+    /// Attempts over every life of the message (each replay starts at 0 again).
     pub attempts: i32,
+    /// Every attempt, oldest first, across deaths.
     pub attempt_history: Value,
+    /// How often it died: a replay that dies again reopens the row and counts here.
+    pub deaths: i32,
     pub first_failed_at: Option<DateTime<Utc>>,
     pub died_at: DateTime<Utc>,
     pub replayed_at: Option<DateTime<Utc>>,
@@ -258,7 +267,8 @@ pub async fn replay(
         .bind(&operator.name)
         .execute(&mut *tx)
         .await?;
-    if let Err(source) = broker.publish_event(&event, 0, confirm_timeout).await {
+    let headers = crate::worker::dead::replay_headers(id);
+    if let Err(source) = broker.publish_event_with_headers(&event, 0, headers, confirm_timeout).await {
         tx.rollback().await?;
         // The failure is worth a row of its own (the attempt is gone with the rollback).
         let mut tx = pool.begin().await?;
@@ -480,6 +490,7 @@ mod tests {
             last_error: "x".into(),
             attempts: 1,
             attempt_history: json!([]),
+            deaths: 1,
             first_failed_at: None,
             died_at: Utc::now(),
             replayed_at: None,

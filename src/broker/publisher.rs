@@ -60,8 +60,18 @@ impl Broker {
         attempt: i64,
         timeout: Duration,
     ) -> Result<(), PublishError> {
+        self.publish_event_with_headers(event, attempt, FieldTable::default(), timeout).await
+    }
+
+    /// [`Broker::publish_event`] with more headers (a replay's, say).
+    pub async fn publish_event_with_headers(
+        &self,
+        event: &AccessEvent,
+        attempt: i64,
+        mut headers: FieldTable,
+        timeout: Duration,
+    ) -> Result<(), PublishError> {
         let body = serde_json::to_vec(event).expect("an AccessEvent always serializes");
-        let mut headers = FieldTable::default();
         headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(attempt));
         headers.insert(
             TRACEPARENT_HEADER.into(),

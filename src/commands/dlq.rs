@@ -96,6 +96,7 @@ async fn show(pool: &sqlx::PgPool, id: i64, json: bool) -> anyhow::Result<ExitCo
     field("subject", output::opt(r.subject.as_deref()));
     field("error class", r.error_class.clone());
     field("attempts", r.attempts.to_string());
+    field("deaths", r.deaths.to_string());
     field("first failed", output::opt_time(r.first_failed_at));
     field("died at", output::time(r.died_at));
     if let Some(at) = r.replayed_at {

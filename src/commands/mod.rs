@@ -76,14 +76,15 @@ fn config_check(path: &std::path::Path, config: &Config) -> ExitCode {
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
-    let pool = db::pool(&config.database.url, 2)?;
-    let applied = db::migrate(&pool, &config.database.url).await?;
-    if applied.is_empty() {
+    let prepared = db::prepare(&config.database).await?;
+    if prepared.applied.is_empty() {
         println!("database is up to date ({} migrations)", db::MIGRATOR.iter().count());
     } else {
-        println!("applied {} migration(s): {:?}", applied.len(), applied);
+        println!("applied {} migration(s): {:?}", prepared.applied.len(), prepared.applied);
     }
-    pool.close().await;
+    if let (true, Some(from)) = (prepared.password_set, config.database.app_password()) {
+        println!("set the password of role {} (from {})", db::RUNTIME_ROLE, from.describe());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -90,15 +90,42 @@ impl Default for BrokerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
-    /// PostgreSQL URL. Override: `ACCESSGOV_DATABASE_URL`.
+    /// PostgreSQL URL the services and operator commands connect with; in
+    /// production the least-privilege runtime role [`crate::db::RUNTIME_ROLE`].
+    /// Override: `ACCESSGOV_DATABASE_URL`.
     pub url: String,
+    /// URL of the tables' owner, used only by `accessgov migrate` and `--migrate`
+    /// (default: `url`). Override: `ACCESSGOV_DATABASE_MIGRATE_URL`.
+    pub migrate_url: Option<String>,
+    /// Env var holding the runtime role's password; `accessgov migrate` sets it.
+    pub app_password_env: Option<String>,
+    /// File holding the runtime role's password; `accessgov migrate` sets it.
+    pub app_password_file: Option<String>,
     /// Connection pool size.
     pub max_connections: u32,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { url: "postgres://postgres@127.0.0.1:5432/accessgov".into(), max_connections: 10 }
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/accessgov".into(),
+            migrate_url: None,
+            app_password_env: None,
+            app_password_file: None,
+            max_connections: 10,
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// Where migrations run: `migrate_url`, else `url`.
+    pub fn migrate_url(&self) -> &str {
+        self.migrate_url.as_deref().unwrap_or(&self.url)
+    }
+
+    /// The runtime role's password, when `accessgov migrate` is to set it.
+    pub fn app_password(&self) -> Option<SecretRef> {
+        SecretRef::from_pair(self.app_password_env.as_deref(), self.app_password_file.as_deref())
     }
 }
 
@@ -538,6 +565,9 @@ impl Config {
         if let Some(v) = env("ACCESSGOV_DATABASE_URL") {
             self.database.url = v;
         }
+        if let Some(v) = env("ACCESSGOV_DATABASE_MIGRATE_URL") {
+            self.database.migrate_url = Some(v);
+        }
         if let Some(v) = env("ACCESSGOV_INGRESS_LISTEN").and_then(|v| v.parse().ok()) {
             self.ingress.listen = v;
         }
@@ -580,6 +610,7 @@ impl Config {
             ("ops.admin_token", &self.ops.admin_token_env, &self.ops.admin_token_file),
             ("jsm.api_token", &self.jsm.api_token_env, &self.jsm.api_token_file),
             ("jsm.email", &self.jsm.email_env, &self.jsm.email_file),
+            ("database.app_password", &self.database.app_password_env, &self.database.app_password_file),
         ] {
             if env.is_some() && file.is_some() {
                 add(format!("{section}_file"), format!("set either {section}_env or {section}_file, not both"));
@@ -683,6 +714,9 @@ impl Config {
         if let Some(r) = self.ops_admin_token() {
             refs.push(("ops.admin_token".into(), r));
         }
+        if let Some(r) = self.database.app_password() {
+            refs.push(("database.app_password".into(), r));
+        }
         if self.jsm.verify_approval == Some(true) {
             match self.jsm_api_token() {
                 Some(r) => refs.push(("jsm.api_token".into(), r)),
@@ -767,6 +801,15 @@ impl Config {
             self.broker.retry_delays.iter().map(|d| duration::format(*d)).collect::<Vec<_>>().join(" -> ")
         );
         let _ = writeln!(s, "database   {} (pool {})", redact_url(&self.database.url), self.database.max_connections);
+        let _ = writeln!(
+            s,
+            "           migrations as {}{}",
+            redact_url(self.database.migrate_url()),
+            self.database
+                .app_password()
+                .map(|r| format!(", sets the {} password from {}", crate::db::RUNTIME_ROLE, r.describe()))
+                .unwrap_or_default()
+        );
         let auth: Vec<String> = [
             self.ingress.hmac_secret().map(|r| format!("HMAC signature ({})", r.describe())),
             self.ingress.bearer_token().map(|r| format!("bearer token ({})", r.describe())),

@@ -141,6 +141,43 @@ fn env_overrides_replace_urls_and_listeners() {
 }
 
 #[test]
+fn migrations_use_migrate_url_which_defaults_to_url_and_has_an_env_override() {
+    let mut config = Config::parse(EXAMPLE).unwrap();
+    assert_eq!(config.database.migrate_url(), config.database.url, "default: url");
+    config.apply_env_overrides(&env_with(&[
+        ("ACCESSGOV_DATABASE_URL", "postgres://accessgov_app@db/x"),
+        ("ACCESSGOV_DATABASE_MIGRATE_URL", "postgres://owner:s3cret@db/x"),
+    ]));
+    assert_eq!(config.database.url, "postgres://accessgov_app@db/x");
+    assert_eq!(config.database.migrate_url(), "postgres://owner:s3cret@db/x");
+    let summary = config.summary();
+    assert!(summary.contains("migrations as postgres://owner:***@db/x"), "{summary}");
+    assert!(!summary.contains("s3cret"), "{summary}");
+}
+
+#[test]
+fn the_runtime_role_password_is_a_secret_reference_checked_like_the_others() {
+    let text = EXAMPLE.replacen(
+        "[database]\n",
+        "[database]\napp_password_env = \"ACCESSGOV_TEST_APP_PW\"\napp_password_file = \"/run/x\"\n",
+        1,
+    );
+    let both = Config::parse(&text).unwrap().validate();
+    assert!(both.iter().any(|p| p.key == "database.app_password_file"), "{both:?}");
+
+    let text = EXAMPLE.replacen("[database]\n", "[database]\napp_password_env = \"ACCESSGOV_TEST_APP_PW\"\n", 1);
+    let config = Config::parse(&text).unwrap();
+    assert_eq!(config.validate(), vec![]);
+    let missing = config.check_secrets(&env_with(&[]));
+    assert!(
+        missing.iter().any(|p| p.key == "database.app_password" && p.message.contains("ACCESSGOV_TEST_APP_PW")),
+        "{missing:?}"
+    );
+    assert!(config.summary().contains("sets the accessgov_app password from env ACCESSGOV_TEST_APP_PW"));
+    assert!(Config::parse(&EXAMPLE.replacen("[database]\n", "[database]\napp_password = \"x\"\n", 1)).is_err());
+}
+
+#[test]
 fn the_summary_never_shows_passwords() {
     let mut config = Config::parse(EXAMPLE).unwrap();
     config.broker.url = "amqp://guest:hunter2@mq:5672/%2f".into();

@@ -1,6 +1,9 @@
 //! Dead letters: publishing a request that cannot succeed to the dead-letter
 //! exchange, and draining the dead queue into the `dead_letters` table (the
-//! operator's inbox), one row per message, audited as `dead_lettered`.
+//! operator's inbox), one row per dead request, every death audited as
+//! `dead_lettered`. A replayed dead letter that dies again reopens its row
+//! (`deaths` counts; `dead_letter_deaths` keeps each death's key), and a
+//! redelivery of a death already recorded records nothing.
 //!
 //! Three ways into the dead queue, one drain for all: the worker gives up
 //! (headers carry the error class, message and attempt history), a message is
@@ -23,6 +26,11 @@ pub const ERROR_CLASS_HEADER: &str = "x-error-class";
 pub const ERROR_HEADER: &str = "x-error";
 pub const HISTORY_HEADER: &str = "x-attempt-history";
 pub const DEAD_ID_HEADER: &str = "x-dead-letter-id";
+/// On a replayed message: the id of the dead letter it replays.
+pub const REPLAY_OF_HEADER: &str = "x-replay-of";
+/// On a replayed message: an id of this replay, so that each replay's death has
+/// a key of its own even when the broker dead-letters it (no [`DEAD_ID_HEADER`]).
+pub const REPLAY_ID_HEADER: &str = "x-replay-id";
 
 /// One failed attempt, carried with the message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +107,30 @@ pub fn republish_props(
     props
 }
 
+/// The headers of a replay of dead letter `dead_letter_id` (kept through the
+/// retry ladder and into the dead queue, like every header but `x-death*`).
+pub fn replay_headers(dead_letter_id: i64) -> FieldTable {
+    let mut headers = FieldTable::default();
+    headers.insert(REPLAY_OF_HEADER.into(), AMQPValue::LongLongInt(dead_letter_id));
+    headers.insert(REPLAY_ID_HEADER.into(), long(&uuid::Uuid::new_v4().to_string()));
+    headers
+}
+
+/// The identity of one death of one message, the same on every redelivery of it
+/// from the dead queue: the worker's [`DEAD_ID_HEADER`] when it gave up; else
+/// (poison, rejected, delivery limit: dead-lettered by the broker) the body's
+/// digest, plus the replay id for a replay, whose body is the original's.
+pub fn dead_key(body: &[u8], props: &BasicProperties) -> String {
+    if let Some(id) = header_str(props, DEAD_ID_HEADER) {
+        return id;
+    }
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(body)));
+    match header_str(props, REPLAY_ID_HEADER) {
+        Some(replay) => format!("{digest}/replay:{replay}"),
+        None => digest,
+    }
+}
+
 /// Publishes to the retry queue of a ladder step.
 pub async fn publish_retry(
     broker: &Broker,
@@ -122,7 +154,11 @@ pub async fn publish_dead(
     broker.publish(&dlx, "dead", body, props, timeout).await
 }
 
-/// Records one message from the dead queue. Idempotent per message.
+/// Records one message from the dead queue: a new dead letter, or, for a replay
+/// that died again, the replayed dead letter reopened with this death's error,
+/// attempts and history added. Every recorded death is audited `dead_lettered`.
+/// Idempotent per death ([`dead_key`]): a redelivery of the same dead message
+/// records nothing.
 pub async fn record(pool: &PgPool, body: &[u8], props: &BasicProperties) -> Result<(), sqlx::Error> {
     let event = AccessEvent::decode(body).ok();
     let death_reason =
@@ -140,51 +176,149 @@ pub async fn record(pool: &PgPool, body: &[u8], props: &BasicProperties) -> Resu
             ("rejected".to_owned(), format!("dead-lettered by the broker ({})", death_reason.unwrap_or_default()))
         }
     };
-    let dead_key =
-        header_str(props, DEAD_ID_HEADER).unwrap_or_else(|| format!("sha256:{}", hex::encode(Sha256::digest(body))));
+    let dead_key = dead_key(body, props);
     let history = history(props);
+    let history_json = serde_json::to_value(&history).unwrap_or_default();
     let attempts = header_int(props, crate::broker::publisher::ATTEMPT_HEADER).unwrap_or(0) as i32 + 1;
-    let message = match &event {
-        Some(e) => serde_json::to_value(e).unwrap_or_default(),
-        // jsonb cannot hold NUL characters or invalid UTF-8: keep such bodies as hex.
-        None => match std::str::from_utf8(body) {
-            Ok(text) if !text.contains('\0') => json!({"raw": text}),
-            _ => json!({"raw_hex": hex::encode(body)}),
-        },
-    };
-    let first_failed = history.first().map(|h| h.at);
 
     let mut tx = pool.begin().await?;
-    let id: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO dead_letters (dead_key, event_id, ticket, application, action, subject, message, error_class, last_error, attempts, attempt_history, first_failed_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (dead_key) DO NOTHING RETURNING id",
-    )
-    .bind(&dead_key)
-    .bind(event.as_ref().map(|e| e.event_id))
-    .bind(event.as_ref().map(|e| e.ticket.key.clone()))
-    .bind(event.as_ref().and_then(|e| e.application.clone()))
-    .bind(event.as_ref().map(|e| serde_json::to_value(e.action).ok().and_then(|v| v.as_str().map(str::to_owned))).unwrap_or_default())
-    .bind(event.as_ref().and_then(|e| e.requester.as_ref().map(|p| p.account_id.clone())))
-    .bind(&message)
-    .bind(&class)
-    .bind(&error)
-    .bind(attempts)
-    .bind(serde_json::to_value(&history).unwrap_or_default())
-    .bind(first_failed)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(id) = id {
-        let mut e = AuditEntry::new("dead_lettered", "failed");
-        if let Some(ev) = &event {
-            e.event_id = Some(ev.event_id);
-            e.ticket = Some(ev.ticket.key.clone());
-            e.application = ev.application.clone();
-            e.subject = ev.requester.as_ref().map(|p| p.account_id.clone());
+    // A replay that died again: its dead letter, locked (a replay in progress
+    // holds the lock until it has committed the `replayed` mark).
+    let replayed: Option<crate::dead_letters::DeadLetter> = match header_int(props, REPLAY_OF_HEADER) {
+        Some(id) => {
+            sqlx::query_as("SELECT * FROM dead_letters WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
         }
-        e.detail = json!({"dead_letter_id": id, "class": class, "error": error, "attempts": attempts});
-        audit::append(&mut tx, &[e]).await?;
+        None => None,
+    };
+    let (id, deaths, reopened_from) = match replayed {
+        Some(row) => {
+            if !insert_death(&mut tx, &dead_key, row.id, &class, &error, attempts).await? {
+                tx.rollback().await?;
+                tracing::debug!(dead_letter_id = row.id, "this death is recorded already (a redelivery)");
+                return Ok(());
+            }
+            let deaths: i32 = sqlx::query_scalar(
+                "UPDATE dead_letters SET deaths = deaths + 1, error_class = $2, last_error = $3, \
+                 attempts = attempts + $4, attempt_history = attempt_history || $5, died_at = now(), \
+                 replayed_at = NULL, replayed_by = NULL, discarded_at = NULL, discarded_by = NULL, \
+                 discard_reason = NULL \
+                 WHERE id = $1 RETURNING deaths",
+            )
+            .bind(row.id)
+            .bind(&class)
+            .bind(&error)
+            .bind(attempts)
+            .bind(&history_json)
+            .fetch_one(&mut *tx)
+            .await?;
+            (row.id, deaths, Some(row.state()))
+        }
+        None => {
+            let message = match &event {
+                Some(e) => serde_json::to_value(e).unwrap_or_default(),
+                // jsonb cannot hold NUL characters or invalid UTF-8: keep such bodies as hex.
+                None => match std::str::from_utf8(body) {
+                    Ok(text) if !text.contains('\0') => json!({"raw": text}),
+                    _ => json!({"raw_hex": hex::encode(body)}),
+                },
+            };
+            let id: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO dead_letters (dead_key, event_id, ticket, application, action, subject, message, error_class, last_error, attempts, attempt_history, first_failed_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (dead_key) DO NOTHING RETURNING id",
+            )
+            .bind(&dead_key)
+            .bind(event.as_ref().map(|e| e.event_id))
+            .bind(event.as_ref().map(|e| e.ticket.key.clone()))
+            .bind(event.as_ref().and_then(|e| e.application.clone()))
+            .bind(event.as_ref().map(|e| serde_json::to_value(e.action).ok().and_then(|v| v.as_str().map(str::to_owned))).unwrap_or_default())
+            .bind(event.as_ref().and_then(|e| e.requester.as_ref().map(|p| p.account_id.clone())))
+            .bind(&message)
+            .bind(&class)
+            .bind(&error)
+            .bind(attempts)
+            .bind(&history_json)
+            .bind(history.first().map(|h| h.at))
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(id) = id else {
+                tx.rollback().await?;
+                tracing::debug!("this dead message is recorded already (a redelivery)");
+                return Ok(());
+            };
+            if !insert_death(&mut tx, &dead_key, id, &class, &error, attempts).await? {
+                tx.rollback().await?;
+                return Ok(());
+            }
+            (id, 1, None)
+        }
+    };
+    let mut e = AuditEntry::new("dead_lettered", "failed");
+    if let Some(ev) = &event {
+        e.event_id = Some(ev.event_id);
+        e.ticket = Some(ev.ticket.key.clone());
+        e.application = ev.application.clone();
+        e.subject = ev.requester.as_ref().map(|p| p.account_id.clone());
     }
+    e.detail = json!({"dead_letter_id": id, "class": class, "error": error, "attempts": attempts, "death": deaths});
+    if let Some(state) = reopened_from {
+        e.detail["reopened_from"] = json!(state.as_str());
+    }
+    audit::append(&mut tx, &[e]).await?;
     tx.commit().await?;
-    tracing::warn!(class = %class, "request dead-lettered; see dead_letters");
+    tracing::warn!(class = %class, dead_letter_id = id, death = deaths, "request dead-lettered; see dead_letters");
     Ok(())
+}
+
+/// Records one death of dead letter `id`; false when this death (its key) is recorded already.
+async fn insert_death(
+    tx: &mut sqlx::PgConnection,
+    dead_key: &str,
+    id: i64,
+    class: &str,
+    error: &str,
+    attempts: i32,
+) -> Result<bool, sqlx::Error> {
+    let inserted: Option<String> = sqlx::query_scalar(
+        "INSERT INTO dead_letter_deaths (dead_key, dead_letter_id, error_class, error, attempts) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (dead_key) DO NOTHING RETURNING dead_key",
+    )
+    .bind(dead_key)
+    .bind(id)
+    .bind(class)
+    .bind(error)
+    .bind(attempts)
+    .fetch_optional(tx)
+    .await?;
+    Ok(inserted.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(headers: FieldTable) -> BasicProperties {
+        BasicProperties::default().with_headers(headers)
+    }
+
+    #[test]
+    fn a_death_keeps_its_key_on_redelivery_and_each_replay_dies_under_a_key_of_its_own() {
+        let body = br#"{"schema":"accessgov.access-event/v1"}"#;
+        // Dead-lettered by the broker: the body decides, so a redelivery is the same death...
+        let plain = dead_key(body, &BasicProperties::default());
+        assert_eq!(plain, dead_key(body, &BasicProperties::default()));
+        assert!(plain.starts_with("sha256:"));
+        // ...but each replay of that body is a life (and a death) of its own.
+        let (r1, r2) = (replay_headers(7), replay_headers(7));
+        assert_ne!(dead_key(body, &with(r1.clone())), plain);
+        assert_ne!(dead_key(body, &with(r1.clone())), dead_key(body, &with(r2)));
+        assert_eq!(dead_key(body, &with(r1.clone())), dead_key(body, &with(r1.clone())));
+        assert_eq!(header_int(&with(r1.clone()), REPLAY_OF_HEADER), Some(7));
+        // The worker's give-up carries the replay headers along and names the death itself.
+        let gave_up = republish_props(&with(r1), 1, &[], Some(("permanent", "403")));
+        assert_eq!(dead_key(body, &gave_up), header_str(&gave_up, DEAD_ID_HEADER).unwrap());
+        assert_eq!(header_int(&gave_up, REPLAY_OF_HEADER), Some(7));
+    }
 }

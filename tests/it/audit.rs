@@ -1,9 +1,12 @@
 //! The audit table refuses changes; verification finds tampering; concurrent
-//! writers keep one chain.
+//! writers keep one chain; the services' runtime role can append but not change
+//! history or switch the protection off.
 
-use crate::helpers::spawn_app;
+use crate::helpers::{pg_server_url, spawn_app};
 use accessgov::audit::{self, AuditEntry, verify::verify};
+use accessgov::db::{RUNTIME_ROLE, scram_verifier};
 use serde_json::json;
+use sqlx::PgPool;
 
 async fn append_n(pool: &sqlx::PgPool, n: usize, tag: &str) {
     for i in 0..n {
@@ -78,4 +81,114 @@ async fn verify_names_the_first_changed_or_removed_row() {
     let broken = verify(&app.pool, 1, 0, |_| {}).await.unwrap().first_broken.expect("removal detected");
     assert_eq!(broken.seq, min + 2);
     assert!(broken.reason.contains("removed"), "{}", broken.reason);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_role_appends_and_reads_audit_rows_but_cannot_change_them_or_lift_the_protection() {
+    let app = spawn_app().await;
+    append_n(&app.pool, 1, "owner").await;
+    let owner: String = sqlx::query_scalar("SELECT tableowner::text FROM pg_tables WHERE tablename = 'audit_log'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_ne!(owner, RUNTIME_ROLE);
+
+    // What the services connect with (the harness default): the runtime role.
+    assert!(app.config.database.url.contains(&format!("://{RUNTIME_ROLE}@")), "{}", app.config.database.url);
+    let runtime = PgPool::connect(&app.config.database.url).await.expect("the runtime role logs in");
+    let me: String = sqlx::query_scalar("SELECT current_user::text").fetch_one(&runtime).await.unwrap();
+    assert_eq!(me, RUNTIME_ROLE);
+
+    // It appends through the normal path (chain lock, sequence, insert) and reads.
+    append_n(&runtime, 2, "runtime").await;
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log").fetch_one(&runtime).await.unwrap();
+    assert_eq!(count, 3);
+    assert_eq!(verify(&runtime, 1, 0, |_| {}).await.unwrap().first_broken, None);
+
+    // Refused by the privilege system itself, before any trigger runs (the
+    // trigger's own error says "append-only" and would not count here).
+    let set_role = format!("SET ROLE \"{owner}\"");
+    for (sql, expected) in [
+        ("ALTER TABLE audit_log DISABLE TRIGGER ALL", "must be owner of table audit_log"),
+        ("ALTER TABLE audit_log DISABLE TRIGGER USER", "must be owner of table audit_log"),
+        ("TRUNCATE audit_log", "permission denied for table audit_log"),
+        ("UPDATE audit_log SET outcome = 'failed'", "permission denied for table audit_log"),
+        ("DELETE FROM audit_log", "permission denied for table audit_log"),
+        ("DROP TRIGGER audit_log_refuse_update_delete ON audit_log", "must be owner of relation audit_log"),
+        ("DROP TRIGGER audit_log_refuse_truncate ON audit_log", "must be owner of relation audit_log"),
+        ("DROP FUNCTION audit_log_refuse_change() CASCADE", "must be owner of function audit_log_refuse_change"),
+        ("ALTER TABLE audit_log OWNER TO accessgov_app", "must be owner of table audit_log"),
+        ("DROP TABLE audit_log", "must be owner of table audit_log"),
+        ("SELECT setval('audit_log_seq_seq', 1)", "permission denied for sequence audit_log_seq_seq"),
+        (set_role.as_str(), "permission denied to set role"),
+    ] {
+        let err = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).execute(&runtime).await.expect_err(sql);
+        let db = err.as_database_error().unwrap_or_else(|| panic!("{sql}: {err}"));
+        assert_eq!(db.code().as_deref(), Some("42501"), "{sql}: {err}");
+        assert!(db.message().contains(expected), "{sql}: {err}");
+    }
+
+    // Nothing changed: the rows, the chain, the owner and both triggers, enabled.
+    assert_eq!(verify(&app.pool, 1, 0, |_| {}).await.unwrap().rows_checked, 3);
+    let triggers: Vec<(String, String)> = sqlx::query_as(
+        "SELECT tgname::text, tgenabled::text FROM pg_trigger \
+         WHERE tgrelid = 'audit_log'::regclass AND NOT tgisinternal ORDER BY tgname",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        triggers,
+        [("audit_log_refuse_truncate".into(), "O".into()), ("audit_log_refuse_update_delete".into(), "O".into())]
+    );
+    // The role owns nothing here and is a plain login role.
+    let owned: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_class WHERE relowner = $1::regrole")
+        .bind(RUNTIME_ROLE)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(owned, 0);
+    let attrs: (bool, bool, bool, bool, bool) = sqlx::query_as(
+        "SELECT rolcanlogin, rolsuper, rolcreaterole, rolcreatedb, rolbypassrls FROM pg_roles WHERE rolname = $1",
+    )
+    .bind(RUNTIME_ROLE)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(attrs, (true, false, false, false, false));
+    runtime.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_scram_verifier_equals_the_one_postgres_computes_for_the_same_password_and_salt() {
+    let admin = PgPool::connect(&format!("{}/postgres", pg_server_url())).await.unwrap();
+    let role = crate::helpers::unique("accessgov_scram_probe");
+    let password = "correct horse battery staple 'quoted' \\ and $igns";
+    let mut conn = admin.acquire().await.unwrap();
+    sqlx::query("SET password_encryption = 'scram-sha-256'").execute(&mut *conn).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE \"{role}\" NOLOGIN PASSWORD {}",
+        accessgov::db::quote_literal(password)
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let stored: String = sqlx::query_scalar("SELECT rolpassword FROM pg_authid WHERE rolname = $1")
+        .bind(&role)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE \"{role}\""))).execute(&mut *conn).await.unwrap();
+    drop(conn);
+    admin.close().await;
+    let (iterations, salt) = scram_salt(&stored);
+    assert_eq!(scram_verifier(password, &salt, iterations), stored);
+}
+
+/// The iterations and salt of a stored `SCRAM-SHA-256$<i>:<salt>$...` verifier.
+pub fn scram_salt(stored: &str) -> (u32, Vec<u8>) {
+    use base64::Engine;
+    let params = stored.strip_prefix("SCRAM-SHA-256$").and_then(|r| r.split('$').next()).expect("a SCRAM verifier");
+    let (iterations, salt) = params.split_once(':').unwrap();
+    (iterations.parse().unwrap(), base64::engine::general_purpose::STANDARD.decode(salt).unwrap())
 }

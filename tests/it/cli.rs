@@ -129,8 +129,10 @@ async fn sigterm_stops_the_service_cleanly_with_exit_code_zero() {
     let db = crate::helpers::unique("accessgov_test");
     let prefix = crate::helpers::unique("agtest");
     let (ingress, ops) = (free_port(), free_port());
+    // The service connects as the runtime role; `--migrate` runs as the owner,
+    // named by the environment override.
     let text = EXAMPLE_CONFIG
-        .replace("postgres://postgres@127.0.0.1:5432/accessgov", &format!("{}/{db}", crate::helpers::pg_server_url()))
+        .replace("postgres://postgres@127.0.0.1:5432/accessgov", &format!("{}/{db}", crate::helpers::app_server_url()))
         .replace("amqp://guest:guest@127.0.0.1:5672/%2f", &crate::helpers::amqp_url())
         .replace("prefix = \"accessgov\"", &format!("prefix = \"{prefix}\""))
         .replace("listen = \"0.0.0.0:8080\"", &format!("listen = \"127.0.0.1:{ingress}\""))
@@ -140,6 +142,8 @@ async fn sigterm_stops_the_service_cleanly_with_exit_code_zero() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_accessgov"))
         .args(["all", "--migrate", "--config", &path])
         .envs(SECRETS.iter().copied())
+        .env("ACCESSGOV_DATABASE_MIGRATE_URL", format!("{}/{db}", crate::helpers::pg_server_url()))
+        .env_remove("ACCESSGOV_DATABASE_URL")
         .env("RUST_LOG", "info")
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -168,6 +172,70 @@ async fn sigterm_stops_the_service_cleanly_with_exit_code_zero() {
     let ch = conn.create_channel().await.unwrap();
     accessgov::broker::topology::delete(&ch, &names).await.unwrap();
     let admin = sqlx::PgPool::connect(&format!("{}/postgres", crate::helpers::pg_server_url())).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_runs_as_the_owner_and_sets_the_runtime_role_password_without_showing_it() {
+    use crate::helpers::{app_server_url, pg_server_url, unique};
+    let db = unique("accessgov_test");
+    let owner_url = format!("{}/{db}", pg_server_url());
+    let text = EXAMPLE_CONFIG
+        .replace("postgres://postgres@127.0.0.1:5432/accessgov", &format!("{}/{db}", app_server_url()))
+        .replacen("[database]\n", "[database]\napp_password_env = \"ACCESSGOV_TEST_DB_APP_PASSWORD\"\n", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, &text);
+    let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+    let migrate = |env: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_accessgov"));
+        cmd.args(["migrate", "--config", &path])
+            .env_remove("ACCESSGOV_CONFIG")
+            .env_remove("ACCESSGOV_DATABASE_URL")
+            .env_remove("ACCESSGOV_TEST_DB_APP_PASSWORD")
+            .env("ACCESSGOV_DATABASE_MIGRATE_URL", &owner_url)
+            // Even at debug level nothing prints the password or its verifier.
+            .env("RUST_LOG", "debug");
+        cmd.envs(env.iter().copied());
+        cmd.output().expect("binary runs")
+    };
+
+    // A configured but missing password fails first, naming the variable, and changes nothing.
+    let missing = migrate(&[]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("ACCESSGOV_TEST_DB_APP_PASSWORD"));
+
+    let out = migrate(&[("ACCESSGOV_TEST_DB_APP_PASSWORD", &password)]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("set the password of role accessgov_app (from env ACCESSGOV_TEST_DB_APP_PASSWORD)"),
+        "{stdout}"
+    );
+    for shown in [stdout.as_ref(), stderr.as_ref()] {
+        assert!(!shown.contains(&password) && !shown.contains("SCRAM-SHA-256$"), "{shown}");
+    }
+
+    let admin = sqlx::PgPool::connect(&owner_url).await.unwrap();
+    let stored: String = sqlx::query_scalar("SELECT rolpassword FROM pg_authid WHERE rolname = 'accessgov_app'")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    let (iterations, salt) = crate::audit::scram_salt(&stored);
+    assert_eq!(accessgov::db::scram_verifier(&password, &salt, iterations), stored, "a login with it succeeds");
+    // The owner of the URL owns the tables; the runtime role owns nothing.
+    let owners: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT tableowner::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
+            .fetch_all(&admin)
+            .await
+            .unwrap();
+    let me: String = sqlx::query_scalar("SELECT current_user::text").fetch_one(&admin).await.unwrap();
+    assert_eq!(owners, [me]);
+    admin.close().await;
+
+    let admin = sqlx::PgPool::connect(&format!("{}/postgres", pg_server_url())).await.unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")))
         .execute(&admin)
         .await

@@ -5,11 +5,13 @@
 //! flat memory that re-verifies offline, `grants list`, and the admin API.
 
 use crate::helpers::provider::FakeProvider;
-use crate::helpers::{EXAMPLE_CONFIG, TestApp, eventually, fixture, spawn_app, spawn_live_app, test_config};
+use crate::helpers::{
+    EXAMPLE_CONFIG, TestApp, eventually, fake_connectors, fixture, spawn_app, spawn_live_app, test_config,
+};
 use accessgov::audit::{GENESIS, canonical, chain_hash};
 use accessgov::broker::Broker;
 use accessgov::connectors::ConnectorError;
-use accessgov::dead_letters::{self, ReplayError};
+use accessgov::dead_letters::{self, DeadLetter, Filter, ReplayError, StateFilter};
 use accessgov::operator::{Operator, Via};
 use serde_json::{Value, json};
 use std::process::{Command, Output};
@@ -300,6 +302,167 @@ async fn a_second_replay_is_refused_and_a_forced_one_provisions_nothing_twice() 
     assert_eq!(actors, ["alice", "bob"]);
     let missing = dead_letters::replay(&app.pool, &broker, 999_999, &bob, false, Duration::from_secs(5)).await;
     assert!(matches!(missing, Err(ReplayError::NotFound(999_999))));
+    broker.close().await;
+}
+
+/// The open dead letter of an event, if any.
+async fn open_dead_letter(app: &TestApp, event: uuid::Uuid) -> Option<DeadLetter> {
+    let open = Filter { state: StateFilter::Open, ..Default::default() };
+    dead_letters::list(&app.pool, &open).await.unwrap().into_iter().find(|d| d.event_id == Some(event))
+}
+
+/// `(action, dead_letter_id)` of the event's `dead_lettered` and `replayed` audit rows, in order.
+async fn deaths_and_replays(app: &TestApp, event: uuid::Uuid) -> Vec<(String, Option<i64>)> {
+    sqlx::query_as(
+        "SELECT action, (detail->>'dead_letter_id')::bigint FROM audit_log \
+         WHERE event_id = $1 AND action IN ('dead_lettered', 'replayed') ORDER BY seq",
+    )
+    .bind(event)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_dead_letter_that_dies_again_is_reopened_with_the_new_error_and_both_deaths_audited() {
+    let (app, provider) = spawn_live_app(|_| {}).await;
+    let (event, dl) = outage(&app, &provider, &["u1"]).await[0];
+    let first = dead_letters::get(&app.pool, dl).await.unwrap().unwrap();
+    assert_eq!((first.error_class.as_str(), first.attempts), ("transient", 3));
+
+    // The provider now refuses for good: the replay dies at its first attempt.
+    *provider.always.lock().unwrap() = Some(ConnectorError::Permanent { reason: "403 group is read-only".into() });
+    let broker = Broker::new(&app.config.broker.url, app.names.clone());
+    let alice = Operator::new("alice", Via::Cli).unwrap();
+    dead_letters::replay(&app.pool, &broker, dl, &alice, false, Duration::from_secs(5)).await.unwrap();
+    let again = eventually("an open dead letter after the second death", WAIT, || open_dead_letter(&app, event)).await;
+    assert_eq!(again.id, dl, "the replayed dead letter reopens (not a second inbox entry)");
+    assert_eq!(again.error_class, "permanent");
+    assert!(again.last_error.contains("403 group is read-only"), "{}", again.last_error);
+    assert_eq!((again.attempts, again.deaths), (first.attempts + 1, 2), "attempts and deaths add up");
+    let history = again.attempt_history.as_array().unwrap();
+    assert_eq!(history.len(), 4, "the first death's history is kept: {history:?}");
+    assert_eq!(
+        (history[0]["error_class"].as_str(), history[3]["error_class"].as_str()),
+        (Some("transient"), Some("permanent"))
+    );
+    assert_eq!((again.replayed_at, again.replayed_by), (None, None));
+    assert_eq!(
+        deaths_and_replays(&app, event).await,
+        [("dead_lettered".into(), Some(dl)), ("replayed".into(), Some(dl)), ("dead_lettered".into(), Some(dl))]
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE event_id = $1")
+        .bind(event)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+
+    // Open again, it replays without --force once the cause is fixed.
+    *provider.always.lock().unwrap() = None;
+    let before = provider.calls().len();
+    dead_letters::replay(&app.pool, &broker, dl, &alice, false, Duration::from_secs(5)).await.unwrap();
+    processed(&app, event).await;
+    assert_eq!(grant_calls(&provider, before), vec![("grant", "u1".to_owned(), GROUP.to_owned())]);
+    broker.close().await;
+}
+
+/// Takes the next message off `queue` (unacked), as a consumer outside accessgov.
+async fn take(ch: &lapin::Channel, queue: &str) -> lapin::message::BasicGetMessage {
+    eventually(&format!("a message on {queue}"), WAIT, || async {
+        ch.basic_get(queue.into(), lapin::options::BasicGetOptions { no_ack: false }).await.unwrap()
+    })
+    .await
+}
+
+/// Rejects the next request without requeue: the broker dead-letters it (`rejected`).
+async fn broker_kills_next_request(ch: &lapin::Channel, app: &TestApp) {
+    let m = take(ch, &app.names.requests).await;
+    m.nack(lapin::options::BasicNackOptions { requeue: false, ..Default::default() }).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_the_broker_dead_letters_again_is_recorded_once_per_death_even_if_redelivered() {
+    let (mut app, provider) = spawn_live_app(|_| {}).await;
+    // No worker consumes while the test plays the broker killing requests (the
+    // quorum queue dead-letters a rejected message; so it does at the delivery limit).
+    app.stop().await;
+    let body: Value = serde_json::from_slice(&grant(7, "u1")).unwrap();
+    let normalized =
+        accessgov::ingress::normalize::normalize(&body, &Default::default(), &app.config.jsm, chrono::Utc::now());
+    let accessgov::ingress::normalize::Normalized::Accepted(event) = normalized else { panic!("{normalized:?}") };
+    let broker = Broker::new(&app.config.broker.url, app.names.clone());
+    broker.publish_event(&event, 0, Duration::from_secs(5)).await.unwrap();
+    let conn = lapin::Connection::connect(&app.config.broker.url, Default::default()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+
+    broker_kills_next_request(&ch, &app).await;
+    let (worker, stop) = app.extra_worker(fake_connectors(&provider)).await;
+    let first = eventually("the first death", WAIT, || open_dead_letter(&app, event.event_id)).await;
+    assert_eq!(first.error_class, "rejected");
+    stop.cancel();
+    worker.wait().await.unwrap();
+
+    let alice = Operator::new("alice", Via::Cli).unwrap();
+    dead_letters::replay(&app.pool, &broker, first.id, &alice, false, Duration::from_secs(5)).await.unwrap();
+    broker_kills_next_request(&ch, &app).await;
+    // The drain gets this death twice, as when it stopped before its ack: the
+    // same dead message (body and headers) is in the dead queue two times.
+    let dead = take(&ch, &app.names.dead).await;
+    for _ in 0..2 {
+        ch.basic_publish(
+            "".into(),
+            app.names.dead.as_str().into(),
+            Default::default(),
+            &dead.data,
+            dead.properties.clone(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    dead.ack(lapin::options::BasicAckOptions::default()).await.unwrap();
+
+    let (worker, stop) = app.extra_worker(fake_connectors(&provider)).await;
+    let again =
+        eventually("an open dead letter after the second death", WAIT, || open_dead_letter(&app, event.event_id)).await;
+    assert_eq!(again.id, first.id, "the replayed dead letter reopens");
+    // Both copies drained: the dead queue empties, then the worker finishes in-flight work.
+    let dead_queue_len = || async {
+        ch.queue_declare(
+            app.names.dead.as_str().into(),
+            lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .message_count()
+    };
+    eventually("the dead queue to drain", WAIT, || async { (dead_queue_len().await == 0).then_some(()) }).await;
+    stop.cancel();
+    worker.wait().await.unwrap();
+    assert_eq!(dead_queue_len().await, 0);
+
+    assert_eq!(
+        deaths_and_replays(&app, event.event_id).await,
+        [
+            ("dead_lettered".into(), Some(first.id)),
+            ("replayed".into(), Some(first.id)),
+            ("dead_lettered".into(), Some(first.id))
+        ],
+        "each death audited once; the redelivered copy is not a third"
+    );
+    let again = dead_letters::get(&app.pool, first.id).await.unwrap().unwrap();
+    assert_eq!((again.deaths, again.attempts, again.state()), (2, 2, dead_letters::State::Open));
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letter_deaths WHERE dead_letter_id = $1")
+        .bind(first.id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 2);
+    assert!(provider.calls().is_empty(), "the request never reached the provider");
+    let _ = conn.close(200, "done".into()).await;
     broker.close().await;
 }
 

@@ -26,19 +26,38 @@ pub fn amqp_url() -> String {
     std::env::var("ACCESSGOV_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-/// The server URL without a database name.
+/// The server URL without a database name, as a role that may create databases
+/// and roles: tests migrate with it and use it for their own checks.
 pub fn pg_server_url() -> String {
     std::env::var("ACCESSGOV_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// The server URL without a database name, as the least-privilege runtime role the
+/// migrations create: what the services under test connect as.
+/// `ACCESSGOV_TEST_APP_DATABASE_URL`, else [`pg_server_url`] with its user
+/// replaced (no password: trust authentication on the test server).
+pub fn app_server_url() -> String {
+    std::env::var("ACCESSGOV_TEST_APP_DATABASE_URL")
+        .unwrap_or_else(|_| with_user(&pg_server_url(), accessgov::db::RUNTIME_ROLE))
+}
+
+/// `scheme://user[:password]@host...` -> `scheme://<user>@host...`.
+pub fn with_user(url: &str, user: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL with a scheme");
+    let host = rest.split_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{user}@{host}")
 }
 
 pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("{}/tests/fixtures/jsm/{name}", env!("CARGO_MANIFEST_DIR"))).expect("fixture exists")
 }
 
-/// A test config: the example file, with this test's database, prefix and port-0 listeners.
+/// A test config: the example file, with this test's database, prefix and port-0
+/// listeners. The services connect as the runtime role; migrations run as the owner.
 pub fn test_config(db_name: &str, prefix: &str) -> Config {
     let mut c = Config::parse(EXAMPLE_CONFIG).expect("example config parses");
-    c.database.url = format!("{}/{db_name}", pg_server_url());
+    c.database.url = format!("{}/{db_name}", app_server_url());
+    c.database.migrate_url = Some(format!("{}/{db_name}", pg_server_url()));
     c.database.max_connections = 5;
     c.broker.url = amqp_url();
     c.broker.prefix = prefix.to_owned();
@@ -131,8 +150,9 @@ pub async fn spawn_app_full(tweak: impl FnOnce(&mut Config), connectors: Connect
     TestApp {
         addr: app.ingress_addr.expect("ingress runs"),
         ops_addr: app.ops_addr,
-        // The test's own pool: it outlives the app (tests stop and restart roles).
-        pool: PgPool::connect(&config.database.url).await.expect("test pool"),
+        // The test's own pool, as the owner (tests read and tamper with tables
+        // directly); it outlives the app (tests stop and restart roles).
+        pool: PgPool::connect(config.database.migrate_url()).await.expect("test pool"),
         names: Names::new(&config.broker.prefix, &config.broker.retry_delays),
         config,
         http: reqwest::Client::new(),
@@ -181,7 +201,8 @@ impl TestApp {
         (app, token)
     }
 
-    /// Stops the app and waits for it.
+    /// Stops the app and waits for it. Later [`TestApp::extra_worker`]s run
+    /// (a child of a cancelled token would stop at once) and stop on drop.
     pub async fn stop(&mut self) {
         self.token.cancel();
         if let Some(app) = self.app.take() {
@@ -190,6 +211,7 @@ impl TestApp {
                 .expect("app stops within 15s")
                 .expect("app stops cleanly");
         }
+        self.token = CancellationToken::new();
     }
 }
 
