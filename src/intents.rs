@@ -46,7 +46,11 @@ impl Intent {
     }
 
     pub fn provider_op(&self) -> ProviderOp {
-        if self.op == "grant" { ProviderOp::Grant(self.target.clone()) } else { ProviderOp::Revoke(self.target.clone()) }
+        if self.op == "grant" {
+            ProviderOp::Grant(self.target.clone())
+        } else {
+            ProviderOp::Revoke(self.target.clone())
+        }
     }
 
     /// An audit row about this intent, attributed to its event.

@@ -160,7 +160,11 @@ pub async fn publish_dead(
 /// Idempotent per death ([`dead_key`]): a redelivery of the same dead message
 /// records nothing.
 pub async fn record(pool: &PgPool, body: &[u8], props: &BasicProperties) -> Result<(), sqlx::Error> {
-    let event = AccessEvent::decode(body).ok();
+    let decoded = AccessEvent::decode(body).ok();
+    let event_id = decoded.as_ref().map(|e| e.event_id);
+    // A body with a NUL character (raw, or escaped as \u0000) cannot be stored
+    // as text or jsonb: it is kept as raw text (hex if need be), like poison.
+    let event = decoded.filter(|_| !has_nul(body));
     let death_reason =
         props.headers().as_ref().and_then(|h| h.inner().get("x-first-death-reason").cloned()).and_then(|v| match v {
             AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
@@ -168,6 +172,10 @@ pub async fn record(pool: &PgPool, body: &[u8], props: &BasicProperties) -> Resu
         });
     let (class, error) = match (header_str(props, ERROR_CLASS_HEADER), &event) {
         (Some(class), _) => (class, header_str(props, ERROR_HEADER).unwrap_or_default()),
+        (None, None) if event_id.is_some() => (
+            "poison".to_owned(),
+            "the message holds a value the database refuses (a NUL character); it can never be processed".to_owned(),
+        ),
         (None, None) => ("poison".to_owned(), "the message is not a readable access event".to_owned()),
         (None, Some(_)) if death_reason.as_deref() == Some("delivery_limit") => {
             ("delivery_limit".to_owned(), "the message was delivered too many times without being acked".to_owned())
@@ -230,7 +238,7 @@ pub async fn record(pool: &PgPool, body: &[u8], props: &BasicProperties) -> Resu
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (dead_key) DO NOTHING RETURNING id",
             )
             .bind(&dead_key)
-            .bind(event.as_ref().map(|e| e.event_id))
+            .bind(event_id)
             .bind(event.as_ref().map(|e| e.ticket.key.clone()))
             .bind(event.as_ref().and_then(|e| e.application.clone()))
             .bind(event.as_ref().map(|e| serde_json::to_value(e.action).ok().and_then(|v| v.as_str().map(str::to_owned))).unwrap_or_default())
@@ -256,6 +264,7 @@ pub async fn record(pool: &PgPool, body: &[u8], props: &BasicProperties) -> Resu
         }
     };
     let mut e = AuditEntry::new("dead_lettered", "failed");
+    e.event_id = event_id;
     if let Some(ev) = &event {
         e.event_id = Some(ev.event_id);
         e.ticket = Some(ev.ticket.key.clone());
@@ -270,6 +279,10 @@ pub async fn record(pool: &PgPool, body: &[u8], props: &BasicProperties) -> Resu
     tx.commit().await?;
     tracing::warn!(class = %class, dead_letter_id = id, death = deaths, "request dead-lettered; see dead_letters");
     Ok(())
+}
+
+fn has_nul(body: &[u8]) -> bool {
+    body.contains(&0) || body.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000"))
 }
 
 /// Records one death of dead letter `id`; false when this death (its key) is recorded already.

@@ -161,7 +161,6 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
     let plan = grants::plan(&ledger, &eff.request, &event.ticket.key, event.occurred_at);
     let dry_run = ctx.config.applications.get(eff.application).is_none_or(|a| a.dry_run);
 
-
     // The ledger mirrors what the providers really hold: a dry run records its
     // would-be calls in the audit trail but never takes or releases a hold, so
     // switching an application live later starts from the true state.
@@ -246,7 +245,8 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
                     let mut e = entry(&event, "cancelled", "skipped");
                     e.application = Some(eff.application.to_owned());
                     e.target = Some(op_target(op).to_owned());
-                    e.detail = json!({"op": op, "cancels_intent": other.id, "of_ticket": other.ticket, "reason": reason});
+                    e.detail =
+                        json!({"op": op, "cancels_intent": other.id, "of_ticket": other.ticket, "reason": reason});
                     rows.push(e);
                 }
             }
