@@ -11,4 +11,5 @@ mod helpers;
 mod ingress;
 mod jsm_flow;
 mod operator;
+mod pipeline;
 mod worker;

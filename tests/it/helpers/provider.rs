@@ -27,6 +27,8 @@ pub struct FakeProvider {
     pub always: Mutex<Option<ConnectorError>>,
     /// Time each call takes.
     pub latency: Mutex<Duration>,
+    /// Calls on these targets fail with the error.
+    pub fail_targets: Mutex<std::collections::BTreeMap<String, ConnectorError>>,
 }
 
 impl FakeProvider {
@@ -58,6 +60,9 @@ impl FakeProvider {
             return Err(e);
         }
         if let Some(e) = self.always.lock().unwrap().clone() {
+            return Err(e);
+        }
+        if let Some(e) = self.fail_targets.lock().unwrap().get(&target.name).cloned() {
             return Err(e);
         }
         let key = (subject.account_id.clone(), target.name.clone());
