@@ -216,6 +216,12 @@ pub struct WorkerConfig {
     /// than a provider call with its in-process retries.
     #[serde(deserialize_with = "duration::de")]
     pub intent_lease: Duration,
+    /// Deliveries recorded together in one transaction (group commit): one
+    /// audit-chain lock and one WAL flush per batch instead of per event.
+    pub batch_max: usize,
+    /// How long a batch waits for deliveries the broker has not pushed yet.
+    #[serde(deserialize_with = "duration::de")]
+    pub batch_wait: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -227,6 +233,8 @@ impl Default for WorkerConfig {
             max_inline_wait: Duration::from_secs(5),
             expiry_interval: Duration::from_secs(60),
             intent_lease: Duration::from_secs(120),
+            batch_max: 64,
+            batch_wait: Duration::from_millis(2),
         }
     }
 }

@@ -88,9 +88,12 @@ pub async fn run(ctx: Arc<WorkerContext>, shutdown: CancellationToken) {
 
 async fn lane(ctx: Arc<WorkerContext>, lane: Lane, shutdown: CancellationToken) {
     let mut backoff = MIN_BACKOFF;
+    // One limit for the lane's lifetime: after a reconnect, deliveries of the
+    // lost session still being finished keep counting against it.
+    let slots = Arc::new(Semaphore::new(ctx.config.worker.concurrency.max(1)));
     while !shutdown.is_cancelled() {
         let mut consumed = false;
-        match consume(&ctx, lane, &shutdown, &mut consumed).await {
+        match consume(&ctx, lane, &shutdown, &mut consumed, &slots).await {
             Ok(()) => break,
             Err(e) => {
                 // A session that got as far as consuming was a recovery: a later outage
@@ -115,6 +118,7 @@ async fn consume(
     lane: Lane,
     shutdown: &CancellationToken,
     consumed: &mut bool,
+    slots: &Arc<Semaphore>,
 ) -> anyhow::Result<()> {
     let names = ctx.broker.names().clone();
     let queue = match lane {
@@ -138,7 +142,7 @@ async fn consume(
     tracing::info!(queue = %queue, prefetch = ctx.config.broker.prefetch, concurrency = ctx.config.worker.concurrency, "worker consuming");
 
     let tracker = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(ctx.config.worker.concurrency.max(1)));
+    let (batch_max, batch_wait) = (ctx.config.worker.batch_max.max(1), ctx.config.worker.batch_wait);
     let result = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
@@ -146,16 +150,45 @@ async fn consume(
                 None => break Err(anyhow::anyhow!("the broker closed the consumer")),
                 Some(Err(e)) => break Err(e.into()),
                 Some(Ok(delivery)) => {
-                    let permit = slots.clone().acquire_owned().await?;
+                    let mut permits = slots.clone().acquire_owned().await?;
                     let ctx = ctx.clone();
                     let shutdown = shutdown.clone();
-                    tracker.spawn(async move {
-                        match lane {
-                            Lane::Requests => handle_delivery(&ctx, delivery, &shutdown).await,
-                            Lane::Dead => handle_dead(&ctx, delivery, &shutdown).await,
+                    if lane == Lane::Dead {
+                        tracker.spawn(async move {
+                            handle_dead(&ctx, delivery, &shutdown).await;
+                            drop(permits);
+                        });
+                        continue;
+                    }
+                    // Group commit: what the broker has already pushed joins this
+                    // delivery's batch (bounded by size, a short wait and free slots).
+                    let mut batch = vec![delivery];
+                    let mut lost: Option<anyhow::Error> = None;
+                    while batch.len() < batch_max {
+                        let Ok(more) = slots.clone().try_acquire_owned() else { break };
+                        match tokio::time::timeout(batch_wait, consumer.next()).await {
+                            Ok(Some(Ok(d))) => {
+                                permits.merge(more);
+                                batch.push(d);
+                            }
+                            Ok(Some(Err(e))) => {
+                                lost = Some(e.into());
+                                break;
+                            }
+                            Ok(None) => {
+                                lost = Some(anyhow::anyhow!("the broker closed the consumer"));
+                                break;
+                            }
+                            Err(_) => break,
                         }
-                        drop(permit);
+                    }
+                    tracker.spawn(async move {
+                        handle_batch(&ctx, batch, &shutdown).await;
+                        drop(permits);
                     });
+                    if let Some(e) = lost {
+                        break Err(e);
+                    }
                 }
             }
         }
@@ -206,25 +239,109 @@ async fn handle_dead(ctx: &WorkerContext, delivery: lapin::message::Delivery, sh
     }
 }
 
-async fn handle_delivery(ctx: &WorkerContext, delivery: lapin::message::Delivery, shutdown: &CancellationToken) {
-    let attempt = dead::header_int(&delivery.properties, crate::broker::publisher::ATTEMPT_HEADER)
-        .unwrap_or(0)
-        .clamp(0, 1000) as u32;
-    // Database trouble: keep the message, unacked, and try again; a shutdown
-    // leaves it for redelivery.
-    let Some(outcome) = persist("recording the event", shutdown, || async {
-        match process::process_one(ctx, &delivery.data, attempt).await {
-            // Retrying cannot fix the message's own data: dead-letter it, keep the queue moving.
-            Err(e) if retry::is_data_error(&e) => {
-                Ok(Outcome::Poison(format!("the database refused a value of this message: {e}")))
-            }
-            other => other,
+fn attempt_of(delivery: &lapin::message::Delivery) -> u32 {
+    dead::header_int(&delivery.properties, crate::broker::publisher::ATTEMPT_HEADER).unwrap_or(0).clamp(0, 1000) as u32
+}
+
+/// Database trouble keeps a message unacked and is retried; a data error (the
+/// message's own values) makes it poison instead.
+fn data_error_is_poison<T>(r: Result<T, sqlx::Error>, poison: impl FnOnce() -> T) -> Result<T, sqlx::Error> {
+    match r {
+        Err(e) if retry::is_data_error(&e) => {
+            tracing::error!(error = %e, "the database refused a value of this message");
+            Ok(poison())
         }
-    })
-    .await
-    else {
+        other => other,
+    }
+}
+
+/// Decides every delivery of the batch (no transaction open), records the
+/// decided ones in one transaction, then finishes and settles each.
+async fn handle_batch(ctx: &WorkerContext, batch: Vec<lapin::message::Delivery>, shutdown: &CancellationToken) {
+    let poison = |e: &sqlx::Error| Outcome::Poison(format!("the database refused a value of this message: {e}"));
+    let staged = futures_util::future::join_all(batch.iter().map(|d| async move {
+        let attempt = attempt_of(d);
+        persist("deciding the event", shutdown, || async {
+            match process::prepare(ctx, &d.data, attempt).await {
+                Err(e) if retry::is_data_error(&e) => Ok(process::Staged::Done(poison(&e))),
+                other => other,
+            }
+        })
+        .await
+    }))
+    .await;
+    let mut ready: Vec<(lapin::message::Delivery, Box<process::Prepared>)> = Vec::new();
+    let mut settled = Vec::new();
+    for (delivery, staged) in batch.into_iter().zip(staged) {
+        match staged {
+            // Shutdown: left unacked for redelivery.
+            None => {}
+            Some(process::Staged::Done(outcome)) => settled.push((delivery, outcome)),
+            Some(process::Staged::Ready(p)) => ready.push((delivery, p)),
+        }
+    }
+    let prepared: Vec<Box<process::Prepared>> = ready.iter().map(|(_, p)| p.clone()).collect();
+    let Some(afters) = persist("recording the batch", shutdown, || record(ctx, &prepared)).await else {
         return;
     };
+    let finishing = ready.into_iter().zip(afters).map(|((delivery, p), after)| async move {
+        let outcome = match after {
+            Err(outcome) => Some(outcome),
+            Ok(after) => {
+                persist("finishing the event", shutdown, || async {
+                    data_error_is_poison(process::finish(ctx, &p, after.clone()).await, || {
+                        Outcome::Poison("the database refused a value of this message".into())
+                    })
+                })
+                .await
+            }
+        };
+        if let Some(outcome) = outcome {
+            settle(ctx, delivery, outcome, shutdown).await;
+        }
+    });
+    let settling = settled.into_iter().map(|(delivery, outcome)| settle(ctx, delivery, outcome, shutdown));
+    futures_util::future::join(futures_util::future::join_all(finishing), futures_util::future::join_all(settling))
+        .await;
+}
+
+/// Records the batch; when the database refuses one message's values, records
+/// each on its own so that only that one becomes poison.
+async fn record(
+    ctx: &WorkerContext,
+    prepared: &[Box<process::Prepared>],
+) -> Result<Vec<Result<process::After, Outcome>>, sqlx::Error> {
+    match process::record_batch(ctx, prepared).await {
+        Ok(afters) => return Ok(afters.into_iter().map(Ok).collect()),
+        Err(e) if retry::is_data_error(&e) && prepared.len() > 1 => {
+            tracing::warn!(error = %e, size = prepared.len(), "a batch met a data error; recording its events one by one");
+        }
+        Err(e) if retry::is_data_error(&e) => {
+            return Ok(vec![Err(Outcome::Poison(format!("the database refused a value of this message: {e}")))]);
+        }
+        Err(e) => return Err(e),
+    }
+    let mut out = Vec::with_capacity(prepared.len());
+    for p in prepared {
+        out.push(match process::record_batch(ctx, std::slice::from_ref(p)).await {
+            Ok(mut a) => Ok(a.remove(0)),
+            Err(e) if retry::is_data_error(&e) => {
+                Err(Outcome::Poison(format!("the database refused a value of this message: {e}")))
+            }
+            Err(e) => return Err(e),
+        });
+    }
+    Ok(out)
+}
+
+/// Acks, retries or dead-letters a delivery according to its outcome.
+async fn settle(
+    ctx: &WorkerContext,
+    delivery: lapin::message::Delivery,
+    outcome: Outcome,
+    shutdown: &CancellationToken,
+) {
+    let attempt = attempt_of(&delivery);
     crate::metrics::worker_event(outcome.label());
     let timeout = ctx.config.broker.confirm_timeout;
     let settled = match &outcome {

@@ -44,23 +44,65 @@ impl Outcome {
     }
 }
 
-/// Processes one message body delivered for the `attempt`-th time (0 = first).
-/// `Err` means infrastructure trouble (the database): the caller retries later.
+/// Processes one message body delivered for the `attempt`-th time (0 = first),
+/// in a batch of its own. `Err` means infrastructure trouble (the database):
+/// the caller retries later.
 pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Result<Outcome, sqlx::Error> {
+    let p = match prepare(ctx, body, attempt).await? {
+        Staged::Done(outcome) => return Ok(outcome),
+        Staged::Ready(p) => p,
+    };
+    let after = record_batch(ctx, std::slice::from_ref(&p)).await?.remove(0);
+    finish(ctx, &p, after).await
+}
+
+/// A delivery decided outside any transaction, ready to be recorded.
+#[derive(Clone)]
+pub struct Prepared {
+    event: AccessEvent,
+    attempt: u32,
+    decision: Decision,
+}
+
+/// What preparing a delivery gave.
+pub enum Staged {
+    /// Finished without a batch: poison, a resumed run, a recorded failure.
+    Done(Outcome),
+    Ready(Box<Prepared>),
+}
+
+/// What the batch transaction made of one event, finished after COMMIT.
+#[derive(Clone)]
+pub enum After {
+    /// Nothing left but telling the ticket.
+    Done {
+        label: &'static str,
+        note: Option<WriteBack>,
+    },
+    Duplicate,
+    /// Its intents are committed: run them.
+    Execute,
+}
+
+/// Decodes and decides a delivery, with the I/O the decision needs (approver
+/// groups and approval verification through JSM, the ticket's last revoke), and
+/// no transaction open.
+pub async fn prepare(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Result<Staged, sqlx::Error> {
     let event = match AccessEvent::decode(body) {
         Ok(e) => e,
-        Err(e) => return Ok(Outcome::Poison(e.to_string())),
+        Err(e) => return Ok(Staged::Done(Outcome::Poison(e.to_string()))),
     };
     // Its decision is committed already (a crash, a retry): finish its intents.
     if crate::intents::running(&ctx.pool, event.event_id).await? {
-        return execute(ctx, &event, attempt).await;
+        return Ok(Staged::Done(execute(ctx, &event, attempt).await?));
     }
     let approver_groups = match ctx.approver_groups(&event).await {
         Ok(groups) => groups,
         Err(e) => {
             let rows = if attempt == 0 { vec![received_row(&event)] } else { Vec::new() };
             let what = json!({"op": "jsm_user_groups", "why": "resolve group: approvers"});
-            return record_failure(ctx, &event, rows, attempt, jsm_error(e), what, event.application.as_deref()).await;
+            let failed = record_failure(ctx, &event, rows, attempt, jsm_error(e), what, event.application.as_deref());
+            return Ok(Staged::Done(failed.await?));
         }
     };
     let last_revoke_at = match event.app_status {
@@ -79,34 +121,81 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
                 let mut rows = if attempt == 0 { vec![received_row(&event)] } else { Vec::new() };
                 rows.extend(decided_rows(&event, &decision));
                 let what = json!({"op": "jsm_verify_approval"});
-                return record_failure(ctx, &event, rows, attempt, jsm_error(e), what, event.application.as_deref())
-                    .await;
+                let app = event.application.as_deref();
+                return Ok(Staged::Done(record_failure(ctx, &event, rows, attempt, jsm_error(e), what, app).await?));
             }
         }
     }
+    Ok(Staged::Ready(Box::new(Prepared { event, attempt, decision })))
+}
 
+/// Records a batch of decided deliveries in ONE transaction: the subject locks
+/// taken up front in one global order (so batches never deadlock), the audit
+/// chain lock taken once, at the end, for every row of the batch; one COMMIT,
+/// one WAL flush. Nothing here waits on a provider.
+pub async fn record_batch(ctx: &WorkerContext, items: &[Box<Prepared>]) -> Result<Vec<After>, sqlx::Error> {
     let mut tx = ctx.pool.begin().await?;
-    match claim(&mut tx, &event, attempt).await? {
-        Claim::New => {}
-        Claim::Duplicate => {
-            tx.commit().await?;
-            tracing::info!(event_id = %event.event_id, ticket = %event.ticket.key, "duplicate event; nothing done again");
-            return Ok(Outcome::Duplicate);
-        }
-        Claim::Resume => {
-            tx.commit().await?;
-            return execute(ctx, &event, attempt).await;
-        }
+    let mut keys: Vec<i64> = items
+        .iter()
+        .filter_map(|p| effect(&p.decision).map(|e| grants::lock_key(e.application, &e.subject.account_id)))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    if !keys.is_empty() {
+        sqlx::query("SELECT pg_advisory_xact_lock(k) FROM (SELECT unnest($1::bigint[]) AS k ORDER BY 1) AS ordered")
+            .bind(&keys)
+            .execute(&mut *tx)
+            .await?;
     }
-    let mut rows = if attempt == 0 { vec![received_row(&event)] } else { Vec::new() };
-    rows.extend(decided_rows(&event, &decision));
+    let mut rows = Vec::new();
+    let mut afters = Vec::with_capacity(items.len());
+    for p in items {
+        afters.push(record(ctx, &mut tx, p, &mut rows).await?);
+    }
+    audit::append(&mut tx, &rows).await?;
+    tx.commit().await?;
+    Ok(afters)
+}
 
-    let Some(eff) = effect(&decision) else {
+/// After COMMIT: tell the ticket, or run the event's intents.
+pub async fn finish(ctx: &WorkerContext, p: &Prepared, after: After) -> Result<Outcome, sqlx::Error> {
+    match after {
+        After::Done { label, note } => {
+            if let Some(note) = note {
+                ctx.write_back(&p.event, note).await;
+            }
+            Ok(Outcome::Recorded(label))
+        }
+        After::Duplicate => {
+            tracing::info!(event_id = %p.event.event_id, ticket = %p.event.ticket.key, "duplicate event; nothing done again");
+            Ok(Outcome::Duplicate)
+        }
+        After::Execute => execute(ctx, &p.event, p.attempt).await,
+    }
+}
+
+/// One event's share of the batch transaction (the caller holds its subject lock).
+async fn record(
+    ctx: &WorkerContext,
+    tx: &mut PgConnection,
+    p: &Prepared,
+    rows: &mut Vec<AuditEntry>,
+) -> Result<After, sqlx::Error> {
+    let (event, attempt, decision) = (&p.event, p.attempt, &p.decision);
+    match claim(&mut *tx, event, attempt, rows).await? {
+        Claim::New => {}
+        Claim::Duplicate => return Ok(After::Duplicate),
+        Claim::Resume => return Ok(After::Execute),
+    }
+    if attempt == 0 {
+        rows.push(received_row(event));
+    }
+    rows.extend(decided_rows(event, decision));
+
+    let Some(eff) = effect(decision) else {
         let label = if matches!(decision, Decision::Refused { .. }) { "denied_by_policy" } else { "no_action" };
-        audit::append(&mut tx, &rows).await?;
-        complete(&mut tx, &event).await?;
-        tx.commit().await?;
-        let note = match &decision {
+        complete(&mut *tx, event).await?;
+        let note = match decision {
             Decision::Refused { reason } => {
                 WriteBack::Failure(format!("accessgov did not grant this request: {}.", reason.message()))
             }
@@ -115,22 +204,19 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
                 event.status.to
             )),
         };
-        ctx.write_back(&event, note).await;
-        return Ok(Outcome::Recorded(label));
+        return Ok(After::Done { label, note: Some(note) });
     };
 
     // Serialize effects for this (application, subject) across every worker.
-    grants::lock(&mut tx, eff.application, &eff.subject.account_id).await?;
-    if let Some(last) = ticket_progress(&mut tx, &event.ticket.key).await?
+    grants::lock(&mut *tx, eff.application, &eff.subject.account_id).await?;
+    if let Some(last) = ticket_progress(&mut *tx, &event.ticket.key).await?
         && event.occurred_at < last
     {
-        let mut e = entry(&event, "superseded", "skipped");
+        let mut e = entry(event, "superseded", "skipped");
         e.detail = json!({"reason": "a newer event of this ticket was already applied", "newer_event_at": last, "event_at": event.occurred_at});
         rows.push(e);
-        audit::append(&mut tx, &rows).await?;
-        complete(&mut tx, &event).await?;
-        tx.commit().await?;
-        return Ok(Outcome::Recorded("superseded"));
+        complete(&mut *tx, event).await?;
+        return Ok(After::Done { label: "superseded", note: None });
     }
 
     // Grants were checked by the decision; a ticket's revoke acts on the held
@@ -138,7 +224,7 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
     let subject = crate::connectors::subject_of(&ctx.config, eff.application, eff.subject, &event.raw_fields)
         .unwrap_or_else(|_| Subject::from_person(eff.subject));
     let subject_info = serde_json::to_value(&subject).ok();
-    let ledger = grants::load(&mut tx, eff.application, &eff.subject.account_id).await?;
+    let ledger = grants::load(&mut *tx, eff.application, &eff.subject.account_id).await?;
     if let grants::Request::Grant { targets, .. } | grants::Request::Change { targets, .. } = &eff.request
         && let Some((target, held)) = grants::identity_conflict(&ledger, targets, &subject)
     {
@@ -147,16 +233,13 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
             held: held.fields.clone(),
             requested: subject.fields.clone(),
         };
-        let mut e = entry(&event, "denied_by_policy", "refused");
+        let mut e = entry(event, "denied_by_policy", "refused");
         e.target = Some(target.to_owned());
         e.detail = json!({"code": reason.code(), "reason": reason.message()});
         rows.push(e);
-        audit::append(&mut tx, &rows).await?;
-        complete(&mut tx, &event).await?;
-        tx.commit().await?;
+        complete(&mut *tx, event).await?;
         let note = WriteBack::Failure(format!("accessgov refused this request: {}.", reason.message()));
-        ctx.write_back(&event, note).await;
-        return Ok(Outcome::Recorded("denied_by_policy"));
+        return Ok(After::Done { label: "denied_by_policy", note: Some(note) });
     }
     let plan = grants::plan(&ledger, &eff.request, &event.ticket.key, event.occurred_at);
     let dry_run = ctx.config.applications.get(eff.application).is_none_or(|a| a.dry_run);
@@ -167,7 +250,7 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
     let mut pending = 0;
     if dry_run {
         for op in &plan.ops {
-            let mut e = entry(&event, "dry_run", "skipped");
+            let mut e = entry(event, "dry_run", "skipped");
             e.target = Some(op_target(op).to_owned());
             e.detail = json!({"would": op, "reason": "application is in dry_run mode; no provider call made"});
             rows.push(e);
@@ -187,7 +270,7 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
                             _ => None,
                         })
                         .collect();
-                    crate::intents::holds_json(&mut tx, eff.application, &eff.subject.account_id, t, &released)
+                    crate::intents::holds_json(&mut *tx, eff.application, &eff.subject.account_id, t, &released)
                         .await?
                         .into_iter()
                         .map(|hold| json!({"kind": "restore_hold", "hold": hold}))
@@ -200,7 +283,7 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
         let revoked: Vec<String> =
             plan.ops.iter().filter(|o| matches!(o, ProviderOp::Revoke(_))).map(|o| op_target(o).to_owned()).collect();
         grants::apply(
-            &mut tx,
+            &mut *tx,
             &grants::Applied {
                 application: eff.application,
                 subject: &eff.subject.account_id,
@@ -233,7 +316,7 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
                 undo: json!(undo.remove(op_target(op)).unwrap_or_default()),
                 source,
             };
-            match crate::intents::record(&mut tx, &intent).await? {
+            match crate::intents::record(&mut *tx, &intent).await? {
                 crate::intents::Recorded::Pending(_) => pending += 1,
                 crate::intents::Recorded::Cancelled(other) => {
                     let reason = "a still-pending opposite call on the same access was cancelled; neither is needed";
@@ -242,7 +325,7 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
                         "skipped",
                         json!({"intent": other.id, "op": other.op, "cancelled_by": event.event_id, "reason": reason}),
                     ));
-                    let mut e = entry(&event, "cancelled", "skipped");
+                    let mut e = entry(event, "cancelled", "skipped");
                     e.application = Some(eff.application.to_owned());
                     e.target = Some(op_target(op).to_owned());
                     e.detail =
@@ -252,23 +335,18 @@ pub async fn process_one(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Resu
             }
         }
     }
-    set_ticket_progress(&mut tx, &event).await?;
+    set_ticket_progress(&mut *tx, event).await?;
     if !dry_run && matches!(eff.request, grants::Request::Revoke { scope: rules::RevokeScope::Ticket, .. }) {
-        mark_ticket_revoked(&mut tx, &event.ticket.key, event.occurred_at).await?;
+        mark_ticket_revoked(&mut *tx, &event.ticket.key, event.occurred_at).await?;
     }
-    rows.extend(plan.notes.iter().map(|n| note_entry(&event, n)));
-    audit::append(&mut tx, &rows).await?;
-    if pending == 0 {
-        complete(&mut tx, &event).await?;
-    }
-    tx.commit().await?;
+    rows.extend(plan.notes.iter().map(|n| note_entry(event, n)));
     if pending > 0 {
-        return execute(ctx, &event, attempt).await;
+        return Ok(After::Execute);
     }
-    tracing::info!(event_id = %event.event_id, ticket = %event.ticket.key, ops = plan.ops.len(), dry_run, "event applied");
+    complete(&mut *tx, event).await?;
     // (write_back itself stays silent for dry-run applications.)
-    ctx.write_back(&event, done_note(&event, &summary(&plan.ops, &plan.notes))).await;
-    Ok(Outcome::Recorded(if dry_run { "dry_run" } else { "applied" }))
+    let note = done_note(event, &summary(&plan.ops, &plan.notes));
+    Ok(After::Done { label: if dry_run { "dry_run" } else { "applied" }, note: Some(note) })
 }
 
 /// Runs the event's open intents, each after the older ones on its key, with no
@@ -335,7 +413,9 @@ async fn execute(ctx: &WorkerContext, event: &AccessEvent, attempt: u32) -> Resu
     let mut tx = ctx.pool.begin().await?;
     if !complete(&mut tx, event).await? {
         // Two deliveries of one event ran its intents together; the other finished first.
-        let duplicate = matches!(claim(&mut tx, event, attempt).await?, Claim::Duplicate);
+        let mut rows = Vec::new();
+        let duplicate = matches!(claim(&mut tx, event, attempt, &mut rows).await?, Claim::Duplicate);
+        audit::append(&mut tx, &rows).await?;
         tx.commit().await?;
         if duplicate {
             return Ok(Outcome::Duplicate);
@@ -440,6 +520,7 @@ fn jsm_error(e: crate::jsm::JsmError) -> ConnectorError {
 }
 
 /// What to tell the ticket.
+#[derive(Debug, Clone)]
 pub enum WriteBack {
     /// Provisioned: comment, then `transition_on_success`.
     Success(String),
@@ -463,7 +544,12 @@ enum Claim {
 /// processed event comes again), then takes the event's run. A failed attempt
 /// leaves no dedupe row: it is written by [`complete`], when everything the
 /// event caused is committed.
-async fn claim(tx: &mut PgConnection, event: &AccessEvent, attempt: u32) -> Result<Claim, sqlx::Error> {
+async fn claim(
+    tx: &mut PgConnection,
+    event: &AccessEvent,
+    attempt: u32,
+    rows: &mut Vec<AuditEntry>,
+) -> Result<Claim, sqlx::Error> {
     let processed: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM processed_events WHERE event_id = $1)")
         .bind(event.event_id)
         .fetch_one(&mut *tx)
@@ -485,7 +571,7 @@ async fn claim(tx: &mut PgConnection, event: &AccessEvent, attempt: u32) -> Resu
     if first_duplicate {
         let mut e = entry(event, "duplicate", "skipped");
         e.detail = json!({"dedupe_key": event.dedupe_key, "delivery_id": event.delivery_id, "attempt": attempt});
-        audit::append(tx, &[e]).await?;
+        rows.push(e);
     }
     Ok(Claim::Duplicate)
 }
