@@ -261,7 +261,8 @@ async fn a_message_the_database_refuses_is_dead_lettered_as_poison_and_never_sta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_releases_only_expired_holds_of_a_subject_that_also_holds_lasting_access() {
     let (app, provider) = spawn_live_app(|c| {
-        c.rules[0].max_duration = Some(Duration::from_secs(1)); // after its grant has run: an expiry that catches a pending grant cancels it instead;
+        // Expires after its grant has run (an expiry that catches a pending grant cancels it instead).
+        c.rules[0].max_duration = Some(Duration::from_secs(1));
         let mut read = c.rules[0].clone();
         read.access_level = "Read".into();
         read.groups = vec!["confluence-readers".into()];
