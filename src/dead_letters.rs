@@ -22,7 +22,7 @@ use crate::broker::Broker;
 use crate::broker::publisher::PublishError;
 use crate::config::Config;
 use crate::event::AccessEvent;
-use crate::grants::{self, Note, ProviderOp};
+use crate::grants::{Note, ProviderOp};
 use crate::operator::Operator;
 use crate::rules::{self, Decision};
 use chrono::{DateTime, Utc};
@@ -436,36 +436,27 @@ pub async fn preview(
 
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION READ ONLY").execute(&mut *tx).await?;
-    let processed: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM processed_events WHERE event_id = $1)")
-        .bind(event.event_id)
-        .fetch_one(&mut *tx)
-        .await?;
-    let effect = grants::effect(&decision);
-    if processed {
-        p.would = "duplicate";
-        p.remarks.push("the event was processed since it died; the worker would record a duplicate".into());
-    } else if let Some(grants::Effect { application, subject, request: req, .. }) = effect {
-        let last: Option<DateTime<Utc>> =
-            sqlx::query_scalar("SELECT last_event_at FROM ticket_progress WHERE ticket = $1")
-                .bind(&event.ticket.key)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if last.is_some_and(|last| event.occurred_at < last) {
-            if p.would == "apply" {
-                p.would = "superseded";
-            }
-            p.remarks.push("a newer event of this ticket was applied since; the worker would skip it".into());
-        } else {
-            let ledger = grants::load(&mut tx, application, &subject.account_id).await?;
-            let plan = grants::plan(&ledger, &req, &event.ticket.key, event.occurred_at);
-            p.provider_calls = plan.ops;
-            p.notes = plan.notes;
-            if config.applications.get(application).is_none_or(|a| a.dry_run) && p.would == "apply" {
-                p.would = "dry_run";
-            }
+    let facts = crate::pipeline::read_facts(&mut tx, config, &event, &decision).await?;
+    let step = crate::pipeline::plan(&event, &decision, &facts);
+    match &step {
+        crate::pipeline::Step::Duplicate => {
+            p.remarks.push("the event was processed since it died; the worker would record a duplicate".into())
         }
-    } else if p.would == "apply" {
-        p.would = if matches!(decision, Decision::Refused { .. }) { "denied_by_policy" } else { "no_action" };
+        crate::pipeline::Step::Resume => {
+            p.remarks.push("its decision is recorded; the worker would finish its pending provider calls".into())
+        }
+        crate::pipeline::Step::Superseded { .. } => {
+            p.remarks.push("a newer event of this ticket was applied since; the worker would skip it".into())
+        }
+        crate::pipeline::Step::Refused(reason) => p.remarks.push(reason.message()),
+        crate::pipeline::Step::Apply { plan, .. } => {
+            p.provider_calls = plan.ops.clone();
+            p.notes = plan.notes.clone();
+        }
+        crate::pipeline::Step::NoEffect { .. } => {}
+    }
+    if p.would == "apply" {
+        p.would = step.would();
     }
     tx.rollback().await?;
     p.decision = Some(decision);

@@ -241,6 +241,20 @@ pub async fn abandon(tx: &mut PgConnection, event_id: Uuid) -> Result<Vec<AuditE
         op: String,
         undo: Value,
     }
+    // The ledger is changed under its subject locks, taken in the batch's order
+    // (sorted keys) before the audit-chain lock the caller takes next.
+    let subjects: Vec<(String, String)> = sqlx::query_as(
+        "SELECT DISTINCT application, subject FROM intents WHERE event_id = $1 AND state IN ('pending', 'running')",
+    )
+    .bind(event_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut keys: Vec<i64> = subjects.iter().map(|(a, s)| crate::grants::lock_key(a, s)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for key in keys {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(key).execute(&mut *tx).await?;
+    }
     let dead: Vec<Dead> = sqlx::query_as(
         "UPDATE intents SET state = 'dead', lease_until = NULL, updated_at = now() \
          WHERE event_id = $1 AND state IN ('pending', 'running') \

@@ -15,6 +15,7 @@
 //! - [`broker`]: RabbitMQ topology and confirmed publishing.
 //! - [`worker`]: the consume loop and [`worker::process`], one delivery end to end.
 //! - [`rules`]: the pure decision (rule match, approver policy).
+//! - [`pipeline`]: the pure plan of an event (worker and replay preview share it).
 //! - [`intents`]: committed provider calls, claimed under a lease and run with no transaction open.
 //! - [`audit`]: the append-only, hash-chained trail and its verification.
 //! - [`db`]: pool and embedded migrations.
@@ -42,6 +43,7 @@ pub mod jsm;
 pub mod metrics;
 pub mod operator;
 pub mod ops;
+pub mod pipeline;
 pub mod rules;
 pub mod shutdown;
 pub mod telemetry;

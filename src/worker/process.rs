@@ -14,6 +14,7 @@ use crate::audit::{self, AuditEntry};
 use crate::connectors::{ConnectorError, Subject, Target};
 use crate::event::{AccessEvent, Person};
 use crate::grants::{self, Note, ProviderOp, effect};
+use crate::pipeline::Step;
 use crate::rules::{self, Decision};
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -192,57 +193,53 @@ async fn record(
     }
     rows.extend(decided_rows(event, decision));
 
-    let Some(eff) = effect(decision) else {
-        let label = if matches!(decision, Decision::Refused { .. }) { "denied_by_policy" } else { "no_action" };
-        complete(&mut *tx, event).await?;
-        let note = match decision {
-            Decision::Refused { reason } => {
-                WriteBack::Failure(format!("accessgov did not grant this request: {}.", reason.message()))
+    // Serialize effects for this (application, subject) across every worker
+    // (the batch took the lock already; advisory locks are re-entrant).
+    if let Some(eff) = effect(decision) {
+        grants::lock(&mut *tx, eff.application, &eff.subject.account_id).await?;
+    }
+    let mut facts = crate::pipeline::read_facts(&mut *tx, &ctx.config, event, decision).await?;
+    // The claim above took the event: it is neither processed nor running for us.
+    (facts.processed, facts.running) = (false, false);
+    let (plan, dry_run) = match crate::pipeline::plan(event, decision, &facts) {
+        Step::Duplicate | Step::Resume => unreachable!("cleared above"),
+        Step::NoEffect { label } => {
+            complete(&mut *tx, event).await?;
+            let note = match decision {
+                Decision::Refused { reason } => {
+                    WriteBack::Failure(format!("accessgov did not grant this request: {}.", reason.message()))
+                }
+                _ => WriteBack::Info(format!(
+                    "accessgov recorded that this request was {:?}; nothing was changed.",
+                    event.status.to
+                )),
+            };
+            return Ok(After::Done { label, note: Some(note) });
+        }
+        Step::Superseded { newer_event_at } => {
+            let mut e = entry(event, "superseded", "skipped");
+            e.detail = json!({"reason": "a newer event of this ticket was already applied", "newer_event_at": newer_event_at, "event_at": event.occurred_at});
+            rows.push(e);
+            complete(&mut *tx, event).await?;
+            return Ok(After::Done { label: "superseded", note: None });
+        }
+        Step::Refused(reason) => {
+            let mut e = entry(event, "denied_by_policy", "refused");
+            if let rules::Refusal::IdentityMismatch { target, .. } = &reason {
+                e.target = Some(target.clone());
             }
-            _ => WriteBack::Info(format!(
-                "accessgov recorded that this request was {:?}; nothing was changed.",
-                event.status.to
-            )),
-        };
-        return Ok(After::Done { label, note: Some(note) });
+            e.detail = json!({"code": reason.code(), "reason": reason.message()});
+            rows.push(e);
+            complete(&mut *tx, event).await?;
+            let note = WriteBack::Failure(format!("accessgov refused this request: {}.", reason.message()));
+            return Ok(After::Done { label: "denied_by_policy", note: Some(note) });
+        }
+        Step::Apply { plan, dry_run } => (plan, dry_run),
     };
-
-    // Serialize effects for this (application, subject) across every worker.
-    grants::lock(&mut *tx, eff.application, &eff.subject.account_id).await?;
-    if let Some(last) = ticket_progress(&mut *tx, &event.ticket.key).await?
-        && event.occurred_at < last
-    {
-        let mut e = entry(event, "superseded", "skipped");
-        e.detail = json!({"reason": "a newer event of this ticket was already applied", "newer_event_at": last, "event_at": event.occurred_at});
-        rows.push(e);
-        complete(&mut *tx, event).await?;
-        return Ok(After::Done { label: "superseded", note: None });
-    }
-
-    // Grants were checked by the decision; a ticket's revoke acts on the held
-    // identity, so an unusable field there only loses its fallback role.
-    let subject = crate::connectors::subject_of(&ctx.config, eff.application, eff.subject, &event.raw_fields)
-        .unwrap_or_else(|_| Subject::from_person(eff.subject));
+    let eff = effect(decision).expect("an Apply step has an effect");
+    let ledger = &facts.ledger;
+    let subject = facts.subject.clone().unwrap_or_else(|| Subject::from_person(eff.subject));
     let subject_info = serde_json::to_value(&subject).ok();
-    let ledger = grants::load(&mut *tx, eff.application, &eff.subject.account_id).await?;
-    if let grants::Request::Grant { targets, .. } | grants::Request::Change { targets, .. } = &eff.request
-        && let Some((target, held)) = grants::identity_conflict(&ledger, targets, &subject)
-    {
-        let reason = rules::Refusal::IdentityMismatch {
-            target: target.to_owned(),
-            held: held.fields.clone(),
-            requested: subject.fields.clone(),
-        };
-        let mut e = entry(event, "denied_by_policy", "refused");
-        e.target = Some(target.to_owned());
-        e.detail = json!({"code": reason.code(), "reason": reason.message()});
-        rows.push(e);
-        complete(&mut *tx, event).await?;
-        let note = WriteBack::Failure(format!("accessgov refused this request: {}.", reason.message()));
-        return Ok(After::Done { label: "denied_by_policy", note: Some(note) });
-    }
-    let plan = grants::plan(&ledger, &eff.request, &event.ticket.key, event.occurred_at);
-    let dry_run = ctx.config.applications.get(eff.application).is_none_or(|a| a.dry_run);
 
     // The ledger mirrors what the providers really hold: a dry run records its
     // would-be calls in the audit trail but never takes or releases a hold, so
@@ -303,7 +300,7 @@ async fn record(
             // A revoke addresses the identity the membership was granted to.
             let who = match op {
                 ProviderOp::Grant(_) => &subject,
-                ProviderOp::Revoke(t) => grants::revoke_identity(&ledger, t, &subject),
+                ProviderOp::Revoke(t) => grants::revoke_identity(ledger, t, &subject),
             };
             let intent = crate::intents::NewIntent {
                 event_id: event.event_id,
@@ -410,6 +407,11 @@ async fn execute(ctx: &WorkerContext, event: &AccessEvent, attempt: u32) -> Resu
         }
     }
     let all = crate::intents::of_event(&ctx.pool, event.event_id).await?;
+    if all.iter().any(|i| i.state == "dead") || !crate::intents::running(&ctx.pool, event.event_id).await? {
+        // Another delivery of this event gave up on it (it is in the dead letters,
+        // its ledger change undone) or completed it: nothing is left for this one.
+        return Ok(Outcome::Duplicate);
+    }
     let mut tx = ctx.pool.begin().await?;
     if !complete(&mut tx, event).await? {
         // Two deliveries of one event ran its intents together; the other finished first.
@@ -591,13 +593,6 @@ async fn complete(tx: &mut PgConnection, event: &AccessEvent) -> Result<bool, sq
         == 1;
     sqlx::query("DELETE FROM event_runs WHERE event_id = $1").bind(event.event_id).execute(&mut *tx).await?;
     Ok(first)
-}
-
-async fn ticket_progress(tx: &mut PgConnection, ticket: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    sqlx::query_scalar("SELECT last_event_at FROM ticket_progress WHERE ticket = $1")
-        .bind(ticket)
-        .fetch_optional(tx)
-        .await
 }
 
 /// When the ticket's access was last taken away (revoke or expiry), if ever.
