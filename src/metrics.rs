@@ -7,6 +7,8 @@
 //! - `accessgov_ingress_publish_failures_total{reason}`
 //! - `accessgov_worker_events_total{outcome}`: the final outcome per delivery
 //! - `accessgov_worker_poison_total`: undecodable messages sent to the dead queue
+//! - `accessgov_admin_auth_failures_total{reason}`: refused `/admin` calls (every one,
+//!   including those the audit log's rate limit does not write)
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
@@ -48,4 +50,8 @@ pub fn worker_event(outcome: &'static str) {
 
 pub fn worker_poison() {
     metrics::counter!("accessgov_worker_poison_total").increment(1);
+}
+
+pub fn admin_auth_failure(reason: &'static str) {
+    metrics::counter!("accessgov_admin_auth_failures_total", "reason" => reason).increment(1);
 }
