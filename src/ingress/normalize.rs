@@ -27,7 +27,8 @@ pub const AUTOMATION_SCHEMA_V1: &str = "accessgov.automation/v1";
 /// Transport facts about the request, beside the body.
 #[derive(Debug, Default, Clone)]
 pub struct Meta {
-    /// `X-Atlassian-Webhook-Identifier`.
+    /// `X-Atlassian-Webhook-Identifier`: unsigned, so carried for the audit and
+    /// never part of a dedupe key.
     pub delivery_id: Option<String>,
 }
 
@@ -158,12 +159,14 @@ fn webhook(body: &Value, event: &str, issue: &Value, meta: &Meta, jsm: &JsmConfi
         to_id: item.get("to").and_then(id_string),
     };
     let changelog_id = changelog.and_then(|c| c.get("id")).and_then(id_string);
-    let dedupe_key = match (&changelog_id, &meta.delivery_id) {
-        // The same change delivered to two registered webhooks has two identifiers
-        // but one changelog id: prefer the latter.
-        (Some(cl), _) => format!("jira:{}:{cl}", parts.id),
-        (None, Some(d)) => format!("jira-delivery:{d}"),
-        (None, None) => format!(
+    // Only signed bytes make the key: `X-Atlassian-Webhook-Identifier` is a header
+    // the signature does not cover, so a key built from it would let anyone replay a
+    // captured body as a new event by changing it (it stays in the event as
+    // `delivery_id`, for the audit). The same change delivered to two registered
+    // webhooks has two identifiers but one changelog id and one body.
+    let dedupe_key = match &changelog_id {
+        Some(cl) => format!("jira:{}:{cl}", parts.id),
+        None => format!(
             "jira:{}:{}:{}",
             parts.id,
             status.to_id.as_deref().unwrap_or(&status.to),

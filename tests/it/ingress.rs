@@ -230,3 +230,26 @@ async fn after_a_long_broker_outage_the_worker_recovers_from_the_next_short_one_
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_body_replayed_with_a_new_delivery_identifier_is_the_same_event() {
+    let app = spawn_app().await;
+    // A signed body without a changelog id: only the unsigned identifier header differs.
+    let mut v: serde_json::Value = serde_json::from_slice(&fixture(APPROVED)).unwrap();
+    v["changelog"].as_object_mut().unwrap().remove("id");
+    let body = serde_json::to_vec(&v).unwrap();
+    let first = app.post_signed(&body, Some("captured-delivery")).await;
+    assert_eq!(first.status(), 202);
+    let replay = app.post_signed(&body, Some("attacker-chosen-delivery")).await;
+    assert_eq!(replay.status(), 202);
+    let id = event_id(&first.json().await.unwrap());
+    assert_eq!(event_id(&replay.json().await.unwrap()), id);
+    // The worker sees one event and a duplicate, never a second grant.
+    eventually("the replay to be recorded as a duplicate", Duration::from_secs(30), || async {
+        let actions: Vec<String> = app.audit_actions(id).await.into_iter().map(|r| r.0).collect();
+        actions.iter().any(|a| a == "duplicate").then_some(())
+    })
+    .await;
+    let received: Vec<_> = app.audit_actions(id).await.into_iter().filter(|r| r.0 == "received").collect();
+    assert_eq!(received.len(), 1, "{received:?}");
+}

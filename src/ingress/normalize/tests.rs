@@ -579,6 +579,26 @@ fn the_same_delivery_always_gives_the_same_event_id() {
 }
 
 #[test]
+fn without_a_changelog_id_the_unsigned_delivery_header_never_makes_a_new_event() {
+    let jsm = jsm();
+    // A signed body without a changelog id, captured and replayed with a fresh
+    // X-Atlassian-Webhook-Identifier (a header the signature does not cover).
+    let mut body = fixture("webhook-updated-approved-okta-user");
+    remove(&mut body, "changelog.id");
+    let original = accepted(normalize(&body, &delivery("3c5a8f3e"), &jsm, now()));
+    let replayed = accepted(normalize(&body, &delivery("attacker-chosen-1"), &jsm, now()));
+    assert_eq!(replayed.event_id, original.event_id);
+    assert_eq!(replayed.dedupe_key, original.dedupe_key);
+    assert_eq!(accepted(normalize(&body, &Meta::default(), &jsm, now())).event_id, original.event_id);
+    // The identifier is still carried for the audit.
+    assert_eq!(replayed.delivery_id.as_deref(), Some("attacker-chosen-1"));
+    // Another change of the issue (another body time) is another event.
+    let mut later = body.clone();
+    set(&mut later, "timestamp", json!(1_764_590_999_000_i64));
+    assert_ne!(accepted(normalize(&later, &delivery("3c5a8f3e"), &jsm, now())).event_id, original.event_id);
+}
+
+#[test]
 fn dedupe_keys_have_one_format_per_source() {
     let jsm = jsm();
     let key = |case: &str, meta: &Meta, edit: &dyn Fn(&mut Value)| {
@@ -593,10 +613,14 @@ fn dedupe_keys_have_one_format_per_source() {
 
     // Webhook: issue id and changelog id, whatever the delivery id.
     assert_eq!(key("webhook-updated-approved-okta-user", &delivery("d-1"), &keep), "jira:10101:30101");
-    // Webhook without a changelog id: the delivery identifier.
-    assert_eq!(key("webhook-updated-approved-okta-user", &delivery("d-1"), &drop_changelog_id), "jira-delivery:d-1");
-    // Neither: issue id, target status id and the body's timestamp.
+    // Webhook without a changelog id: issue id, target status id and the body's
+    // timestamp, whatever the (unsigned) delivery identifier.
+    assert_eq!(
+        key("webhook-updated-approved-okta-user", &delivery("d-1"), &drop_changelog_id),
+        "jira:10101:10101:1764590401234"
+    );
     assert_eq!(key("webhook-no-changelog-id-no-delivery", &Meta::default(), &keep), "jira:10126:10101:1764591900000");
+    assert_eq!(key("webhook-no-changelog-id-no-delivery", &delivery("d-2"), &keep), "jira:10126:10101:1764591900000");
     // Automation: issue id, status id and update time.
     assert_eq!(
         key("automation-jira-format-approved", &Meta::default(), &keep),
