@@ -210,6 +210,13 @@ pub struct JsmConfig {
     /// Re-read approvals and status through the JSM API before a grant.
     #[serde(default)]
     pub verify_approval: bool,
+    /// An event whose own time (a webhook's `timestamp`, an Automation body's
+    /// `updated`) is older than this when it arrives is ignored as `stale` (200):
+    /// a late retry or a replayed capture must not act on a ticket long after the
+    /// fact. Jira retries a delivery for about 30 minutes, Automation a rule for
+    /// up to 7 days (the default), so shorter values drop legitimate retries.
+    #[serde(default = "default_max_event_age", deserialize_with = "duration::de")]
+    pub max_event_age: Duration,
     pub fields: FieldsConfig,
     /// Request type name -> action.
     pub request_types: BTreeMap<String, RequestAction>,
@@ -243,6 +250,15 @@ pub struct FieldsConfig {
     /// carries their values in the event so connectors can find the user.
     #[serde(skip)]
     pub subject_fields: Vec<String>,
+}
+
+/// Automation retries a rule for up to 7 days.
+pub const DEFAULT_MAX_EVENT_AGE: Duration = Duration::from_secs(7 * 86_400);
+/// Below this, Jira's own retries (about 30 minutes) would be dropped as stale.
+const MIN_MAX_EVENT_AGE: Duration = Duration::from_secs(3600);
+
+fn default_max_event_age() -> Duration {
+    DEFAULT_MAX_EVENT_AGE
 }
 
 fn default_requester() -> String {
@@ -574,6 +590,14 @@ impl Config {
         }
         if self.jsm.request_types.is_empty() {
             add("jsm.request_types".into(), "map at least one request type name to grant, revoke or change".into());
+        }
+        if self.jsm.max_event_age < MIN_MAX_EVENT_AGE {
+            add(
+                "jsm.max_event_age".into(),
+                "must be at least 1h: Jira retries a delivery for about 30 minutes and Automation a rule \
+                 for up to 7 days (the default, \"7d\")"
+                    .into(),
+            );
         }
         if self.jsm.statuses.is_empty() {
             add("jsm.statuses".into(), "map at least one status name to approved, denied, revoked or declined".into());

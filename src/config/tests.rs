@@ -162,3 +162,17 @@ fn the_shipped_demo_and_kubernetes_configs_are_valid() {
         assert_eq!(config.jsm.statuses.get("Approved by Manager"), Some(&AppStatus::Approved), "{name}");
     }
 }
+
+#[test]
+fn max_event_age_defaults_to_seven_days_and_an_hour_is_the_least() {
+    let config = Config::parse(EXAMPLE).unwrap();
+    assert_eq!(config.jsm.max_event_age, Duration::from_secs(7 * 86_400));
+    let without = EXAMPLE.replacen("max_event_age = \"7d\"", "", 1);
+    assert_eq!(Config::parse(&without).unwrap().jsm.max_event_age, Duration::from_secs(7 * 86_400), "the default");
+    let short = EXAMPLE.replacen("max_event_age = \"7d\"", "max_event_age = \"10m\"", 1);
+    let problems = Config::parse(&short).unwrap().validate();
+    let p = problems.iter().find(|p| p.key == "jsm.max_event_age").expect("a problem on the key");
+    assert!(p.message.contains("7 days"), "{p}");
+    let bad = EXAMPLE.replacen("max_event_age = \"7d\"", "max_event_age = \"7\"", 1);
+    assert!(Config::parse(&bad).unwrap_err().contains("no unit"));
+}

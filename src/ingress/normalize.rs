@@ -47,6 +47,9 @@ pub enum IgnoreReason {
     /// JSON, but neither a Jira webhook nor an Automation body (including a custom
     /// body of an unknown schema version, or one without an issue id and key).
     UnrecognizedFormat,
+    /// An access event whose own time is older than `[jsm] max_event_age`: a late
+    /// retry or a replayed capture, not acted on long after the fact.
+    Stale,
 }
 
 impl IgnoreReason {
@@ -57,6 +60,7 @@ impl IgnoreReason {
             Self::StatusNotActionable => "status_not_actionable",
             Self::UnsupportedEvent => "unsupported_event",
             Self::UnrecognizedFormat => "unrecognized_format",
+            Self::Stale => "stale",
         }
     }
 }
@@ -70,12 +74,29 @@ pub enum Normalized {
 
 /// Normalizes one authenticated body.
 pub fn normalize(body: &Value, meta: &Meta, jsm: &JsmConfig, now: DateTime<Utc>) -> Normalized {
-    match detect(body) {
+    let normalized = match detect(body) {
         Some(Format::Webhook { event, issue }) => webhook(body, event, issue, meta, jsm, now),
         Some(Format::Automation { source, issue }) => automation(issue, source, meta, jsm, now),
         Some(Format::AutomationCustom(body)) => automation_custom(body, meta, jsm, now),
         None => Normalized::Ignored(IgnoreReason::UnrecognizedFormat),
+    };
+    // Checked last, so that a body that is no access event keeps its own reason.
+    match normalized {
+        Normalized::Accepted(event) if is_stale(event.occurred_at, now, jsm.max_event_age) => {
+            Normalized::Ignored(IgnoreReason::Stale)
+        }
+        other => other,
     }
+}
+
+/// Whether an event that happened at `occurred_at` is older than `max_age` at
+/// `now`. A time in the future (clock skew) is never stale, nor is anything when
+/// `max_age` reaches beyond the calendar.
+pub fn is_stale(occurred_at: DateTime<Utc>, now: DateTime<Utc>, max_age: std::time::Duration) -> bool {
+    chrono::TimeDelta::from_std(max_age)
+        .ok()
+        .and_then(|age| now.checked_sub_signed(age))
+        .is_some_and(|oldest| occurred_at < oldest)
 }
 
 enum Format<'a> {

@@ -253,3 +253,19 @@ async fn a_signed_body_replayed_with_a_new_delivery_identifier_is_the_same_event
     let received: Vec<_> = app.audit_actions(id).await.into_iter().filter(|r| r.0 == "received").collect();
     assert_eq!(received.len(), 1, "{received:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_older_than_max_event_age_is_ignored_as_stale_and_counted() {
+    let app = spawn_app_with(|c| c.jsm.max_event_age = Duration::from_secs(7 * 86_400)).await;
+    // The fixture's body time is 2025-11-25: stale by now.
+    let resp = app.post_signed(&fixture(APPROVED), None).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<serde_json::Value>().await.unwrap(), serde_json::json!({"ignored": "stale"}));
+    let text = metrics(&app).await;
+    assert!(text.contains("accessgov_ingress_ignored_total{reason=\"stale\"}"), "{text}");
+
+    // The same change sent with a fresh time is accepted.
+    let mut v: serde_json::Value = serde_json::from_slice(&fixture(APPROVED)).unwrap();
+    v["timestamp"] = chrono::Utc::now().timestamp_millis().into();
+    assert_eq!(app.post_signed(&serde_json::to_vec(&v).unwrap(), None).await.status(), 202);
+}

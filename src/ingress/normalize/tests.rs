@@ -23,9 +23,11 @@ fn jsm() -> JsmConfig {
     Config::parse(EXAMPLE).expect("the example config parses").jsm
 }
 
-/// The fixed clock of every test: 2026-01-01T00:00:00Z.
+/// The fixed clock of every test: 2025-12-02T00:00:00Z, the day after the corpus
+/// was recorded (its bodies are from 2025-11-25 to 2025-12-01), so that they are
+/// within the example's `max_event_age` (7 days) unless a case says otherwise.
 fn now() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().expect("valid date")
+    Utc.with_ymd_and_hms(2025, 12, 2, 0, 0, 0).single().expect("valid date")
 }
 
 fn delivery(id: &str) -> Meta {
@@ -668,6 +670,57 @@ fn occurred_at_comes_from_the_body_and_from_the_clock_only_when_the_body_has_no_
 }
 
 #[test]
+fn an_event_older_than_max_event_age_is_ignored_as_stale() {
+    let jsm = jsm();
+    assert_eq!(jsm.max_event_age, std::time::Duration::from_secs(7 * 86_400), "the default");
+    let body = fixture("webhook-updated-approved-okta-user");
+    let occurred = accepted(normalize(&body, &Meta::default(), &jsm, now())).occurred_at;
+    let at = |after: chrono::Duration| normalize(&body, &Meta::default(), &jsm, occurred + after);
+    // Exactly max_event_age old is still accepted; a millisecond more is stale.
+    assert!(matches!(at(chrono::Duration::days(7)), Normalized::Accepted(_)));
+    assert_eq!(
+        at(chrono::Duration::days(7) + chrono::Duration::milliseconds(1)),
+        Normalized::Ignored(IgnoreReason::Stale)
+    );
+    // Every format's own time counts: the Automation bodies' `updated`.
+    for case in
+        ["automation-jira-format-approved", "automation-issue-format-revoked", "automation-custom-approved-transition"]
+    {
+        let body = fixture(case);
+        let occurred = accepted(normalize(&body, &Meta::default(), &jsm, now())).occurred_at;
+        let later = occurred + chrono::Duration::days(8);
+        assert_eq!(normalize(&body, &Meta::default(), &jsm, later), Normalized::Ignored(IgnoreReason::Stale), "{case}");
+    }
+    // The setting is read from the config.
+    let mut short = jsm.clone();
+    short.max_event_age = std::time::Duration::from_secs(3600);
+    let two_hours_later = occurred + chrono::Duration::hours(2);
+    assert_eq!(normalize(&body, &Meta::default(), &short, two_hours_later), Normalized::Ignored(IgnoreReason::Stale));
+    // A body that is no access event keeps its own reason, however old.
+    let mut comment = body.clone();
+    remove(&mut comment, "changelog");
+    let much_later = occurred + chrono::Duration::days(400);
+    assert_eq!(
+        normalize(&comment, &Meta::default(), &jsm, much_later),
+        Normalized::Ignored(IgnoreReason::NoStatusChange)
+    );
+    // Without a time of its own the event happens now, so it is never stale.
+    let mut timeless = body.clone();
+    remove(&mut timeless, "timestamp");
+    assert!(matches!(normalize(&timeless, &Meta::default(), &jsm, much_later), Normalized::Accepted(_)));
+}
+
+#[test]
+fn is_stale_never_calls_the_future_stale_nor_panics_on_huge_ages() {
+    let max = std::time::Duration::from_secs(7 * 86_400);
+    assert!(!is_stale(now() + chrono::Duration::days(30), now(), max), "clock skew");
+    assert!(!is_stale(now(), now(), max));
+    assert!(is_stale(now() - chrono::Duration::days(8), now(), max));
+    assert!(!is_stale(DateTime::<Utc>::MIN_UTC, now(), std::time::Duration::MAX));
+    assert!(is_stale(DateTime::<Utc>::MIN_UTC, now(), max));
+}
+
+#[test]
 fn a_multi_select_where_one_value_is_expected_is_an_error_not_a_guess() {
     let event = accepted(normalize(&fixture("webhook-multiselect-application"), &Meta::default(), &jsm(), now()));
     assert_eq!(event.application, None);
@@ -716,6 +769,7 @@ fn ignore_reasons_serialize_as_their_metric_names() {
         IgnoreReason::StatusNotActionable,
         IgnoreReason::UnsupportedEvent,
         IgnoreReason::UnrecognizedFormat,
+        IgnoreReason::Stale,
     ] {
         assert_eq!(serde_json::to_value(reason).expect("serializes"), json!(reason.as_str()));
     }
