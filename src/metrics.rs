@@ -1,7 +1,8 @@
 //! Prometheus metrics: one recorder per process, rendered by the ops listener.
 //!
 //! Names (all counters unless noted):
-//! - `accessgov_ingress_requests_total{outcome}`: accepted, ignored, unauthorized, bad_request, too_large, unavailable
+//! - `accessgov_ingress_requests_total{outcome}`: accepted, ignored, unauthorized, bad_request,
+//!   invalid_value, too_large, unavailable
 //! - `accessgov_ingress_auth_failures_total{reason}`
 //! - `accessgov_ingress_ignored_total{reason}`
 //! - `accessgov_ingress_publish_failures_total{reason}`

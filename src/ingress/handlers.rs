@@ -20,7 +20,22 @@ pub enum IngressError {
     Unauthorized(&'static str),
     TooLarge(usize),
     BadRequest(String),
+    /// A value the event would carry but PostgreSQL cannot store; the JSON path of the field.
+    InvalidValue(String),
     Unavailable(String),
+}
+
+impl IngressError {
+    /// The `outcome` label of `accessgov_ingress_requests_total`.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Self::Unauthorized(_) => "unauthorized",
+            Self::TooLarge(_) => "too_large",
+            Self::BadRequest(_) => "bad_request",
+            Self::InvalidValue(_) => "invalid_value",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
 }
 
 impl IntoResponse for IngressError {
@@ -34,6 +49,15 @@ impl IntoResponse for IngressError {
                 (StatusCode::PAYLOAD_TOO_LARGE, json!({"error": "payload_too_large", "limit_bytes": limit}))
             }
             Self::BadRequest(detail) => (StatusCode::BAD_REQUEST, json!({"error": "invalid_json", "detail": detail})),
+            Self::InvalidValue(field) => (
+                StatusCode::BAD_REQUEST,
+                json!({
+                    "error": "invalid_value",
+                    "field": field,
+                    "detail": "the value contains a NUL character (\\u0000), which PostgreSQL cannot store; \
+                               remove it from the ticket field",
+                }),
+            ),
             Self::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"error": "unavailable", "detail": "the request was not accepted; retry later"}),
@@ -60,12 +84,7 @@ pub async fn webhook(State(state): State<IngressState>, headers: HeaderMap, body
     match tokio::time::timeout(timeout, handle(&state, &headers, body)).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {
-            metrics::ingress_request(match &e {
-                IngressError::Unauthorized(_) => "unauthorized",
-                IngressError::TooLarge(_) => "too_large",
-                IngressError::BadRequest(_) => "bad_request",
-                IngressError::Unavailable(_) => "unavailable",
-            });
+            metrics::ingress_request(e.outcome());
             e.into_response()
         }
         Err(_) => {
@@ -106,6 +125,10 @@ async fn handle(state: &IngressState, headers: &HeaderMap, body: Body) -> Result
             Ok((StatusCode::OK, Json(json!({"ignored": reason.as_str()}))).into_response())
         }
         Normalized::Accepted(event) => {
+            if let Some(field) = normalize::unstorable_value(&event) {
+                tracing::warn!(ticket = %event.ticket.key.escape_debug(), %field, "webhook refused: a value PostgreSQL cannot store");
+                return Err(IngressError::InvalidValue(field));
+            }
             let timeout = state.config.broker.confirm_timeout;
             if let Err(e) = state.broker.publish_event(&event, 0, timeout).await {
                 metrics::ingress_publish_failure(e.label());

@@ -416,6 +416,32 @@ fn automation_custom(body: &Map<String, Value>, meta: &Meta, jsm: &JsmConfig, no
     }))
 }
 
+/// Where the event holds a value PostgreSQL cannot store, as a JSON path
+/// (`application`, `requester.display_name`, `raw_fields.customfield_10027[0].name`):
+/// a NUL character (`\u0000`), in a string or an object key, which neither `text`
+/// nor `jsonb` accepts. Such an event would be published and then fail in the
+/// worker on every delivery; the ingress refuses it with 400 instead, naming the
+/// field. The event's own fields are searched before `raw_fields`, so that the
+/// answer names the field as the event calls it, not the raw copy it was read from.
+pub fn unstorable_value(event: &AccessEvent) -> Option<String> {
+    let Ok(Value::Object(fields)) = serde_json::to_value(event) else { return None };
+    let (raw, own): (Vec<_>, Vec<_>) = fields.iter().partition(|(k, _)| k.as_str() == "raw_fields");
+    own.into_iter().chain(raw).find_map(|(k, v)| if k.contains('\0') { Some(k.clone()) } else { nul_path(v, k) })
+}
+
+/// The path of the first string or object key under `v` (at `path`) holding a NUL.
+pub fn nul_path(v: &Value, path: &str) -> Option<String> {
+    let child = |k: &str| if path.is_empty() { k.to_owned() } else { format!("{path}.{k}") };
+    match v {
+        Value::String(s) => s.contains('\0').then(|| path.to_owned()),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| nul_path(item, &format!("{path}[{i}]"))),
+        Value::Object(map) => {
+            map.iter().find_map(|(k, v)| if k.contains('\0') { Some(child(k)) } else { nul_path(v, &child(k)) })
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => None,
+    }
+}
+
 /// A person of the custom body: `{"account_id", "email", "display_name"}`; none without an account id.
 fn custom_person(v: &Value) -> Option<Person> {
     Some(Person {

@@ -3,7 +3,7 @@
 use crate::helpers::chaos_proxy::{ChaosProxy, redirect_url, target_of};
 use crate::helpers::{BEARER_TOKEN, TestApp, amqp_url, eventually, fixture, spawn_app, spawn_app_with};
 use accessgov::broker::topology::REQUEST_BINDING;
-use lapin::options::QueueBindOptions;
+use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use std::time::Duration;
 
@@ -268,4 +268,76 @@ async fn an_event_older_than_max_event_age_is_ignored_as_stale_and_counted() {
     let mut v: serde_json::Value = serde_json::from_slice(&fixture(APPROVED)).unwrap();
     v["timestamp"] = chrono::Utc::now().timestamp_millis().into();
     assert_eq!(app.post_signed(&serde_json::to_vec(&v).unwrap(), None).await.status(), 202);
+}
+
+/// A queue of the test's own on the events exchange: what the ingress published, in order.
+async fn tap(app: &TestApp) -> (lapin::Connection, lapin::Channel, lapin::types::ShortString) {
+    let conn = lapin::Connection::connect(&amqp_url(), Default::default()).await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+    let queue = channel.queue_declare("".into(), options, FieldTable::default()).await.unwrap().name().clone();
+    channel
+        .queue_bind(
+            queue.clone(),
+            app.names.events.as_str().into(),
+            REQUEST_BINDING.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    (conn, channel, queue)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_postgresql_refuses_are_400_naming_the_field_and_nothing_is_published() {
+    let app = spawn_app().await;
+    let (conn, channel, tap) = tap(&app).await;
+    let base: serde_json::Value = serde_json::from_slice(&fixture(APPROVED)).unwrap();
+
+    // A NUL (JSON "\u0000") that would travel in the event: PostgreSQL text and jsonb refuse it.
+    for (pointer, value, field) in [
+        ("/issue/fields/customfield_10050/value", "Conf\u{0}luence", "application"),
+        ("/issue/fields/reporter/displayName", "Dana\u{0} Requester", "requester.display_name"),
+        ("/issue/fields/customfield_10027/0/name", "Manager\u{0}approval", "raw_fields.customfield_10027[0].name"),
+    ] {
+        let mut v = base.clone();
+        *v.pointer_mut(pointer).unwrap_or_else(|| panic!("{pointer} in the fixture")) = value.into();
+        let body = serde_json::to_vec(&v).unwrap();
+        assert!(body.windows(6).any(|w| w == br"\u0000"), "the body carries the escape");
+        let resp = app.post_signed(&body, None).await;
+        assert_eq!(resp.status(), 400, "{pointer}");
+        let answer: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(
+            (answer["error"].as_str(), answer["field"].as_str()),
+            (Some("invalid_value"), Some(field)),
+            "{answer}"
+        );
+    }
+    // A NUL where nothing is carried into the event (the description) does no harm.
+    let mut v = base.clone();
+    v["issue"]["fields"]["description"] = "a\u{0}b".into();
+    v["changelog"]["id"] = "nul-in-description".into();
+    let harmless = app.post_signed(&serde_json::to_vec(&v).unwrap(), None).await;
+    assert_eq!(harmless.status(), 202);
+    let harmless = event_id(&harmless.json().await.unwrap());
+
+    // Lone UTF-16 surrogate escapes are no Unicode scalar values: invalid JSON text, 400.
+    let text = String::from_utf8(fixture(APPROVED)).unwrap();
+    for escape in [r"\ud800", r"\udc00", r"\ud800\u0041"] {
+        let body = text.replacen("\"Dana Requester\"", &format!("\"Dana{escape}\""), 1);
+        assert_ne!(body, text);
+        let resp = app.post_signed(body.as_bytes(), None).await;
+        assert_eq!(resp.status(), 400, "{escape}");
+        assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["error"], "invalid_json", "{escape}");
+    }
+
+    // Nothing but the harmless event was published.
+    let get = || channel.basic_get(tap.clone(), BasicGetOptions { no_ack: true });
+    let only = get().await.unwrap().expect("the harmless event was published");
+    assert_eq!(accessgov::event::AccessEvent::decode(&only.delivery.data).unwrap().event_id, harmless);
+    assert!(get().await.unwrap().is_none(), "nothing else was published");
+    let text = metrics(&app).await;
+    assert!(text.contains("accessgov_ingress_requests_total{outcome=\"invalid_value\"}"), "{text}");
+    let _ = conn.close(200, "test done".into()).await;
 }

@@ -721,6 +721,46 @@ fn is_stale_never_calls_the_future_stale_nor_panics_on_huge_ages() {
 }
 
 #[test]
+fn a_nul_anywhere_in_the_event_is_found_and_named_by_its_path() {
+    let jsm = jsm();
+    let event = |edit: &dyn Fn(&mut Value)| {
+        let mut body = fixture("webhook-approved-confluence-write");
+        edit(&mut body);
+        accepted(normalize(&body, &Meta::default(), &jsm, now()))
+    };
+    assert_eq!(unstorable_value(&event(&|_| {})), None);
+    // Values the event carries as its own fields are named as the event calls them.
+    let cases: [(&str, Value, &str); 5] = [
+        ("issue.fields.customfield_10050.value", json!("Conf\u{0}luence"), "application"),
+        ("issue.fields.reporter.displayName", json!("Dana\u{0}"), "requester.display_name"),
+        ("issue.key", json!("ACC-\u{0}42"), "ticket.key"),
+        ("changelog.items.1.fromString", json!("\u{0}"), "status.from"),
+        // Only in the raw copy of a configured field: the path into it.
+        (
+            "issue.fields.customfield_10027.0.name",
+            json!("Manager\u{0}approval"),
+            "raw_fields.customfield_10027[0].name",
+        ),
+    ];
+    for (path, value, expected) in cases {
+        assert_eq!(unstorable_value(&event(&|b| set(b, path, value.clone()))).as_deref(), Some(expected), "{path}");
+    }
+    // An object key is a string too (jsonb keys are text).
+    let key = event(&|b| set(b, "issue.fields.customfield_10050.a\u{0}b", json!(1)));
+    assert_eq!(unstorable_value(&key).as_deref(), Some("raw_fields.customfield_10050.a\u{0}b"));
+    // Where the event carries nothing (the description), a NUL does no harm.
+    assert_eq!(unstorable_value(&event(&|b| set(b, "issue.fields.description", json!("a\u{0}b")))), None);
+}
+
+#[test]
+fn nul_path_walks_strings_arrays_and_keys_in_order() {
+    assert_eq!(nul_path(&json!({"a": [1, "x", {"b": "\u{0}"}], "c": "\u{0}"}), ""), Some("a[2].b".to_owned()));
+    assert_eq!(nul_path(&json!("\u{0}"), "root"), Some("root".to_owned()));
+    assert_eq!(nul_path(&json!({"k\u{0}": null}), ""), Some("k\u{0}".to_owned()));
+    assert_eq!(nul_path(&json!({"a": ["x", 1, null, true, {"b": "Zoë 山田 \u{1F600}"}]}), ""), None);
+}
+
+#[test]
 fn a_multi_select_where_one_value_is_expected_is_an_error_not_a_guess() {
     let event = accepted(normalize(&fixture("webhook-multiselect-application"), &Meta::default(), &jsm(), now()));
     assert_eq!(event.application, None);
