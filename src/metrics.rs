@@ -2,7 +2,9 @@
 //!
 //! Names (all counters unless noted):
 //! - `accessgov_ingress_requests_total{outcome}`: accepted, ignored, unauthorized, bad_request,
-//!   invalid_value, too_large, unavailable
+//!   invalid_value, too_large, body_timeout (408), unavailable
+//! - `accessgov_ingress_header_timeouts_total`: connections closed because no complete request
+//!   headers arrived within `header_read_timeout` (slow senders, and idle keep-alive connections)
 //! - `accessgov_ingress_auth_failures_total{reason}`
 //! - `accessgov_ingress_ignored_total{reason}`
 //! - `accessgov_ingress_publish_failures_total{reason}`
@@ -31,6 +33,10 @@ pub fn handle() -> PrometheusHandle {
 
 pub fn ingress_request(outcome: &'static str) {
     metrics::counter!("accessgov_ingress_requests_total", "outcome" => outcome).increment(1);
+}
+
+pub fn ingress_header_timeout() {
+    metrics::counter!("accessgov_ingress_header_timeouts_total").increment(1);
 }
 
 pub fn ingress_auth_failure(reason: &'static str) {

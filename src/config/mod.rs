@@ -117,10 +117,23 @@ pub struct IngressConfig {
     pub bearer_token_env: Option<String>,
     /// File holding the Automation bearer token.
     pub bearer_token_file: Option<String>,
-    /// Requests taking longer are answered 503 (so the sender retries).
+    /// A connection must deliver a request's complete headers within this long,
+    /// or it is closed without an answer (also closes idle keep-alive
+    /// connections after this long). Bounds slowloris-style senders, which hold
+    /// a connection without ever making a request.
+    #[serde(deserialize_with = "duration::de")]
+    pub header_read_timeout: Duration,
+    /// A request's whole body must arrive within this long, or it is answered
+    /// 408 (which Jira retries). The body is read before a processing slot is
+    /// taken, so a slow sender holds no slot.
+    #[serde(deserialize_with = "duration::de")]
+    pub body_read_timeout: Duration,
+    /// Once the body is read: waiting for a slot, verifying, normalizing and
+    /// publishing taking longer than this is answered 503 (so the sender retries).
     #[serde(deserialize_with = "duration::de")]
     pub request_timeout: Duration,
-    /// Requests handled at once; more wait.
+    /// Requests processed at once (verify, normalize, publish); more wait for a
+    /// slot. Reading bodies takes no slot.
     pub max_concurrent_requests: usize,
 }
 
@@ -133,6 +146,8 @@ impl Default for IngressConfig {
             hmac_secret_file: None,
             bearer_token_env: None,
             bearer_token_file: None,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(15),
             max_concurrent_requests: 256,
         }
@@ -565,6 +580,15 @@ impl Config {
         }
         if self.broker.prefetch == 0 {
             add("broker.prefetch".into(), "must be at least 1".into());
+        }
+        for (key, d) in [
+            ("ingress.header_read_timeout", self.ingress.header_read_timeout),
+            ("ingress.body_read_timeout", self.ingress.body_read_timeout),
+            ("ingress.request_timeout", self.ingress.request_timeout),
+        ] {
+            if d.is_zero() {
+                add(key.into(), "must be longer than zero, e.g. \"10s\"".into());
+            }
         }
         if self.worker.concurrency == 0 {
             add("worker.concurrency".into(), "must be at least 1".into());

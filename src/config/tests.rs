@@ -176,3 +176,20 @@ fn max_event_age_defaults_to_seven_days_and_an_hour_is_the_least() {
     let bad = EXAMPLE.replacen("max_event_age = \"7d\"", "max_event_age = \"7\"", 1);
     assert!(Config::parse(&bad).unwrap_err().contains("no unit"));
 }
+
+#[test]
+fn ingress_read_timeouts_default_to_ten_seconds_and_zero_is_refused() {
+    let config = Config::parse(EXAMPLE).unwrap();
+    assert_eq!(config.ingress.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(config.ingress.body_read_timeout, Duration::from_secs(10));
+    let without =
+        EXAMPLE.replacen("header_read_timeout = \"10s\"", "", 1).replacen("body_read_timeout = \"10s\"", "", 1);
+    let defaults = Config::parse(&without).unwrap().ingress;
+    assert_eq!(
+        (defaults.header_read_timeout, defaults.body_read_timeout),
+        (Duration::from_secs(10), Duration::from_secs(10))
+    );
+    let zero = EXAMPLE.replacen("body_read_timeout = \"10s\"", "body_read_timeout = \"0s\"", 1);
+    let problems = Config::parse(&zero).unwrap().validate();
+    assert!(problems.iter().any(|p| p.key == "ingress.body_read_timeout"), "{problems:?}");
+}

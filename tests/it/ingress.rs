@@ -5,7 +5,9 @@ use crate::helpers::{BEARER_TOKEN, TestApp, amqp_url, eventually, fixture, spawn
 use accessgov::broker::topology::REQUEST_BINDING;
 use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const APPROVED: &str = "webhook-approved-confluence-write.json";
 
@@ -340,4 +342,82 @@ async fn values_postgresql_refuses_are_400_naming_the_field_and_nothing_is_publi
     let text = metrics(&app).await;
     assert!(text.contains("accessgov_ingress_requests_total{outcome=\"invalid_value\"}"), "{text}");
     let _ = conn.close(200, "test done".into()).await;
+}
+
+/// Opens a connection that sends complete headers announcing `content_length`
+/// bytes, then only the first bytes of the body, and stalls.
+async fn stalled_sender(app: &TestApp, content_length: usize) -> TcpStream {
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /webhooks/jsm HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: {content_length}\r\n\r\n{{\"webhookEvent\": ",
+        app.addr
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_senders_hold_no_slot_so_a_signed_webhook_is_answered_within_a_second() {
+    let app = spawn_app_with(|c| c.ingress.max_concurrent_requests = 4).await;
+    // Warm up the publish path, so that only the slow senders can delay what follows.
+    assert_eq!(app.post_signed(&approval_with_changelog("slow-0"), None).await.status(), 202);
+
+    // 64 unauthenticated senders, 16 times the slots, each stalled inside its body.
+    let mut stalled = Vec::new();
+    for _ in 0..64 {
+        stalled.push(stalled_sender(&app, 100_000).await);
+    }
+    // Let the server read their headers and start on their bodies (more time only makes
+    // the test stricter: each of them is then waiting on its body).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let start = Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(1), app.post_signed(&approval_with_changelog("slow-1"), None))
+        .await
+        .expect("a signed webhook is answered within 1 s while 64 senders stall");
+    let elapsed = start.elapsed();
+    assert_eq!(resp.status(), 202);
+    assert!(elapsed < Duration::from_secs(1), "answered after {elapsed:?}");
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_not_received_within_body_read_timeout_is_answered_408() {
+    let app = spawn_app_with(|c| c.ingress.body_read_timeout = Duration::from_millis(300)).await;
+    let mut stream = stalled_sender(&app, 1000).await;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        // Read until the JSON body of the answer is complete (or the server closes).
+        loop {
+            let n = stream.read(&mut buf).await.unwrap_or(0);
+            answer.extend_from_slice(&buf[..n]);
+            if n == 0 || answer.ends_with(b"}") {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("an answer within the timeout");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"error\":\"body_timeout\""), "{text}");
+    let metrics = metrics(&app).await;
+    assert!(metrics.contains("accessgov_ingress_requests_total{outcome=\"body_timeout\"}"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_that_never_finishes_its_headers_is_disconnected_after_header_read_timeout() {
+    let app = spawn_app_with(|c| c.ingress.header_read_timeout = Duration::from_millis(300)).await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream.write_all(b"POST /webhooks/jsm HTTP/1.1\r\nHost: accessgov\r\nContent-Le").await.unwrap();
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("the server closes the connection instead of waiting for the headers forever");
+    // Closed (EOF or reset), with no request ever dispatched.
+    assert!(read.map_or(true, |n| n == 0), "{:?}", String::from_utf8_lossy(&buf));
+    let metrics = metrics(&app).await;
+    assert!(metrics.contains("accessgov_ingress_header_timeouts_total"), "{metrics}");
 }
