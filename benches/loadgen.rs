@@ -80,6 +80,8 @@ async fn main() -> anyhow::Result<()> {
             v["issue"]["key"] = json!(format!("LOAD-{i}"));
             v["issue"]["fields"]["reporter"]["accountId"] = json!(format!("load-user-{}", i % 500));
             v["changelog"]["id"] = json!(format!("{}", 900_000 + i));
+            // A fresh body time: the fixture's own is older than `[jsm] max_event_age`.
+            v["timestamp"] = json!(chrono::Utc::now().timestamp_millis());
             serde_json::to_vec(&v).expect("serializes")
         })
         .collect();

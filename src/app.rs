@@ -110,6 +110,7 @@ impl App {
             metrics: metrics::handle(),
             config: config.clone(),
             admin_token: admin_token.map(Arc::new),
+            auth_failures: Default::default(),
         };
         let token = shutdown.clone();
         tasks.spawn(async move { ("ops", ops::serve(ops_listener, ops_state, token).await.map_err(Into::into)) });

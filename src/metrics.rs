@@ -1,12 +1,17 @@
 //! Prometheus metrics: one recorder per process, rendered by the ops listener.
 //!
 //! Names (all counters unless noted):
-//! - `accessgov_ingress_requests_total{outcome}`: accepted, ignored, unauthorized, bad_request, too_large, unavailable
+//! - `accessgov_ingress_requests_total{outcome}`: accepted, ignored, unauthorized, bad_request,
+//!   invalid_value, too_large, body_timeout (408), unavailable
+//! - `accessgov_ingress_header_timeouts_total`: connections closed because no complete request
+//!   headers arrived within `header_read_timeout` (slow senders, and idle keep-alive connections)
 //! - `accessgov_ingress_auth_failures_total{reason}`
 //! - `accessgov_ingress_ignored_total{reason}`
 //! - `accessgov_ingress_publish_failures_total{reason}`
 //! - `accessgov_worker_events_total{outcome}`: the final outcome per delivery
 //! - `accessgov_worker_poison_total`: undecodable messages sent to the dead queue
+//! - `accessgov_admin_auth_failures_total{reason}`: refused `/admin` calls (every one,
+//!   including those the audit log's rate limit does not write)
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
@@ -30,6 +35,10 @@ pub fn ingress_request(outcome: &'static str) {
     metrics::counter!("accessgov_ingress_requests_total", "outcome" => outcome).increment(1);
 }
 
+pub fn ingress_header_timeout() {
+    metrics::counter!("accessgov_ingress_header_timeouts_total").increment(1);
+}
+
 pub fn ingress_auth_failure(reason: &'static str) {
     metrics::counter!("accessgov_ingress_auth_failures_total", "reason" => reason).increment(1);
 }
@@ -48,4 +57,8 @@ pub fn worker_event(outcome: &'static str) {
 
 pub fn worker_poison() {
     metrics::counter!("accessgov_worker_poison_total").increment(1);
+}
+
+pub fn admin_auth_failure(reason: &'static str) {
+    metrics::counter!("accessgov_admin_auth_failures_total", "reason" => reason).increment(1);
 }

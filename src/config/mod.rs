@@ -144,10 +144,23 @@ pub struct IngressConfig {
     pub bearer_token_env: Option<String>,
     /// File holding the Automation bearer token.
     pub bearer_token_file: Option<String>,
-    /// Requests taking longer are answered 503 (so the sender retries).
+    /// A connection must deliver a request's complete headers within this long,
+    /// or it is closed without an answer (also closes idle keep-alive
+    /// connections after this long). Bounds slowloris-style senders, which hold
+    /// a connection without ever making a request.
+    #[serde(deserialize_with = "duration::de")]
+    pub header_read_timeout: Duration,
+    /// A request's whole body must arrive within this long, or it is answered
+    /// 408 (which Jira retries). The body is read before a processing slot is
+    /// taken, so a slow sender holds no slot.
+    #[serde(deserialize_with = "duration::de")]
+    pub body_read_timeout: Duration,
+    /// Once the body is read: waiting for a slot, verifying, normalizing and
+    /// publishing taking longer than this is answered 503 (so the sender retries).
     #[serde(deserialize_with = "duration::de")]
     pub request_timeout: Duration,
-    /// Requests handled at once; more wait.
+    /// Requests processed at once (verify, normalize, publish); more wait for a
+    /// slot. Reading bodies takes no slot.
     pub max_concurrent_requests: usize,
 }
 
@@ -160,6 +173,8 @@ impl Default for IngressConfig {
             hmac_secret_file: None,
             bearer_token_env: None,
             bearer_token_file: None,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(15),
             max_concurrent_requests: 256,
         }
@@ -258,6 +273,13 @@ pub struct JsmConfig {
     /// Off by default: whoever holds the Automation bearer token could name anyone.
     #[serde(default)]
     pub trust_automation_approver: bool,
+    /// An event whose own time (a webhook's `timestamp`, an Automation body's
+    /// `updated`) is older than this when it arrives is ignored as `stale` (200):
+    /// a late retry or a replayed capture must not act on a ticket long after the
+    /// fact. Jira retries a delivery for about 30 minutes, Automation a rule for
+    /// up to 7 days (the default), so shorter values drop legitimate retries.
+    #[serde(default = "default_max_event_age", deserialize_with = "duration::de")]
+    pub max_event_age: Duration,
     pub fields: FieldsConfig,
     /// Request type name -> action.
     pub request_types: BTreeMap<String, RequestAction>,
@@ -291,6 +313,15 @@ pub struct FieldsConfig {
     /// carries their values in the event so connectors can find the user.
     #[serde(skip)]
     pub subject_fields: Vec<String>,
+}
+
+/// Automation retries a rule for up to 7 days.
+pub const DEFAULT_MAX_EVENT_AGE: Duration = Duration::from_secs(7 * 86_400);
+/// Below this, Jira's own retries (about 30 minutes) would be dropped as stale.
+const MIN_MAX_EVENT_AGE: Duration = Duration::from_secs(3600);
+
+fn default_max_event_age() -> Duration {
+    DEFAULT_MAX_EVENT_AGE
 }
 
 fn default_requester() -> String {
@@ -601,6 +632,15 @@ impl Config {
         if self.broker.prefetch == 0 {
             add("broker.prefetch".into(), "must be at least 1".into());
         }
+        for (key, d) in [
+            ("ingress.header_read_timeout", self.ingress.header_read_timeout),
+            ("ingress.body_read_timeout", self.ingress.body_read_timeout),
+            ("ingress.request_timeout", self.ingress.request_timeout),
+        ] {
+            if d.is_zero() {
+                add(key.into(), "must be longer than zero, e.g. \"10s\"".into());
+            }
+        }
         if self.worker.concurrency == 0 {
             add("worker.concurrency".into(), "must be at least 1".into());
         }
@@ -626,6 +666,14 @@ impl Config {
         }
         if self.jsm.request_types.is_empty() {
             add("jsm.request_types".into(), "map at least one request type name to grant, revoke or change".into());
+        }
+        if self.jsm.max_event_age < MIN_MAX_EVENT_AGE {
+            add(
+                "jsm.max_event_age".into(),
+                "must be at least 1h: Jira retries a delivery for about 30 minutes and Automation a rule \
+                 for up to 7 days (the default, \"7d\")"
+                    .into(),
+            );
         }
         if self.jsm.statuses.is_empty() {
             add("jsm.statuses".into(), "map at least one status name to approved, denied, revoked or declined".into());

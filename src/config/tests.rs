@@ -214,3 +214,34 @@ fn verify_approval_is_on_with_credentials_unless_turned_off_and_off_is_warned_ab
     c.jsm.verify_approval = Some(true);
     assert!(c.verify_approval_in_effect(false), "explicitly on stays on (and refuses without credentials)");
 }
+
+#[test]
+fn max_event_age_defaults_to_seven_days_and_an_hour_is_the_least() {
+    let config = Config::parse(EXAMPLE).unwrap();
+    assert_eq!(config.jsm.max_event_age, Duration::from_secs(7 * 86_400));
+    let without = EXAMPLE.replacen("max_event_age = \"7d\"", "", 1);
+    assert_eq!(Config::parse(&without).unwrap().jsm.max_event_age, Duration::from_secs(7 * 86_400), "the default");
+    let short = EXAMPLE.replacen("max_event_age = \"7d\"", "max_event_age = \"10m\"", 1);
+    let problems = Config::parse(&short).unwrap().validate();
+    let p = problems.iter().find(|p| p.key == "jsm.max_event_age").expect("a problem on the key");
+    assert!(p.message.contains("7 days"), "{p}");
+    let bad = EXAMPLE.replacen("max_event_age = \"7d\"", "max_event_age = \"7\"", 1);
+    assert!(Config::parse(&bad).unwrap_err().contains("no unit"));
+}
+
+#[test]
+fn ingress_read_timeouts_default_to_ten_seconds_and_zero_is_refused() {
+    let config = Config::parse(EXAMPLE).unwrap();
+    assert_eq!(config.ingress.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(config.ingress.body_read_timeout, Duration::from_secs(10));
+    let without =
+        EXAMPLE.replacen("header_read_timeout = \"10s\"", "", 1).replacen("body_read_timeout = \"10s\"", "", 1);
+    let defaults = Config::parse(&without).unwrap().ingress;
+    assert_eq!(
+        (defaults.header_read_timeout, defaults.body_read_timeout),
+        (Duration::from_secs(10), Duration::from_secs(10))
+    );
+    let zero = EXAMPLE.replacen("body_read_timeout = \"10s\"", "body_read_timeout = \"0s\"", 1);
+    let problems = Config::parse(&zero).unwrap().validate();
+    assert!(problems.iter().any(|p| p.key == "ingress.body_read_timeout"), "{problems:?}");
+}

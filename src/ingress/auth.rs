@@ -5,11 +5,12 @@
 //!   `sha256` method is accepted (Atlassian may add others), compared in
 //!   constant time by `Mac::verify_slice`.
 //! - Automation "Send web request" cannot sign: it sends
-//!   `Authorization: Bearer <token>`, compared in constant time.
+//!   `Authorization: Bearer <token>`, compared in constant time by
+//!   [`token_matches`] (which the admin API uses too).
 
 use hmac::{Hmac, KeyInit, Mac};
 use secrecy::{ExposeSecret, SecretString};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// The credentials ingress accepts (at least one is set; startup refuses otherwise).
@@ -83,11 +84,20 @@ impl Verifier {
                 .or_else(|| auth.strip_prefix("bearer "))
                 .ok_or(AuthFailure::BadToken)?
                 .trim();
-            let ok: bool = presented.as_bytes().ct_eq(token.expose_secret().as_bytes()).into();
-            return if ok { Ok(AuthMethod::Bearer) } else { Err(AuthFailure::BadToken) };
+            return if token_matches(presented, token) { Ok(AuthMethod::Bearer) } else { Err(AuthFailure::BadToken) };
         }
         Err(AuthFailure::Missing)
     }
+}
+
+/// Whether a presented bearer token is the expected one, in constant time and
+/// without leaking the expected token's length: `ct_eq` on slices of different
+/// lengths returns at once, so both sides are hashed to 32 bytes first and the
+/// digests compared. Shared by the ingress (Automation token) and the admin API.
+pub fn token_matches(presented: &str, expected: &SecretString) -> bool {
+    let presented = Sha256::digest(presented.as_bytes());
+    let expected = Sha256::digest(expected.expose_secret().as_bytes());
+    presented.ct_eq(&expected).into()
 }
 
 /// Verifies `sha256=<hex>` against the body.
@@ -144,6 +154,17 @@ mod tests {
         assert_eq!(v.verify(None, Some("Bearer automation-token2"), b"{}"), Err(AuthFailure::BadToken));
         assert_eq!(v.verify(None, Some("Basic automation-token"), b"{}"), Err(AuthFailure::BadToken));
         assert_eq!(v.verify(None, None, b"{}"), Err(AuthFailure::Missing));
+    }
+
+    #[test]
+    fn token_matches_only_the_whole_token() {
+        let expected = SecretString::from("automation-token");
+        assert!(token_matches("automation-token", &expected));
+        assert!(!token_matches("automation-tokem", &expected), "a different token of the same length");
+        assert!(!token_matches("automation-", &expected), "a prefix");
+        assert!(!token_matches("", &expected), "empty");
+        assert!(!token_matches("automation-token-and-more", &expected), "a longer token");
+        assert!(!token_matches("Automation-Token", &expected), "case matters");
     }
 
     #[test]

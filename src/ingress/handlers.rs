@@ -19,8 +19,26 @@ const RETRY_AFTER_SECS: &str = "30";
 pub enum IngressError {
     Unauthorized(&'static str),
     TooLarge(usize),
+    /// The body did not arrive within `body_read_timeout`.
+    BodyTimeout(Duration),
     BadRequest(String),
+    /// A value the event would carry but PostgreSQL cannot store; the JSON path of the field.
+    InvalidValue(String),
     Unavailable(String),
+}
+
+impl IngressError {
+    /// The `outcome` label of `accessgov_ingress_requests_total`.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Self::Unauthorized(_) => "unauthorized",
+            Self::TooLarge(_) => "too_large",
+            Self::BodyTimeout(_) => "body_timeout",
+            Self::BadRequest(_) => "bad_request",
+            Self::InvalidValue(_) => "invalid_value",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
 }
 
 impl IntoResponse for IngressError {
@@ -33,7 +51,23 @@ impl IntoResponse for IngressError {
             Self::TooLarge(limit) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, json!({"error": "payload_too_large", "limit_bytes": limit}))
             }
+            Self::BodyTimeout(limit) => (
+                StatusCode::REQUEST_TIMEOUT,
+                json!({
+                    "error": "body_timeout",
+                    "detail": format!("the body did not arrive within {}; retry", crate::config::duration::format(*limit)),
+                }),
+            ),
             Self::BadRequest(detail) => (StatusCode::BAD_REQUEST, json!({"error": "invalid_json", "detail": detail})),
+            Self::InvalidValue(field) => (
+                StatusCode::BAD_REQUEST,
+                json!({
+                    "error": "invalid_value",
+                    "field": field,
+                    "detail": "the value contains a NUL character (\\u0000), which PostgreSQL cannot store; \
+                               remove it from the ticket field",
+                }),
+            ),
             Self::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"error": "unavailable", "detail": "the request was not accepted; retry later"}),
@@ -53,42 +87,63 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// `POST /webhooks/jsm`.
 pub async fn webhook(State(state): State<IngressState>, headers: HeaderMap, body: Body) -> Response {
-    let Ok(_slot) = state.slots.clone().acquire_owned().await else {
-        return IngressError::Unavailable("shutting down".into()).into_response();
-    };
-    let timeout = state.config.ingress.request_timeout;
-    match tokio::time::timeout(timeout, handle(&state, &headers, body)).await {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => {
-            metrics::ingress_request(match &e {
-                IngressError::Unauthorized(_) => "unauthorized",
-                IngressError::TooLarge(_) => "too_large",
-                IngressError::BadRequest(_) => "bad_request",
-                IngressError::Unavailable(_) => "unavailable",
-            });
+    match receive_and_handle(&state, &headers, body).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            metrics::ingress_request(e.outcome());
             e.into_response()
-        }
-        Err(_) => {
-            metrics::ingress_request("unavailable");
-            tracing::warn!(timeout_ms = timeout.as_millis() as u64, "webhook request timed out");
-            IngressError::Unavailable("timeout".into()).into_response()
         }
     }
 }
 
-async fn handle(state: &IngressState, headers: &HeaderMap, body: Body) -> Result<Response, IngressError> {
-    let limit = state.config.ingress.max_body_bytes;
+/// Reads the body (no slot held: a slow sender costs a connection and a buffer,
+/// not processing capacity), then processes it holding a slot.
+async fn receive_and_handle(state: &IngressState, headers: &HeaderMap, body: Body) -> Result<Response, IngressError> {
+    let bytes = read_body(&state.config.ingress, headers, body).await?;
+    let timeout = state.config.ingress.request_timeout;
+    let processed = tokio::time::timeout(timeout, async {
+        let Ok(_slot) = state.slots.clone().acquire_owned().await else {
+            return Err(IngressError::Unavailable("shutting down".into()));
+        };
+        handle(state, headers, &bytes).await
+    });
+    processed.await.unwrap_or_else(|_| {
+        tracing::warn!(timeout_ms = timeout.as_millis() as u64, "webhook request timed out");
+        Err(IngressError::Unavailable("timeout".into()))
+    })
+}
+
+/// The whole body, at most `max_body_bytes`, within `body_read_timeout`.
+async fn read_body(
+    config: &crate::config::IngressConfig,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<axum::body::Bytes, IngressError> {
+    let limit = config.max_body_bytes;
     let declared_too_large =
         header_str(headers, "content-length").and_then(|v| v.parse::<usize>().ok()).is_some_and(|n| n > limit);
     if declared_too_large {
         return Err(IngressError::TooLarge(limit));
     }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| IngressError::TooLarge(limit))?;
+    match tokio::time::timeout(config.body_read_timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(IngressError::TooLarge(limit)),
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = config.body_read_timeout.as_millis() as u64,
+                "webhook body not received in time; answering 408"
+            );
+            Err(IngressError::BodyTimeout(config.body_read_timeout))
+        }
+    }
+}
 
+/// Verifies, parses, normalizes and publishes one received body.
+async fn handle(state: &IngressState, headers: &HeaderMap, bytes: &[u8]) -> Result<Response, IngressError> {
     let method = match state.verifier.verify(
         header_str(headers, "x-hub-signature"),
         header_str(headers, "authorization"),
-        &bytes,
+        bytes,
     ) {
         Ok(method) => method,
         Err(failure) => {
@@ -98,7 +153,7 @@ async fn handle(state: &IngressState, headers: &HeaderMap, body: Body) -> Result
         }
     };
 
-    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
         // serde_json's message names line and column, never the content.
         IngressError::BadRequest(format!("body is not valid JSON: {e}"))
     })?;
@@ -114,6 +169,10 @@ async fn handle(state: &IngressState, headers: &HeaderMap, body: Body) -> Result
             Ok((StatusCode::OK, Json(json!({"ignored": reason.as_str()}))).into_response())
         }
         Normalized::Accepted(event) => {
+            if let Some(field) = normalize::unstorable_value(&event) {
+                tracing::warn!(ticket = %event.ticket.key.escape_debug(), %field, "webhook refused: a value PostgreSQL cannot store");
+                return Err(IngressError::InvalidValue(field));
+            }
             let timeout = state.config.broker.confirm_timeout;
             if let Err(e) = state.broker.publish_event(&event, 0, timeout).await {
                 metrics::ingress_publish_failure(e.label());

@@ -1,9 +1,16 @@
 //! The public listener: `POST /webhooks/jsm`, `GET /healthz`, `GET /readyz`.
 //!
-//! Order of work per request: size limit -> authenticity (on the raw bytes) ->
-//! JSON -> normalize -> publish with confirm -> 202. Nothing is answered 202
-//! unless the broker confirmed it; anything that might be retried by Jira gets
-//! a retryable status (503).
+//! Order of work per request: headers within `header_read_timeout` -> size
+//! limit -> the whole body within `body_read_timeout` (408 otherwise) -> a
+//! processing slot -> authenticity (on the raw bytes) -> JSON -> normalize ->
+//! publish with confirm -> 202. Nothing is answered 202 unless the broker
+//! confirmed it; anything that might be retried by Jira gets a retryable status
+//! (503, or 408 for a body that did not arrive in time).
+//!
+//! Slow senders are bounded twice: hyper closes a connection whose headers do not
+//! arrive in time, and a body is read before a slot is taken, so the slots
+//! (`max_concurrent_requests`) bound processing only and a sender that trickles
+//! its body holds none of them.
 
 pub mod auth;
 pub mod handlers;
@@ -13,11 +20,16 @@ use crate::broker::Broker;
 use crate::config::Config;
 use axum::Router;
 use axum::routing::{get, post};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use sqlx::PgPool;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -26,7 +38,7 @@ pub struct IngressState {
     pub verifier: Arc<auth::Verifier>,
     pub broker: Broker,
     pub pool: PgPool,
-    /// Bounds requests in flight.
+    /// Bounds requests in processing (taken once the body is read).
     pub slots: Arc<Semaphore>,
 }
 
@@ -48,5 +60,51 @@ pub fn router(state: IngressState) -> Router {
 /// Serves until the token is cancelled, then lets in-flight requests finish.
 pub async fn serve(listener: TcpListener, state: IngressState, shutdown: CancellationToken) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "ingress listening");
-    axum::serve(listener, router(state)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    let header_read_timeout = state.config.ingress.header_read_timeout;
+    serve_http1(listener, router(state), header_read_timeout, shutdown).await;
+    Ok(())
+}
+
+/// `axum::serve`, but with hyper's HTTP/1 header read timeout, which
+/// `axum::serve` does not expose (without a timer hyper applies none at all):
+/// each connection is served by `http1::Builder` with a Tokio timer. On
+/// cancellation the listener closes, every connection finishes the request it
+/// is in (then closes), and this returns when all have.
+pub async fn serve_http1(
+    mut listener: TcpListener,
+    app: Router,
+    header_read_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let connections = TaskTracker::new();
+    loop {
+        // `axum::serve::Listener::accept` retries accept errors (e.g. too many open files) after a pause.
+        let (io, _peer) = tokio::select! {
+            accepted = axum::serve::Listener::accept(&mut listener) => accepted,
+            () = shutdown.cancelled() => break,
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let mut builder = http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+            let conn = builder.serve_connection(TokioIo::new(io), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                () = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            match result {
+                Err(e) if e.is_timeout() => crate::metrics::ingress_header_timeout(),
+                Err(e) => tracing::debug!(error = %e, "ingress connection ended with an error"),
+                Ok(()) => {}
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
 }

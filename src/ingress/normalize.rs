@@ -28,7 +28,8 @@ pub const AUTOMATION_SCHEMA_V1: &str = "accessgov.automation/v1";
 /// Transport facts about the request, beside the body.
 #[derive(Debug, Default, Clone)]
 pub struct Meta {
-    /// `X-Atlassian-Webhook-Identifier`.
+    /// `X-Atlassian-Webhook-Identifier`: unsigned, so carried for the audit and
+    /// never part of a dedupe key.
     pub delivery_id: Option<String>,
     /// How the body was authenticated (the worker trusts a webhook's `user` only when signed).
     pub authenticity: Option<Authenticity>,
@@ -49,6 +50,9 @@ pub enum IgnoreReason {
     /// JSON, but neither a Jira webhook nor an Automation body (including a custom
     /// body of an unknown schema version, or one without an issue id and key).
     UnrecognizedFormat,
+    /// An access event whose own time is older than `[jsm] max_event_age`: a late
+    /// retry or a replayed capture, not acted on long after the fact.
+    Stale,
 }
 
 impl IgnoreReason {
@@ -59,6 +63,7 @@ impl IgnoreReason {
             Self::StatusNotActionable => "status_not_actionable",
             Self::UnsupportedEvent => "unsupported_event",
             Self::UnrecognizedFormat => "unrecognized_format",
+            Self::Stale => "stale",
         }
     }
 }
@@ -72,12 +77,29 @@ pub enum Normalized {
 
 /// Normalizes one authenticated body.
 pub fn normalize(body: &Value, meta: &Meta, jsm: &JsmConfig, now: DateTime<Utc>) -> Normalized {
-    match detect(body) {
+    let normalized = match detect(body) {
         Some(Format::Webhook { event, issue }) => webhook(body, event, issue, meta, jsm, now),
         Some(Format::Automation { source, issue }) => automation(issue, source, meta, jsm, now),
         Some(Format::AutomationCustom(body)) => automation_custom(body, meta, jsm, now),
         None => Normalized::Ignored(IgnoreReason::UnrecognizedFormat),
+    };
+    // Checked last, so that a body that is no access event keeps its own reason.
+    match normalized {
+        Normalized::Accepted(event) if is_stale(event.occurred_at, now, jsm.max_event_age) => {
+            Normalized::Ignored(IgnoreReason::Stale)
+        }
+        other => other,
     }
+}
+
+/// Whether an event that happened at `occurred_at` is older than `max_age` at
+/// `now`. A time in the future (clock skew) is never stale, nor is anything when
+/// `max_age` reaches beyond the calendar.
+pub fn is_stale(occurred_at: DateTime<Utc>, now: DateTime<Utc>, max_age: std::time::Duration) -> bool {
+    chrono::TimeDelta::from_std(max_age)
+        .ok()
+        .and_then(|age| now.checked_sub_signed(age))
+        .is_some_and(|oldest| occurred_at < oldest)
 }
 
 enum Format<'a> {
@@ -161,12 +183,14 @@ fn webhook(body: &Value, event: &str, issue: &Value, meta: &Meta, jsm: &JsmConfi
         to_id: item.get("to").and_then(id_string),
     };
     let changelog_id = changelog.and_then(|c| c.get("id")).and_then(id_string);
-    let dedupe_key = match (&changelog_id, &meta.delivery_id) {
-        // The same change delivered to two registered webhooks has two identifiers
-        // but one changelog id: prefer the latter.
-        (Some(cl), _) => format!("jira:{}:{cl}", parts.id),
-        (None, Some(d)) => format!("jira-delivery:{d}"),
-        (None, None) => format!(
+    // Only signed bytes make the key: `X-Atlassian-Webhook-Identifier` is a header
+    // the signature does not cover, so a key built from it would let anyone replay a
+    // captured body as a new event by changing it (it stays in the event as
+    // `delivery_id`, for the audit). The same change delivered to two registered
+    // webhooks has two identifiers but one changelog id and one body.
+    let dedupe_key = match &changelog_id {
+        Some(cl) => format!("jira:{}:{cl}", parts.id),
+        None => format!(
             "jira:{}:{}:{}",
             parts.id,
             status.to_id.as_deref().unwrap_or(&status.to),
@@ -397,6 +421,32 @@ fn automation_custom(body: &Map<String, Value>, meta: &Meta, jsm: &JsmConfig, no
         errors,
         raw_fields,
     }))
+}
+
+/// Where the event holds a value PostgreSQL cannot store, as a JSON path
+/// (`application`, `requester.display_name`, `raw_fields.customfield_10027[0].name`):
+/// a NUL character (`\u0000`), in a string or an object key, which neither `text`
+/// nor `jsonb` accepts. Such an event would be published and then fail in the
+/// worker on every delivery; the ingress refuses it with 400 instead, naming the
+/// field. The event's own fields are searched before `raw_fields`, so that the
+/// answer names the field as the event calls it, not the raw copy it was read from.
+pub fn unstorable_value(event: &AccessEvent) -> Option<String> {
+    let Ok(Value::Object(fields)) = serde_json::to_value(event) else { return None };
+    let (raw, own): (Vec<_>, Vec<_>) = fields.iter().partition(|(k, _)| k.as_str() == "raw_fields");
+    own.into_iter().chain(raw).find_map(|(k, v)| if k.contains('\0') { Some(k.clone()) } else { nul_path(v, k) })
+}
+
+/// The path of the first string or object key under `v` (at `path`) holding a NUL.
+pub fn nul_path(v: &Value, path: &str) -> Option<String> {
+    let child = |k: &str| if path.is_empty() { k.to_owned() } else { format!("{path}.{k}") };
+    match v {
+        Value::String(s) => s.contains('\0').then(|| path.to_owned()),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| nul_path(item, &format!("{path}[{i}]"))),
+        Value::Object(map) => {
+            map.iter().find_map(|(k, v)| if k.contains('\0') { Some(child(k)) } else { nul_path(v, &child(k)) })
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => None,
+    }
 }
 
 /// A person of the custom body: `{"account_id", "email", "display_name"}`; none without an account id.

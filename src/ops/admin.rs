@@ -4,8 +4,11 @@
 //! - Enabled iff `[ops] admin_token_env` or `admin_token_file` is set (the
 //!   process refuses to start when it is set but cannot be read); otherwise
 //!   every `/admin` path answers 404 `admin_api_disabled`.
-//! - `Authorization: Bearer <admin token>`, compared in constant time; anything
-//!   else is 401 `{"error": "unauthorized"}`.
+//! - `Authorization: Bearer <admin token>`, compared in constant time
+//!   ([`token_matches`]); anything else is 401 `{"error": "unauthorized"}`,
+//!   counted in `accessgov_admin_auth_failures_total{reason}` and audited as
+//!   `admin_auth_failed` at most once per [`AUTH_FAILURE_AUDIT_INTERVAL`] per
+//!   reason ([`AuthFailureAudit`]), so that a flood cannot fill the table.
 //! - The caller names themself in `X-Accessgov-Operator` (required for writes:
 //!   400 `operator_required` without it; reads without it are recorded as
 //!   `admin-token`).
@@ -17,20 +20,22 @@ use super::OpsState;
 use crate::audit::{self, AuditEntry, query as audit_query, verify};
 use crate::dead_letters::{self, DiscardError, ReplayError, StateFilter};
 use crate::grants::list as grants_list;
+pub use crate::ingress::auth::token_matches;
 use crate::operator::{Operator, Via, parse_time};
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// Header naming the operator behind an admin call.
 pub const OPERATOR_HEADER: &str = "x-accessgov-operator";
@@ -39,6 +44,10 @@ pub const ANONYMOUS_CALLER: &str = "admin-token";
 /// Largest page of a listing.
 const MAX_LIMIT: i64 = 1000;
 const DEFAULT_LIMIT: i64 = 100;
+/// At most one `admin_auth_failed` audit row per reason in this interval.
+pub const AUTH_FAILURE_AUDIT_INTERVAL: Duration = Duration::from_secs(10);
+/// Longest request path recorded in an `admin_auth_failed` row (the path is the caller's text).
+const MAX_AUDITED_PATH_CHARS: usize = 256;
 
 /// The routes; `ops::router` nests them under `/admin` behind [`guard`].
 pub fn router(state: &OpsState) -> Router<OpsState> {
@@ -106,18 +115,130 @@ impl Caller {
     }
 }
 
-/// Compares a presented token with the configured one in constant time
-/// (hashing both first, so that the length does not leak either).
-pub fn token_matches(presented: &str, token: &SecretString) -> bool {
-    let a = Sha256::digest(presented.as_bytes());
-    let b = Sha256::digest(token.expose_secret().as_bytes());
-    a.ct_eq(&b).into()
+/// Why an `/admin` call was refused (the metric label and the audit row's `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AdminAuthFailure {
+    /// No `Authorization` header.
+    MissingToken,
+    /// An `Authorization` header that is not `Bearer <token>`.
+    NotBearer,
+    /// A bearer token that is not the admin token.
+    WrongToken,
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+impl AdminAuthFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MissingToken => "missing_token",
+            Self::NotBearer => "not_bearer",
+            Self::WrongToken => "wrong_token",
+        }
+    }
+}
+
+/// The presented bearer token, or why there is none.
+fn bearer(headers: &HeaderMap) -> Result<&str, AdminAuthFailure> {
+    let value = headers.get(header::AUTHORIZATION).ok_or(AdminAuthFailure::MissingToken)?;
+    let value = value.to_str().map_err(|_| AdminAuthFailure::NotBearer)?.trim();
+    let (scheme, token) = value.split_once(' ').ok_or(AdminAuthFailure::NotBearer)?;
+    if scheme.eq_ignore_ascii_case("bearer") { Ok(token.trim()) } else { Err(AdminAuthFailure::NotBearer) }
+}
+
+/// Rate-limits the `admin_auth_failed` audit rows. Every refused call is a
+/// security fact worth keeping, but each row is a write to an append-only
+/// table that nobody may prune: an unauthenticated flood must not be able to
+/// grow it (or hold the audit lock) at its own pace. So per reason, one row per
+/// [`AUTH_FAILURE_AUDIT_INTERVAL`]; the attempts in between are only counted,
+/// and the count travels in the next row's `suppressed`. The metric counts all.
+#[derive(Debug, Default)]
+pub struct AuthFailureAudit {
+    windows: Mutex<HashMap<AdminAuthFailure, Window>>,
+}
+
+#[derive(Debug)]
+struct Window {
+    written_at: Instant,
+    suppressed: u64,
+}
+
+impl AuthFailureAudit {
+    /// Takes one failure seen at `now`. `Some(suppressed)`: write a row now,
+    /// carrying the number of failures of this reason not written since the
+    /// last row. `None`: only counted, for the next row.
+    pub fn admit(&self, reason: AdminAuthFailure, now: Instant) -> Option<u64> {
+        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        match windows.get_mut(&reason) {
+            Some(w) if now.saturating_duration_since(w.written_at) < AUTH_FAILURE_AUDIT_INTERVAL => {
+                w.suppressed += 1;
+                None
+            }
+            Some(w) => {
+                let suppressed = std::mem::take(&mut w.suppressed);
+                w.written_at = now;
+                Some(suppressed)
+            }
+            None => {
+                windows.insert(reason, Window { written_at: now, suppressed: 0 });
+                Some(0)
+            }
+        }
+    }
+}
+
+/// `s` cut to at most `max` characters.
+fn truncated(s: &str, max: usize) -> &str {
+    s.char_indices().nth(max).map_or(s, |(i, _)| &s[..i])
+}
+
+/// The `admin_auth_failed` row: what was asked and why it was refused, never
+/// the presented token (nor the query, which is the caller's free text).
+fn auth_failure_entry(
+    reason: AdminAuthFailure,
+    method: &str,
+    path: &str,
+    client: Option<SocketAddr>,
+    suppressed: u64,
+) -> AuditEntry {
+    let mut e = AuditEntry::new("admin_auth_failed", "refused");
+    e.detail = json!({
+        "method": method,
+        "path": truncated(path, MAX_AUDITED_PATH_CHARS),
+        "reason": reason.as_str(),
+        "client": client.map(|a| a.ip().to_string()),
+        "suppressed": suppressed,
+        "interval_secs": AUTH_FAILURE_AUDIT_INTERVAL.as_secs(),
+    });
+    e
+}
+
+/// Counts, logs and (rate-limited) audits a refused call, then answers 401.
+/// An audit write that fails is logged; the caller gets the same 401 either way.
+async fn refuse(
+    state: &OpsState,
+    reason: AdminAuthFailure,
+    method: &str,
+    path: &str,
+    client: Option<SocketAddr>,
+) -> Response {
+    crate::metrics::admin_auth_failure(reason.as_str());
+    tracing::warn!(
+        path = truncated(path, MAX_AUDITED_PATH_CHARS),
+        reason = reason.as_str(),
+        "admin API call without a valid token refused"
+    );
+    if let Some(suppressed) = state.auth_failures.admit(reason, Instant::now()) {
+        let entry = auth_failure_entry(reason, method, path, client, suppressed);
+        let recorded = async {
+            let mut tx = state.pool.begin().await?;
+            audit::append(&mut tx, &[entry]).await?;
+            tx.commit().await
+        };
+        if let Err(err) = recorded.await {
+            tracing::error!(error = %err, suppressed, "could not audit a refused admin API call");
+        }
+    }
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "Authorization: Bearer <admin token> is required")
+        .into_response()
 }
 
 /// Authenticates, names the caller, runs the call, audits it.
@@ -130,14 +251,12 @@ async fn guard(State(state): State<OpsState>, mut req: Request, next: Next) -> R
         )
         .into_response();
     };
-    if !bearer(req.headers()).is_some_and(|p| token_matches(p, token)) {
-        tracing::warn!(path = %req.uri().path(), "admin API call without a valid token refused");
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "Authorization: Bearer <admin token> is required",
-        )
-        .into_response();
+    let authenticated = bearer(req.headers())
+        .and_then(|p| if token_matches(p, token) { Ok(()) } else { Err(AdminAuthFailure::WrongToken) });
+    if let Err(reason) = authenticated {
+        let path = format!("/admin{}", req.uri().path());
+        let client = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+        return refuse(&state, reason, req.method().as_str(), &path, client).await;
     }
     let operator = match req.headers().get(OPERATOR_HEADER) {
         None => None,
@@ -384,15 +503,53 @@ mod tests {
 
     #[test]
     fn the_token_must_match_exactly_and_the_scheme_is_bearer() {
-        let token = SecretString::from("s3cret-admin-token");
+        let token = secrecy::SecretString::from("s3cret-admin-token");
         assert!(token_matches("s3cret-admin-token", &token));
         assert!(!token_matches("s3cret-admin-toke", &token));
         assert!(!token_matches("", &token));
         let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), Err(AdminAuthFailure::MissingToken));
         h.insert(header::AUTHORIZATION, "bearer  abc ".parse().unwrap());
-        assert_eq!(bearer(&h), Some("abc"));
+        assert_eq!(bearer(&h), Ok("abc"));
         h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
-        assert_eq!(bearer(&h), None);
+        assert_eq!(bearer(&h), Err(AdminAuthFailure::NotBearer));
+        h.insert(header::AUTHORIZATION, "abc".parse().unwrap());
+        assert_eq!(bearer(&h), Err(AdminAuthFailure::NotBearer));
+    }
+
+    #[test]
+    fn refused_calls_are_audited_once_per_interval_per_reason_with_the_count_in_between() {
+        let audit = AuthFailureAudit::default();
+        let t0 = Instant::now();
+        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        // The first failure of a reason is written at once.
+        assert_eq!(audit.admit(AdminAuthFailure::WrongToken, t0), Some(0));
+        // Within the interval: only counted, for this reason only.
+        assert_eq!(audit.admit(AdminAuthFailure::WrongToken, s(1)), None);
+        assert_eq!(audit.admit(AdminAuthFailure::WrongToken, s(9)), None);
+        assert_eq!(audit.admit(AdminAuthFailure::MissingToken, s(9)), Some(0));
+        // After the interval: the next row carries the two suppressed ones, and the count restarts.
+        assert_eq!(audit.admit(AdminAuthFailure::WrongToken, s(10)), Some(2));
+        assert_eq!(audit.admit(AdminAuthFailure::WrongToken, s(11)), None);
+        assert_eq!(audit.admit(AdminAuthFailure::WrongToken, s(25)), Some(1));
+        // A flood of 10 000 within one interval is one row.
+        let written = (0..10_000).filter(|_| audit.admit(AdminAuthFailure::NotBearer, s(30)).is_some()).count();
+        assert_eq!(written, 1);
+    }
+
+    #[test]
+    fn the_refusal_row_names_the_call_and_the_reason_but_never_the_token() {
+        let long_path = format!("/admin/{}", "x".repeat(1000));
+        let client: SocketAddr = "10.1.2.3:45678".parse().unwrap();
+        let e = auth_failure_entry(AdminAuthFailure::WrongToken, "POST", &long_path, Some(client), 7);
+        assert_eq!((e.action.as_str(), e.outcome.as_str(), e.actor.as_deref()), ("admin_auth_failed", "refused", None));
+        assert_eq!(e.detail["reason"], "wrong_token");
+        assert_eq!(e.detail["method"], "POST");
+        assert_eq!(e.detail["client"], "10.1.2.3");
+        assert_eq!(e.detail["suppressed"], 7);
+        assert_eq!(e.detail["path"].as_str().unwrap().chars().count(), MAX_AUDITED_PATH_CHARS);
+        let keys: Vec<&String> = e.detail.as_object().unwrap().keys().collect();
+        assert!(!keys.iter().any(|k| k.contains("token") || k.contains("authorization")), "{keys:?}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::SecretString;
 use sqlx::PgPool;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +27,8 @@ pub struct OpsState {
     pub config: Arc<Config>,
     /// The admin API token; `None` turns `/admin` off.
     pub admin_token: Option<Arc<SecretString>>,
+    /// Rate limit of the `admin_auth_failed` audit rows.
+    pub auth_failures: Arc<admin::AuthFailureAudit>,
 }
 
 pub fn router(state: OpsState) -> Router {
@@ -48,5 +51,7 @@ async fn readyz(State(state): State<OpsState>) -> axum::response::Response {
 pub async fn serve(listener: TcpListener, state: OpsState, shutdown: CancellationToken) -> std::io::Result<()> {
     let admin = if state.admin_token.is_some() { "enabled" } else { "disabled (no [ops] admin token)" };
     tracing::info!(addr = %listener.local_addr()?, admin_api = admin, "ops listener (metrics, health, admin) listening");
-    axum::serve(listener, router(state)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    // With the peer address, which a refused admin call's audit row names.
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }

@@ -94,8 +94,21 @@ fn a_missing_config_file_says_how_to_point_at_one() {
 fn simulate_prints_the_event_and_decision_and_checks_given_headers() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(&dir, EXAMPLE_CONFIG);
+    // The fixture's body time is 2025-11-25, older than the example's max_event_age:
+    // simulate tells so, as the ingress would answer.
+    let stale = dir.path().join("stale.json");
+    std::fs::write(&stale, fixture("webhook-approved-confluence-write.json")).unwrap();
+    let out = accessgov(&["simulate", "--config", &path, "--event", &stale.display().to_string()], SECRETS);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["outcome"].as_str(), v["ignore_reason"].as_str()), (Some("ignored"), Some("stale")));
+
+    // The same change, sent now.
+    let mut body: serde_json::Value =
+        serde_json::from_slice(&fixture("webhook-approved-confluence-write.json")).unwrap();
+    body["timestamp"] = chrono::Utc::now().timestamp_millis().into();
+    let body = serde_json::to_vec(&body).unwrap();
     let event = dir.path().join("event.json");
-    std::fs::write(&event, fixture("webhook-approved-confluence-write.json")).unwrap();
+    std::fs::write(&event, &body).unwrap();
     let event = event.display().to_string();
 
     let out = accessgov(&["simulate", "--config", &path, "--event", &event], SECRETS);
@@ -106,7 +119,7 @@ fn simulate_prints_the_event_and_decision_and_checks_given_headers() {
     assert_eq!(v["event"]["ticket"]["key"], "ACC-42");
     assert_eq!(v["decision"]["decision"], "grant");
 
-    let sig = accessgov::ingress::auth::sign(WEBHOOK_SECRET, &fixture("webhook-approved-confluence-write.json"));
+    let sig = accessgov::ingress::auth::sign(WEBHOOK_SECRET, &body);
     let good = accessgov(
         &["simulate", "--config", &path, "--event", &event, "--header", &format!("X-Hub-Signature: {sig}")],
         SECRETS,

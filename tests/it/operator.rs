@@ -852,7 +852,7 @@ async fn the_admin_api_needs_the_token_names_the_operator_and_audits_every_call(
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    assert_eq!(audited_401, 0, "unauthenticated calls change nothing, not even the audit trail");
+    assert_eq!(audited_401, 0, "unauthenticated calls are never admin calls (they are admin_auth_failed rows)");
 
     let (status, list) =
         admin(&app, get.clone(), "/dead-letters?error_class=transient", Some(ADMIN_TOKEN), None, None).await;
@@ -923,6 +923,68 @@ async fn the_admin_api_needs_the_token_names_the_operator_and_audits_every_call(
     assert_eq!(calls[0], ("admin-token".to_owned(), "/admin/dead-letters".to_owned(), 200));
     assert!(calls.contains(&("dana".to_owned(), format!("/admin{replay_path}"), 200)), "{calls:?}");
     assert!(calls.contains(&("admin-token".to_owned(), format!("/admin{replay_path}"), 400)), "{calls:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_admin_calls_are_audited_at_a_bounded_rate_without_the_presented_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
+    let app = crate::helpers::spawn_app_with(|c| c.ops.admin_token_file = Some(token_file.display().to_string())).await;
+    const GUESS: &str = "guessed-admin-token-that-must-never-be-stored";
+
+    // A flood: 25 wrong tokens and 25 calls without any, well within one audit interval.
+    for i in 0..25 {
+        let (status, _) =
+            admin(&app, reqwest::Method::GET, &format!("/dead-letters?n={i}"), Some(GUESS), None, None).await;
+        assert_eq!(status, 401);
+        let (status, _) = admin(&app, reqwest::Method::POST, "/dead-letters/1/replay", None, Some("eve"), None).await;
+        assert_eq!(status, 401);
+    }
+
+    // One row per reason, each naming the call, the reason and the client, never the token.
+    let rows: Vec<(String, Option<String>, Value, String)> = sqlx::query_as(
+        "SELECT outcome, actor, detail, row_to_json(a)::text FROM audit_log a \
+         WHERE action = 'admin_auth_failed' ORDER BY seq",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2, "one row per reason per interval, not one per attempt: {rows:?}");
+    let mut reasons: Vec<&str> = rows.iter().map(|r| r.2["reason"].as_str().unwrap()).collect();
+    reasons.sort();
+    assert_eq!(reasons, ["missing_token", "wrong_token"]);
+    for (outcome, actor, detail, text) in &rows {
+        assert_eq!((outcome.as_str(), actor.as_deref()), ("refused", None));
+        assert_eq!(detail["client"], "127.0.0.1");
+        assert_eq!(detail["suppressed"], 0);
+        assert!(!text.contains(GUESS) && !text.contains("guessed"), "the presented token is never stored: {text}");
+    }
+    let wrong = rows.iter().find(|r| r.2["reason"] == "wrong_token").unwrap();
+    assert_eq!((wrong.2["method"].as_str(), wrong.2["path"].as_str()), (Some("GET"), Some("/admin/dead-letters")));
+
+    // Every attempt is counted in the metric (one recorder per test process: other tests add to it).
+    let metrics = app.http.get(format!("http://{}/metrics", app.ops_addr)).send().await.unwrap().text().await.unwrap();
+    for reason in ["wrong_token", "missing_token"] {
+        let series = format!("accessgov_admin_auth_failures_total{{reason=\"{reason}\"}} ");
+        let count: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {metrics}"));
+        assert!(count >= 25.0, "{series}{count}");
+    }
+
+    // The right token still works (and is audited as an admin call, as before).
+    let (status, list) = admin(&app, reqwest::Method::GET, "/dead-letters", Some(ADMIN_TOKEN), None, None).await;
+    assert_eq!((status, list["count"].as_i64()), (200, Some(0)));
+    let calls: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'admin_call'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(calls, 1);
+    let (status, verify) = admin(&app, reqwest::Method::GET, "/audit/verify", Some(ADMIN_TOKEN), None, None).await;
+    assert_eq!((status, verify["ok"].as_bool()), (200, Some(true)), "{verify}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,9 +23,11 @@ fn jsm() -> JsmConfig {
     Config::parse(EXAMPLE).expect("the example config parses").jsm
 }
 
-/// The fixed clock of every test: 2026-01-01T00:00:00Z.
+/// The fixed clock of every test: 2025-12-02T00:00:00Z, the day after the corpus
+/// was recorded (its bodies are from 2025-11-25 to 2025-12-01), so that they are
+/// within the example's `max_event_age` (7 days) unless a case says otherwise.
 fn now() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().expect("valid date")
+    Utc.with_ymd_and_hms(2025, 12, 2, 0, 0, 0).single().expect("valid date")
 }
 
 fn delivery(id: &str) -> Meta {
@@ -579,6 +581,26 @@ fn the_same_delivery_always_gives_the_same_event_id() {
 }
 
 #[test]
+fn without_a_changelog_id_the_unsigned_delivery_header_never_makes_a_new_event() {
+    let jsm = jsm();
+    // A signed body without a changelog id, captured and replayed with a fresh
+    // X-Atlassian-Webhook-Identifier (a header the signature does not cover).
+    let mut body = fixture("webhook-updated-approved-okta-user");
+    remove(&mut body, "changelog.id");
+    let original = accepted(normalize(&body, &delivery("3c5a8f3e"), &jsm, now()));
+    let replayed = accepted(normalize(&body, &delivery("attacker-chosen-1"), &jsm, now()));
+    assert_eq!(replayed.event_id, original.event_id);
+    assert_eq!(replayed.dedupe_key, original.dedupe_key);
+    assert_eq!(accepted(normalize(&body, &Meta::default(), &jsm, now())).event_id, original.event_id);
+    // The identifier is still carried for the audit.
+    assert_eq!(replayed.delivery_id.as_deref(), Some("attacker-chosen-1"));
+    // Another change of the issue (another body time) is another event.
+    let mut later = body.clone();
+    set(&mut later, "timestamp", json!(1_764_590_999_000_i64));
+    assert_ne!(accepted(normalize(&later, &delivery("3c5a8f3e"), &jsm, now())).event_id, original.event_id);
+}
+
+#[test]
 fn dedupe_keys_have_one_format_per_source() {
     let jsm = jsm();
     let key = |case: &str, meta: &Meta, edit: &dyn Fn(&mut Value)| {
@@ -593,10 +615,14 @@ fn dedupe_keys_have_one_format_per_source() {
 
     // Webhook: issue id and changelog id, whatever the delivery id.
     assert_eq!(key("webhook-updated-approved-okta-user", &delivery("d-1"), &keep), "jira:10101:30101");
-    // Webhook without a changelog id: the delivery identifier.
-    assert_eq!(key("webhook-updated-approved-okta-user", &delivery("d-1"), &drop_changelog_id), "jira-delivery:d-1");
-    // Neither: issue id, target status id and the body's timestamp.
+    // Webhook without a changelog id: issue id, target status id and the body's
+    // timestamp, whatever the (unsigned) delivery identifier.
+    assert_eq!(
+        key("webhook-updated-approved-okta-user", &delivery("d-1"), &drop_changelog_id),
+        "jira:10101:10101:1764590401234"
+    );
     assert_eq!(key("webhook-no-changelog-id-no-delivery", &Meta::default(), &keep), "jira:10126:10101:1764591900000");
+    assert_eq!(key("webhook-no-changelog-id-no-delivery", &delivery("d-2"), &keep), "jira:10126:10101:1764591900000");
     // Automation: issue id, status id and update time.
     assert_eq!(
         key("automation-jira-format-approved", &Meta::default(), &keep),
@@ -641,6 +667,97 @@ fn occurred_at_comes_from_the_body_and_from_the_clock_only_when_the_body_has_no_
 
     remove(&mut body, "timestamp");
     assert_eq!(accepted(normalize(&body, &Meta::default(), &jsm, now())).occurred_at, now());
+}
+
+#[test]
+fn an_event_older_than_max_event_age_is_ignored_as_stale() {
+    let jsm = jsm();
+    assert_eq!(jsm.max_event_age, std::time::Duration::from_secs(7 * 86_400), "the default");
+    let body = fixture("webhook-updated-approved-okta-user");
+    let occurred = accepted(normalize(&body, &Meta::default(), &jsm, now())).occurred_at;
+    let at = |after: chrono::Duration| normalize(&body, &Meta::default(), &jsm, occurred + after);
+    // Exactly max_event_age old is still accepted; a millisecond more is stale.
+    assert!(matches!(at(chrono::Duration::days(7)), Normalized::Accepted(_)));
+    assert_eq!(
+        at(chrono::Duration::days(7) + chrono::Duration::milliseconds(1)),
+        Normalized::Ignored(IgnoreReason::Stale)
+    );
+    // Every format's own time counts: the Automation bodies' `updated`.
+    for case in
+        ["automation-jira-format-approved", "automation-issue-format-revoked", "automation-custom-approved-transition"]
+    {
+        let body = fixture(case);
+        let occurred = accepted(normalize(&body, &Meta::default(), &jsm, now())).occurred_at;
+        let later = occurred + chrono::Duration::days(8);
+        assert_eq!(normalize(&body, &Meta::default(), &jsm, later), Normalized::Ignored(IgnoreReason::Stale), "{case}");
+    }
+    // The setting is read from the config.
+    let mut short = jsm.clone();
+    short.max_event_age = std::time::Duration::from_secs(3600);
+    let two_hours_later = occurred + chrono::Duration::hours(2);
+    assert_eq!(normalize(&body, &Meta::default(), &short, two_hours_later), Normalized::Ignored(IgnoreReason::Stale));
+    // A body that is no access event keeps its own reason, however old.
+    let mut comment = body.clone();
+    remove(&mut comment, "changelog");
+    let much_later = occurred + chrono::Duration::days(400);
+    assert_eq!(
+        normalize(&comment, &Meta::default(), &jsm, much_later),
+        Normalized::Ignored(IgnoreReason::NoStatusChange)
+    );
+    // Without a time of its own the event happens now, so it is never stale.
+    let mut timeless = body.clone();
+    remove(&mut timeless, "timestamp");
+    assert!(matches!(normalize(&timeless, &Meta::default(), &jsm, much_later), Normalized::Accepted(_)));
+}
+
+#[test]
+fn is_stale_never_calls_the_future_stale_nor_panics_on_huge_ages() {
+    let max = std::time::Duration::from_secs(7 * 86_400);
+    assert!(!is_stale(now() + chrono::Duration::days(30), now(), max), "clock skew");
+    assert!(!is_stale(now(), now(), max));
+    assert!(is_stale(now() - chrono::Duration::days(8), now(), max));
+    assert!(!is_stale(DateTime::<Utc>::MIN_UTC, now(), std::time::Duration::MAX));
+    assert!(is_stale(DateTime::<Utc>::MIN_UTC, now(), max));
+}
+
+#[test]
+fn a_nul_anywhere_in_the_event_is_found_and_named_by_its_path() {
+    let jsm = jsm();
+    let event = |edit: &dyn Fn(&mut Value)| {
+        let mut body = fixture("webhook-approved-confluence-write");
+        edit(&mut body);
+        accepted(normalize(&body, &Meta::default(), &jsm, now()))
+    };
+    assert_eq!(unstorable_value(&event(&|_| {})), None);
+    // Values the event carries as its own fields are named as the event calls them.
+    let cases: [(&str, Value, &str); 5] = [
+        ("issue.fields.customfield_10050.value", json!("Conf\u{0}luence"), "application"),
+        ("issue.fields.reporter.displayName", json!("Dana\u{0}"), "requester.display_name"),
+        ("issue.key", json!("ACC-\u{0}42"), "ticket.key"),
+        ("changelog.items.1.fromString", json!("\u{0}"), "status.from"),
+        // Only in the raw copy of a configured field: the path into it.
+        (
+            "issue.fields.customfield_10027.0.name",
+            json!("Manager\u{0}approval"),
+            "raw_fields.customfield_10027[0].name",
+        ),
+    ];
+    for (path, value, expected) in cases {
+        assert_eq!(unstorable_value(&event(&|b| set(b, path, value.clone()))).as_deref(), Some(expected), "{path}");
+    }
+    // An object key is a string too (jsonb keys are text).
+    let key = event(&|b| set(b, "issue.fields.customfield_10050.a\u{0}b", json!(1)));
+    assert_eq!(unstorable_value(&key).as_deref(), Some("raw_fields.customfield_10050.a\u{0}b"));
+    // Where the event carries nothing (the description), a NUL does no harm.
+    assert_eq!(unstorable_value(&event(&|b| set(b, "issue.fields.description", json!("a\u{0}b")))), None);
+}
+
+#[test]
+fn nul_path_walks_strings_arrays_and_keys_in_order() {
+    assert_eq!(nul_path(&json!({"a": [1, "x", {"b": "\u{0}"}], "c": "\u{0}"}), ""), Some("a[2].b".to_owned()));
+    assert_eq!(nul_path(&json!("\u{0}"), "root"), Some("root".to_owned()));
+    assert_eq!(nul_path(&json!({"k\u{0}": null}), ""), Some("k\u{0}".to_owned()));
+    assert_eq!(nul_path(&json!({"a": ["x", 1, null, true, {"b": "Zoë 山田 \u{1F600}"}]}), ""), None);
 }
 
 #[test]
@@ -692,6 +809,7 @@ fn ignore_reasons_serialize_as_their_metric_names() {
         IgnoreReason::StatusNotActionable,
         IgnoreReason::UnsupportedEvent,
         IgnoreReason::UnrecognizedFormat,
+        IgnoreReason::Stale,
     ] {
         assert_eq!(serde_json::to_value(reason).expect("serializes"), json!(reason.as_str()));
     }

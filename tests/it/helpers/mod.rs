@@ -66,6 +66,9 @@ pub fn test_config(db_name: &str, prefix: &str) -> Config {
     c.ingress.listen = "127.0.0.1:0".parse().unwrap();
     c.ops.listen = "127.0.0.1:0".parse().unwrap();
     c.worker.shutdown_grace = Duration::from_secs(5);
+    // The fixture corpus was recorded in late 2025 and the tests post it as it is:
+    // far older than the default 7 days. The stale check has its own tests.
+    c.jsm.max_event_age = Duration::from_secs(100 * 365 * 86_400);
     // The admin API is off unless a test turns it on (with `admin_token_file`).
     c.ops.admin_token_env = None;
     assert_eq!(c.validate(), vec![], "test config must be valid");
