@@ -87,7 +87,7 @@ impl App {
             anyhow::bail!("application {name:?} is live (dry_run = false) but has no connector");
         }
         let admin_token = admin_token_from_config(&config)?;
-        let pool = db::pool(&config.database.url, config.database.max_connections)?;
+        let pool = db::pool(&config.database.url, config.database.max_connections, &config.database.timeouts())?;
         if migrate {
             let applied = db::migrate(&pool, &config.database.url).await?;
             tracing::info!(applied = applied.len(), "migrations up to date");

@@ -76,7 +76,7 @@ fn config_check(path: &std::path::Path, config: &Config) -> ExitCode {
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
-    let pool = db::pool(&config.database.url, 2)?;
+    let pool = db::pool(&config.database.url, 2, &config.database.timeouts())?;
     let applied = db::migrate(&pool, &config.database.url).await?;
     if applied.is_empty() {
         println!("database is up to date ({} migrations)", db::MIGRATOR.iter().count());

@@ -94,11 +94,40 @@ pub struct DatabaseConfig {
     pub url: String,
     /// Connection pool size.
     pub max_connections: u32,
+    /// PostgreSQL `statement_timeout` of every pooled connection: a statement
+    /// running longer is cancelled (SQLSTATE 57014). `"0s"` turns it off. Reads
+    /// that stream a whole table (`audit verify`, `audit export`) and
+    /// migrations are exempt.
+    #[serde(deserialize_with = "duration::de")]
+    pub statement_timeout: Duration,
+    /// PostgreSQL `lock_timeout`: waiting longer for a lock (row, table or
+    /// advisory lock, such as the audit-chain lock) fails the statement (55P03).
+    /// `"0s"` turns it off. Migrations are exempt.
+    #[serde(deserialize_with = "duration::de")]
+    pub lock_timeout: Duration,
+    /// PostgreSQL `idle_in_transaction_session_timeout`: a session idle inside
+    /// an open transaction this long is terminated, releasing its locks.
+    /// `"0s"` turns it off.
+    #[serde(deserialize_with = "duration::de")]
+    pub idle_in_transaction_timeout: Duration,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { url: "postgres://postgres@127.0.0.1:5432/accessgov".into(), max_connections: 10 }
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/accessgov".into(),
+            max_connections: 10,
+            statement_timeout: Duration::from_secs(30),
+            lock_timeout: Duration::from_secs(10),
+            idle_in_transaction_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// The server-side limits every pooled connection carries.
+    pub fn timeouts(&self) -> crate::db::Timeouts {
+        crate::db::Timeouts::from(self)
     }
 }
 
@@ -761,6 +790,13 @@ impl Config {
             self.broker.retry_delays.iter().map(|d| duration::format(*d)).collect::<Vec<_>>().join(" -> ")
         );
         let _ = writeln!(s, "database   {} (pool {})", redact_url(&self.database.url), self.database.max_connections);
+        let _ = writeln!(
+            s,
+            "           statement_timeout {}, lock_timeout {}, idle_in_transaction_timeout {}",
+            duration::format(self.database.statement_timeout),
+            duration::format(self.database.lock_timeout),
+            duration::format(self.database.idle_in_transaction_timeout)
+        );
         let auth: Vec<String> = [
             self.ingress.hmac_secret().map(|r| format!("HMAC signature ({})", r.describe())),
             self.ingress.bearer_token().map(|r| format!("bearer token ({})", r.describe())),
