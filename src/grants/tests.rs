@@ -12,7 +12,9 @@ fn hold(ticket: &str, level: &str, t: i64) -> Hold {
 fn ledger(entries: &[(&str, Vec<Hold>, Option<i64>)]) -> Ledger {
     entries
         .iter()
-        .map(|(t, holds, rt)| (t.to_string(), TargetState { holds: holds.clone(), revoked_through: rt.map(at), identity: None }))
+        .map(|(t, holds, rt)| {
+            (t.to_string(), TargetState { holds: holds.clone(), revoked_through: rt.map(at), identity: None })
+        })
         .collect()
 }
 

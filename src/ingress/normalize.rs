@@ -481,7 +481,9 @@ fn latest_approval(v: &Value) -> Option<Approval> {
         .map(|list| {
             list.iter()
                 .filter(|a| {
-                    a.get("approverDecision").and_then(Value::as_str).is_some_and(|d| d.eq_ignore_ascii_case("approved"))
+                    a.get("approverDecision")
+                        .and_then(Value::as_str)
+                        .is_some_and(|d| d.eq_ignore_ascii_case("approved"))
                 })
                 .filter_map(|a| a.get("approver").and_then(person))
                 .collect()

@@ -551,10 +551,7 @@ pub fn confirms(
     if let Some(latest) = latest
         && !latest.final_decision.eq_ignore_ascii_case("approved")
     {
-        return Err(format!(
-            "the latest approval of {key} ({}) is {}, not approved",
-            latest.id, latest.final_decision
-        ));
+        return Err(format!("the latest approval of {key} ({}) is {}, not approved", latest.id, latest.final_decision));
     }
     let fresh = |a: &&Approval| match (not_before_ms, a.completed_epoch_ms) {
         (None, _) => true,

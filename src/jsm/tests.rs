@@ -1,7 +1,7 @@
 use super::*;
-use chrono::TimeZone;
 use crate::config::RequestAction;
 use crate::event::{Approver, ApproverSource, Person, SCHEMA_V1, Source, StatusChange, Ticket, event_id_for};
+use chrono::TimeZone;
 use reqwest::header::HeaderValue;
 use wiremock::matchers::{body_json, header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -499,11 +499,8 @@ fn event(app_status: AppStatus, approver: Option<&str>) -> AccessEvent {
 
 /// `confirms` for the event's approver (or someone who approved nothing).
 fn confirms_as(status: AppStatus, approver: Option<&str>, state: &ApprovalState) -> Result<(), String> {
-    let who = Person {
-        account_id: approver.unwrap_or("acc-nobody").into(),
-        email: None,
-        display_name: Some("Alice".into()),
-    };
+    let who =
+        Person { account_id: approver.unwrap_or("acc-nobody").into(), email: None, display_name: Some("Alice".into()) };
     confirms(&event(status, approver), &who, None, state, &statuses())
 }
 
@@ -569,7 +566,8 @@ fn a_later_declined_approval_overrides_an_earlier_approved_one() {
     first.completed_epoch_ms = Some(1_000);
     let mut second = appr("2", "declined", &[("acc-alice", "declined")]);
     second.completed_epoch_ms = Some(2_000);
-    let reason = confirms_as(AppStatus::Approved, Some("acc-alice"), &live("Approved", vec![first, second])).unwrap_err();
+    let reason =
+        confirms_as(AppStatus::Approved, Some("acc-alice"), &live("Approved", vec![first, second])).unwrap_err();
     assert!(reason.contains("(2) is declined"), "{reason}");
 }
 

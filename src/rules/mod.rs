@@ -366,9 +366,9 @@ fn approved_by(
     if actor == Some(subject.account_id.as_str()) {
         return Err(unconfirmed("the requester made the transition themselves".into()));
     }
-    let signed_webhook =
-        event.source == Source::JiraWebhook && event.authenticity == Some(Authenticity::Signature);
-    let automation = matches!(event.source, Source::AutomationCustom | Source::AutomationJira | Source::AutomationIssue);
+    let signed_webhook = event.source == Source::JiraWebhook && event.authenticity == Some(Authenticity::Signature);
+    let automation =
+        matches!(event.source, Source::AutomationCustom | Source::AutomationJira | Source::AutomationIssue);
     // With verify_approval the worker confirms the approver against the live JSM approvals before granting.
     let shown = facts.verify_approval
         || (!legacy && signed_webhook && actor == Some(named.account_id.as_str()))

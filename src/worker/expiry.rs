@@ -101,10 +101,8 @@ pub async fn due(pool: &sqlx::PgPool, live_applications: &[String]) -> Result<Ve
 /// The event that revokes a ticket's expired holds through the normal pipeline.
 /// `now` is when the sweeper saw it due: holds the ticket took before then are released.
 pub fn expiry_event(d: &Due, now: DateTime<Utc>) -> AccessEvent {
-    let dedupe_key =
-        format!("expiry:{}:{}:{}:{}", d.ticket, d.application, d.subject, d.expires_at.timestamp_millis());
-    let known: Option<crate::connectors::Subject> =
-        d.subject_info.clone().and_then(|v| serde_json::from_value(v).ok());
+    let dedupe_key = format!("expiry:{}:{}:{}:{}", d.ticket, d.application, d.subject, d.expires_at.timestamp_millis());
+    let known: Option<crate::connectors::Subject> = d.subject_info.clone().and_then(|v| serde_json::from_value(v).ok());
     AccessEvent {
         schema: SCHEMA_V1.to_owned(),
         event_id: event_id_for(&dedupe_key),

@@ -151,12 +151,11 @@ async fn a_revoke_acts_on_the_identity_that_was_granted_whatever_the_ticket_says
         provider.calls().iter().map(|c| (c.op, c.fields.get(LOGIN_FIELD).cloned())).collect();
     assert_eq!(logins, vec![("grant", Some("alice-gh".into())), ("revoke", Some("alice-gh".into()))]);
     // The identity is in the chained audit rows of both effects.
-    let rows: Vec<(String, Value)> = sqlx::query_as(
-        "SELECT action, detail FROM audit_log WHERE action IN ('granted', 'revoked') ORDER BY seq",
-    )
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
+    let rows: Vec<(String, Value)> =
+        sqlx::query_as("SELECT action, detail FROM audit_log WHERE action IN ('granted', 'revoked') ORDER BY seq")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(rows.len(), 2);
     for (action, detail) in rows {
         assert_eq!(detail["identity"]["fields"][LOGIN_FIELD], "alice-gh", "{action}");
@@ -200,12 +199,11 @@ async fn a_requesters_huge_duration_is_capped_and_an_overflowing_one_refused_wit
     v["issue"]["fields"][DURATION_FIELD] = json!("99999999999d");
     let id = post(&app, &v).await;
     assert_eq!(settled(&app, id).await, vec!["received", "decided", "granted"]);
-    let years: f64 = sqlx::query_scalar(
-        "SELECT (extract(epoch FROM expires_at - now()) / 86400 / 365)::float8 FROM grant_holds",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let years: f64 =
+        sqlx::query_scalar("SELECT (extract(epoch FROM expires_at - now()) / 86400 / 365)::float8 FROM grant_holds")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert!((9.9..10.1).contains(&years), "capped at 3650 days, got {years} years");
     let mut v = approved(2, 21, 0);
     v["issue"]["fields"]["reporter"]["accountId"] = json!("another-requester");
@@ -290,10 +288,8 @@ async fn expiry_releases_only_expired_holds_of_a_subject_that_also_holds_lasting
         provider.members().into_iter().map(|(_, t)| t).collect::<Vec<_>>(),
         vec!["confluence-readers".to_owned()]
     );
-    let states: Vec<(String, String)> = sqlx::query_as("SELECT target, state FROM access_grants ORDER BY target")
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
+    let states: Vec<(String, String)> =
+        sqlx::query_as("SELECT target, state FROM access_grants ORDER BY target").fetch_all(&app.pool).await.unwrap();
     assert_eq!(
         states,
         vec![("confluence-developers".into(), "revoked".into()), ("confluence-readers".into(), "active".into())]
@@ -312,10 +308,7 @@ async fn a_failing_expiry_revoke_follows_the_retry_ladder_into_dead_letters_inst
     // The provider goes down before the access expires.
     *provider.always.lock().unwrap() = Some(ConnectorError::Transient { reason: "down".into(), retry_after: None });
     let dead: (String, String) = eventually("the expiry in dead_letters", WAIT, || async {
-        sqlx::query_as("SELECT ticket, error_class FROM dead_letters")
-            .fetch_optional(&app.pool)
-            .await
-            .unwrap()
+        sqlx::query_as("SELECT ticket, error_class FROM dead_letters").fetch_optional(&app.pool).await.unwrap()
     })
     .await;
     assert_eq!(dead, ("ACC-1".to_owned(), "transient".to_owned()));

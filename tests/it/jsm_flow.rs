@@ -250,12 +250,16 @@ async fn live_ticket(server: &MockServer, decision: &str) {
     });
     Mock::given(method("GET"))
         .and(path("/rest/servicedeskapi/request/ACC-118/approval"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(
-            json!({"size": 1, "start": 0, "limit": 50, "isLastPage": true, "values": [approval]}),
-        ))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"size": 1, "start": 0, "limit": 50, "isLastPage": true, "values": [approval]})),
+        )
         .mount(server)
         .await;
-    Mock::given(method("POST")).respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": "1"}))).mount(server).await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": "1"})))
+        .mount(server)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
