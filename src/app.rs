@@ -96,7 +96,7 @@ impl App {
                 "migrations up to date"
             );
         }
-        let pool = db::pool(&config.database.url, config.database.max_connections)?;
+        let pool = db::pool(&config.database.url, config.database.max_connections, &config.database.timeouts())?;
         let broker = Broker::new(&config.broker.url, Names::new(&config.broker.prefix, &config.broker.retry_delays));
         let mut tasks = JoinSet::new();
 

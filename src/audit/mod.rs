@@ -4,8 +4,11 @@
 //! JSON array of the row's content in a fixed order (object keys sorted), and
 //! the first row's `prev_hash` is 64 zeros. Writers take one transaction-scoped
 //! advisory lock before reading the chain head, so concurrent workers append in
-//! a single line and never fork the chain. The database refuses UPDATE, DELETE
-//! and TRUNCATE (see the migration); [`verify`] recomputes the chain.
+//! a single line and never fork the chain; `seq` is numbered 1, 2, 3, ... with
+//! no gap ([`append`] assigns it under that lock; the column's bigserial
+//! default is left in place but never used). The database refuses UPDATE,
+//! DELETE and TRUNCATE (see the migration); [`verify`] recomputes the chain and
+//! checks that no number is missing.
 
 pub mod query;
 pub mod verify;
@@ -117,46 +120,72 @@ impl AuditRow {
     }
 }
 
+/// Links `entries` onto a chain whose last row is (`last_seq`, `last_hash`)
+/// (`(0, GENESIS)` for an empty chain): row i gets `seq = last_seq + 1 + i`,
+/// its `prev_hash` and its `hash`. Pure; [`append`] writes what it returns.
+pub fn link(last_seq: i64, last_hash: &str, at: DateTime<Utc>, entries: &[AuditEntry]) -> Vec<(i64, String, String)> {
+    let mut prev = last_hash.to_owned();
+    let mut out = Vec::with_capacity(entries.len());
+    for (seq, e) in (last_seq + 1..).zip(entries) {
+        let hash = chain_hash(&prev, &canonical(seq, at, e));
+        out.push((seq, std::mem::replace(&mut prev, hash.clone()), hash));
+    }
+    out
+}
+
 /// Appends entries, in order, inside the caller's transaction (commit makes
-/// them visible together with whatever else the transaction did).
+/// them visible together with whatever else the transaction did). Callers
+/// should pass every row of a batch in one call: the chain lock is taken once,
+/// the chain head read once, and all rows written by one statement.
+///
+/// `seq` is assigned here, under the lock, as the head's `seq` + 1, + 2, ...:
+/// the column's bigserial default (and its sequence) is never used, so a
+/// rolled-back batch leaves no gap and the next batch reuses its numbers;
+/// `audit verify` treats any gap as a missing row. The transaction must be
+/// READ COMMITTED (PostgreSQL's default and what `pool.begin()` gives): the
+/// head is read by a statement that starts after the lock is granted, so it
+/// sees the previous holder's committed rows. Under a snapshot taken before
+/// the lock (REPEATABLE READ) two writers could pick the same `seq`, and the
+/// primary key would refuse the second.
 pub async fn append(tx: &mut PgConnection, entries: &[AuditEntry]) -> Result<Vec<i64>, sqlx::Error> {
     if entries.is_empty() {
         return Ok(Vec::new());
     }
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CHAIN_LOCK).execute(&mut *tx).await?;
-    let mut prev: String = sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut *tx)
-        .await?
-        .unwrap_or_else(|| GENESIS.to_owned());
+    let (last_seq, last_hash): (i64, String) =
+        sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?
+            .unwrap_or_else(|| (0, GENESIS.to_owned()));
     let at = Utc::now().trunc_subsecs(6);
-    let mut seqs = Vec::with_capacity(entries.len());
-    for e in entries {
-        let seq: i64 = sqlx::query_scalar("SELECT nextval(pg_get_serial_sequence('audit_log', 'seq'))")
-            .fetch_one(&mut *tx)
-            .await?;
-        let hash = chain_hash(&prev, &canonical(seq, at, e));
-        sqlx::query(
-            "INSERT INTO audit_log (seq, at, event_id, ticket, actor, action, application, subject, target, outcome, detail, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(seq)
-        .bind(at)
-        .bind(e.event_id)
-        .bind(&e.ticket)
-        .bind(&e.actor)
-        .bind(&e.action)
-        .bind(&e.application)
-        .bind(&e.subject)
-        .bind(&e.target)
-        .bind(&e.outcome)
-        .bind(&e.detail)
-        .bind(&prev)
-        .bind(&hash)
-        .execute(&mut *tx)
-        .await?;
-        prev = hash;
-        seqs.push(seq);
-    }
+    let links = link(last_seq, &last_hash, at, entries);
+
+    let column = |f: fn(&AuditEntry) -> Option<&str>| entries.iter().map(f).collect::<Vec<_>>();
+    let seqs: Vec<i64> = links.iter().map(|(seq, _, _)| *seq).collect();
+    let (prevs, hashes): (Vec<&str>, Vec<&str>) = links.iter().map(|(_, p, h)| (p.as_str(), h.as_str())).unzip();
+    sqlx::query(
+        "INSERT INTO audit_log (seq, at, event_id, ticket, actor, action, application, subject, target, outcome, detail, prev_hash, hash) \
+         SELECT r.seq, $2, r.event_id, r.ticket, r.actor, r.action, r.application, r.subject, r.target, r.outcome, r.detail, r.prev_hash, r.hash \
+         FROM UNNEST($1::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], \
+                     $10::text[], $11::jsonb[], $12::text[], $13::text[]) \
+              AS r(seq, event_id, ticket, actor, action, application, subject, target, outcome, detail, prev_hash, hash) \
+         ORDER BY r.seq",
+    )
+    .bind(&seqs)
+    .bind(at)
+    .bind(entries.iter().map(|e| e.event_id).collect::<Vec<_>>())
+    .bind(column(|e| e.ticket.as_deref()))
+    .bind(column(|e| e.actor.as_deref()))
+    .bind(column(|e| Some(e.action.as_str())))
+    .bind(column(|e| e.application.as_deref()))
+    .bind(column(|e| e.subject.as_deref()))
+    .bind(column(|e| e.target.as_deref()))
+    .bind(column(|e| Some(e.outcome.as_str())))
+    .bind(entries.iter().map(|e| &e.detail).collect::<Vec<_>>())
+    .bind(prevs)
+    .bind(hashes)
+    .execute(&mut *tx)
+    .await?;
     Ok(seqs)
 }
 
@@ -180,6 +209,32 @@ mod tests {
         assert_ne!(h, chain_hash(GENESIS, &canonical(1, at, &changed)));
         assert_ne!(h, chain_hash(&"1".repeat(64), &canonical(1, at, &e)));
         assert_ne!(h, chain_hash(GENESIS, &canonical(2, at, &e)));
+    }
+
+    #[test]
+    fn link_numbers_rows_after_the_head_and_chains_each_to_the_one_before() {
+        let at = Utc::now().trunc_subsecs(6);
+        let entries: Vec<AuditEntry> = ["a", "b", "c"].iter().map(|a| AuditEntry::new(a, "ok")).collect();
+        let links = link(41, &"f".repeat(64), at, &entries);
+        assert_eq!(links.iter().map(|l| l.0).collect::<Vec<_>>(), [42, 43, 44]);
+        assert_eq!(links[0].1, "f".repeat(64));
+        for (i, (seq, prev, hash)) in links.iter().enumerate() {
+            assert_eq!(*hash, chain_hash(prev, &canonical(*seq, at, &entries[i])));
+            if i > 0 {
+                assert_eq!(*prev, links[i - 1].2);
+            }
+        }
+        // One batch of three is the same chain as three batches of one.
+        let mut head = (41, "f".repeat(64));
+        for (i, e) in entries.iter().enumerate() {
+            let one = link(head.0, &head.1, at, std::slice::from_ref(e));
+            assert_eq!(one[0], links[i]);
+            head = (one[0].0, one[0].2.clone());
+        }
+        // An empty chain starts at 1 from the genesis hash.
+        assert_eq!(link(0, GENESIS, at, &entries[..1])[0].0, 1);
+        assert_eq!(link(0, GENESIS, at, &entries[..1])[0].1, GENESIS);
+        assert!(link(0, GENESIS, at, &[]).is_empty());
     }
 
     #[test]

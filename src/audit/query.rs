@@ -169,6 +169,8 @@ pub enum ExportError {
 /// Streams the matching rows, in `seq` order, to `out` (rows are fetched one
 /// at a time: memory stays flat whatever the table size). `progress` is called
 /// after every row with the count so far. Returns the number of rows written.
+/// The one streaming statement runs without the pool's `statement_timeout`
+/// (see [`crate::db::begin_unbounded`]).
 pub async fn export(
     pool: &PgPool,
     filter: &Filter,
@@ -179,7 +181,8 @@ pub async fn export(
     let mut qb = QueryBuilder::new("SELECT * FROM audit_log");
     push_filter(&mut qb, filter);
     qb.push(" ORDER BY seq");
-    let mut rows = qb.build_query_as::<AuditRow>().fetch(pool);
+    let mut tx = crate::db::begin_unbounded(pool).await?;
+    let mut rows = qb.build_query_as::<AuditRow>().fetch(&mut *tx);
     if format == Format::Csv {
         writeln!(out, "{}\r", COLUMNS.join(","))?;
     }
@@ -195,6 +198,8 @@ pub async fn export(
         n += 1;
         progress(n);
     }
+    drop(rows);
+    tx.rollback().await?;
     out.flush()?;
     Ok(n)
 }

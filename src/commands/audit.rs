@@ -10,7 +10,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 pub async fn run(config: &Config, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
-    let pool = db::pool(&config.database.url, 2)?;
+    let pool = db::pool(&config.database.url, 2, &config.database.timeouts())?;
     let result = match cmd {
         AuditCommand::List(args) => list(&pool, &args).await,
         AuditCommand::Verify { since_seq } => verify(&pool, since_seq).await,

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 pub async fn run(config: &Config, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
-    let pool = db::pool(&config.database.url, 2)?;
+    let pool = db::pool(&config.database.url, 2, &config.database.timeouts())?;
     let result = match cmd {
         DlqCommand::List(args) => list(&pool, &args).await,
         DlqCommand::Show { id, json } => show(&pool, id, json).await,

@@ -9,7 +9,7 @@ use anyhow::Context;
 use std::process::ExitCode;
 
 pub async fn run(config: &Config, cmd: GrantsCommand) -> anyhow::Result<ExitCode> {
-    let pool = db::pool(&config.database.url, 2)?;
+    let pool = db::pool(&config.database.url, 2, &config.database.timeouts())?;
     let result = match cmd {
         GrantsCommand::List(args) => list(&pool, &args).await,
     };

@@ -103,6 +103,22 @@ pub struct DatabaseConfig {
     pub app_password_file: Option<String>,
     /// Connection pool size.
     pub max_connections: u32,
+    /// PostgreSQL `statement_timeout` of every pooled connection: a statement
+    /// running longer is cancelled (SQLSTATE 57014). `"0s"` turns it off. Reads
+    /// that stream a whole table (`audit verify`, `audit export`) and
+    /// migrations are exempt.
+    #[serde(deserialize_with = "duration::de")]
+    pub statement_timeout: Duration,
+    /// PostgreSQL `lock_timeout`: waiting longer for a lock (row, table or
+    /// advisory lock, such as the audit-chain lock) fails the statement (55P03).
+    /// `"0s"` turns it off. Migrations are exempt.
+    #[serde(deserialize_with = "duration::de")]
+    pub lock_timeout: Duration,
+    /// PostgreSQL `idle_in_transaction_session_timeout`: a session idle inside
+    /// an open transaction this long is terminated, releasing its locks.
+    /// `"0s"` turns it off.
+    #[serde(deserialize_with = "duration::de")]
+    pub idle_in_transaction_timeout: Duration,
 }
 
 impl Default for DatabaseConfig {
@@ -113,6 +129,9 @@ impl Default for DatabaseConfig {
             app_password_env: None,
             app_password_file: None,
             max_connections: 10,
+            statement_timeout: Duration::from_secs(30),
+            lock_timeout: Duration::from_secs(10),
+            idle_in_transaction_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -126,6 +145,11 @@ impl DatabaseConfig {
     /// The runtime role's password, when `accessgov migrate` is to set it.
     pub fn app_password(&self) -> Option<SecretRef> {
         SecretRef::from_pair(self.app_password_env.as_deref(), self.app_password_file.as_deref())
+    }
+
+    /// The server-side limits every pooled connection carries.
+    pub fn timeouts(&self) -> crate::db::Timeouts {
+        crate::db::Timeouts::from(self)
     }
 }
 
@@ -865,6 +889,13 @@ impl Config {
                 .app_password()
                 .map(|r| format!(", sets the {} password from {}", crate::db::RUNTIME_ROLE, r.describe()))
                 .unwrap_or_default()
+        );
+        let _ = writeln!(
+            s,
+            "           statement_timeout {}, lock_timeout {}, idle_in_transaction_timeout {}",
+            duration::format(self.database.statement_timeout),
+            duration::format(self.database.lock_timeout),
+            duration::format(self.database.idle_in_transaction_timeout)
         );
         let auth: Vec<String> = [
             self.ingress.hmac_secret().map(|r| format!("HMAC signature ({})", r.describe())),

@@ -245,3 +245,31 @@ fn ingress_read_timeouts_default_to_ten_seconds_and_zero_is_refused() {
     let problems = Config::parse(&zero).unwrap().validate();
     assert!(problems.iter().any(|p| p.key == "ingress.body_read_timeout"), "{problems:?}");
 }
+
+#[test]
+fn database_timeouts_parse_as_durations_and_default_when_absent() {
+    let config = Config::parse(EXAMPLE).unwrap();
+    let t = config.database.timeouts();
+    assert_eq!(
+        (t.statement, t.lock, t.idle_in_transaction),
+        (Duration::from_secs(30), Duration::from_secs(10), Duration::from_secs(60))
+    );
+    assert_eq!(
+        t.options().map(|(k, v)| format!("{k}={v}")),
+        ["statement_timeout=30000", "lock_timeout=10000", "idle_in_transaction_session_timeout=60000"]
+    );
+
+    let text = EXAMPLE
+        .replace("statement_timeout = \"30s\"", "statement_timeout = \"1500ms\"")
+        .replace("idle_in_transaction_timeout = \"60s\"", "idle_in_transaction_timeout = \"0s\"");
+    let config = Config::parse(&text).unwrap();
+    assert_eq!(config.database.statement_timeout, Duration::from_millis(1500));
+    assert_eq!(config.database.idle_in_transaction_timeout, Duration::ZERO);
+
+    // Absent keys take the defaults; a bad value names the key.
+    let text: String = EXAMPLE.lines().filter(|l| !l.contains("_timeout = ")).collect::<Vec<_>>().join("\n");
+    let config = Config::parse(&text).unwrap();
+    assert_eq!(config.database.timeouts(), DatabaseConfig::default().timeouts());
+    let err = Config::parse(&EXAMPLE.replace("lock_timeout = \"10s\"", "lock_timeout = \"10\"")).unwrap_err();
+    assert!(err.contains("lock_timeout") && err.contains("no unit"), "{err}");
+}

@@ -104,7 +104,7 @@ async fn lane(ctx: Arc<WorkerContext>, lane: Lane, shutdown: CancellationToken) 
                 tracing::warn!(?lane, error = %e, retry_in_ms = backoff.as_millis() as u64, "worker lost its broker session; reconnecting");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(retry::jitter(backoff)) => {}
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -220,7 +220,7 @@ where
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "{what} failed; retrying");
                 tokio::select! {
                     _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(retry::jitter(backoff)) => {}
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }

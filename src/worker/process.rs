@@ -732,7 +732,7 @@ impl WorkerContext {
             match result {
                 Err(e) if e.is_transient() => {
                     let Some(base) = waits.next() else { return Err(e) };
-                    let wait = e.retry_after().map_or(*base, |hint| hint.max(*base));
+                    let wait = e.retry_after().map_or_else(|| retry::jitter(*base), |hint| hint.max(*base));
                     if wait > self.config.worker.max_inline_wait {
                         return Err(e);
                     }

@@ -5,6 +5,7 @@
 
 mod audit;
 mod cli;
+mod db;
 mod e2e;
 mod hardening;
 mod helpers;

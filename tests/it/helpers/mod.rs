@@ -2,6 +2,7 @@
 //! own database and its own broker prefix, torn down when dropped.
 
 pub mod chaos_proxy;
+pub mod db;
 pub mod provider;
 
 use accessgov::app::{App, Role};
