@@ -7,6 +7,7 @@ mod audit;
 mod cli;
 mod db;
 mod e2e;
+mod faults;
 mod hardening;
 mod helpers;
 mod ingress;

@@ -142,15 +142,19 @@ pub fn fake_connectors(provider: &Arc<FakeProvider>) -> Connectors {
 }
 
 pub async fn spawn_app_full(tweak: impl FnOnce(&mut Config), connectors: Connectors) -> TestApp {
+    spawn_app_role(tweak, connectors, Role::All).await
+}
+
+/// Spawns the given role (the ingress, for tests that run workers as child processes).
+pub async fn spawn_app_role(tweak: impl FnOnce(&mut Config), connectors: Connectors, role: Role) -> TestApp {
     let db_name = unique("accessgov_test");
     let prefix = unique("agtest");
     let mut config = test_config(&db_name, &prefix);
     tweak(&mut config);
     let config = Arc::new(config);
     let token = CancellationToken::new();
-    let app = App::start(config.clone(), Role::All, Some(verifier()), connectors, true, token.clone())
-        .await
-        .expect("app starts");
+    let app =
+        App::start(config.clone(), role, Some(verifier()), connectors, true, token.clone()).await.expect("app starts");
     TestApp {
         addr: app.ingress_addr.expect("ingress runs"),
         ops_addr: app.ops_addr,
