@@ -466,3 +466,104 @@ async fn fault_duplicates_and_reorders_across_four_workers() {
     assert_eq!(mock.members(), expected, "the newest event of each ticket wins");
     drop(extra);
 }
+
+// --- broker and database cuts -------------------------------------------------------------------
+
+use crate::helpers::chaos_proxy::{ChaosProxy, redirect_url, target_of};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_broker_cut_during_publish_and_consume() {
+    let mock = MockJira::default();
+    let base = mock.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = ChaosProxy::start(target_of(&helpers::amqp_url()).await).await;
+    let amqp = redirect_url(&helpers::amqp_url(), proxy.addr());
+    let built = {
+        let mut c = helpers::test_config("unused", "unused");
+        use_mock(&mut c, &base, &dir);
+        accessgov::connectors::build(&c).expect("connectors build")
+    };
+    let app = helpers::spawn_app_full(
+        |c| {
+            use_mock(c, &base, &dir);
+            c.broker.url = amqp.clone();
+            c.broker.confirm_timeout = Duration::from_secs(2);
+        },
+        built,
+    )
+    .await;
+    mock.state.lock().unwrap().latency = Duration::from_millis(30);
+    let http = reqwest::Client::new();
+    let at = now_ms();
+    let mut accepted = Vec::new();
+    let mut sent = 0;
+    for u in 0..10u32 {
+        sent += 1;
+        accepted.extend(post(&http, app.addr, &webhook(u, &format!("user-{u}"), false, at + i64::from(u))).await);
+    }
+    // Cut while the worker consumes: webhooks are refused (503), none is lost.
+    proxy.cut();
+    let mut refused = 0;
+    for u in 10..13u32 {
+        sent += 1;
+        let body = webhook(u, &format!("user-{u}"), false, at + i64::from(u));
+        let status = http
+            .post(format!("http://{}/webhooks/jsm", app.addr))
+            .header("content-type", "application/json")
+            .header("X-Hub-Signature", sign(WEBHOOK_SECRET, &body))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 503, "the ingress answers 503 while the broker is away");
+        refused += 1;
+    }
+    proxy.restore();
+    // The sender retries the refused ones; they are accepted now.
+    for u in 10..13u32 {
+        let body = webhook(u, &format!("user-{u}"), false, at + i64::from(u));
+        let id =
+            eventually("a 202 after the broker is back", WAIT, || async { post(&http, app.addr, &body).await }).await;
+        accepted.push(id);
+    }
+    check_end_state("broker-cut", &app.pool, &mock, sent + refused, &accepted).await;
+    assert_eq!(mock.members().len(), 13);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_database_cut_while_workers_process() {
+    let mock = MockJira::default();
+    let base = mock.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = ChaosProxy::start(target_of(&helpers::pg_server_url()).await).await;
+    let built = {
+        let mut c = helpers::test_config("unused", "unused");
+        use_mock(&mut c, &base, &dir);
+        accessgov::connectors::build(&c).expect("connectors build")
+    };
+    let app = helpers::spawn_app_full(
+        |c| {
+            use_mock(c, &base, &dir);
+            // The services reach PostgreSQL through the proxy; migrations and the test's pool do not.
+            c.database.migrate_url = Some(c.database.migrate_url().to_owned());
+            c.database.url = redirect_url(&c.database.url, proxy.addr());
+        },
+        built,
+    )
+    .await;
+    mock.state.lock().unwrap().latency = Duration::from_millis(40);
+    let http = reqwest::Client::new();
+    let at = now_ms();
+    let mut accepted = Vec::new();
+    for u in 0..20u32 {
+        accepted.extend(post(&http, app.addr, &webhook(u, &format!("user-{u}"), false, at + i64::from(u))).await);
+    }
+    eventually("processing under way", WAIT, || async { (mock.state.lock().unwrap().mutations >= 3).then_some(()) })
+        .await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.restore();
+    check_end_state("database-cut", &app.pool, &mock, 20, &accepted).await;
+    assert_eq!(mock.members().len(), 20);
+}
