@@ -162,12 +162,17 @@ pub async fn open_for_event(pool: &PgPool, event_id: Uuid) -> Result<Vec<Intent>
     .await
 }
 
-/// Every intent of the event, in order (for its summary).
-pub async fn of_event(pool: &PgPool, event_id: Uuid) -> Result<Vec<Intent>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM intents WHERE event_id = $1 ORDER BY id")))
-        .bind(event_id)
-        .fetch_all(pool)
-        .await
+/// The intents of the event's current run, in order (for its summary): a
+/// replayed event is decided afresh, and the intents of the run that died
+/// before it (all `dead`, every open one abandoned at once) are not its own.
+pub async fn of_current_run(pool: &PgPool, event_id: Uuid) -> Result<Vec<Intent>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM intents WHERE event_id = $1 \
+           AND id > COALESCE((SELECT max(id) FROM intents WHERE event_id = $1 AND state = 'dead'), 0) ORDER BY id"
+    )))
+    .bind(event_id)
+    .fetch_all(pool)
+    .await
 }
 
 /// The state of one intent.
@@ -377,9 +382,9 @@ pub async fn begin(tx: &mut PgConnection, event_id: Uuid, ticket: &str) -> Resul
 }
 
 /// Whether the event's decision is committed and its run not finished.
-pub async fn running(pool: &PgPool, event_id: Uuid) -> Result<bool, sqlx::Error> {
+pub async fn running<'c, E: sqlx::PgExecutor<'c>>(db: E, event_id: Uuid) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM event_runs WHERE event_id = $1)")
         .bind(event_id)
-        .fetch_one(pool)
+        .fetch_one(db)
         .await
 }

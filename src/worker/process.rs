@@ -406,23 +406,17 @@ async fn execute(ctx: &WorkerContext, event: &AccessEvent, attempt: u32) -> Resu
             }
         }
     }
-    let all = crate::intents::of_event(&ctx.pool, event.event_id).await?;
-    if all.iter().any(|i| i.state == "dead") || !crate::intents::running(&ctx.pool, event.event_id).await? {
-        // Another delivery of this event gave up on it (it is in the dead letters,
-        // its ledger change undone) or completed it: nothing is left for this one.
-        return Ok(Outcome::Duplicate);
-    }
+    let all = crate::intents::of_current_run(&ctx.pool, event.event_id).await?;
     let mut tx = ctx.pool.begin().await?;
-    if !complete(&mut tx, event).await? {
-        // Two deliveries of one event ran its intents together; the other finished first.
+    // Another delivery of this event completed it, or gave up on it (it is in the
+    // dead letters, its ledger change undone): nothing is left for this one.
+    let finished = !crate::intents::running(&mut *tx, event.event_id).await?;
+    if finished || !complete(&mut tx, event).await? {
         let mut rows = Vec::new();
-        let duplicate = matches!(claim(&mut tx, event, attempt, &mut rows).await?, Claim::Duplicate);
+        note_duplicate(&mut tx, event, attempt, &mut rows).await?;
         audit::append(&mut tx, &rows).await?;
         tx.commit().await?;
-        if duplicate {
-            return Ok(Outcome::Duplicate);
-        }
-        return Ok(Outcome::Recorded("applied"));
+        return Ok(Outcome::Duplicate);
     }
     tx.commit().await?;
     let ops: Vec<ProviderOp> = all.iter().filter(|i| i.state == "done").map(|i| i.provider_op()).collect();
@@ -562,6 +556,17 @@ async fn claim(
             crate::intents::Begin::Resume => Claim::Resume,
         });
     }
+    note_duplicate(tx, event, attempt, rows).await?;
+    Ok(Claim::Duplicate)
+}
+
+/// Records one `duplicate` audit row the first time a processed event comes again.
+async fn note_duplicate(
+    tx: &mut PgConnection,
+    event: &AccessEvent,
+    attempt: u32,
+    rows: &mut Vec<AuditEntry>,
+) -> Result<(), sqlx::Error> {
     let first_duplicate = sqlx::query(
         "UPDATE processed_events SET duplicate_seen_at = now() WHERE event_id = $1 AND duplicate_seen_at IS NULL",
     )
@@ -575,7 +580,7 @@ async fn claim(
         e.detail = json!({"dedupe_key": event.dedupe_key, "delivery_id": event.delivery_id, "attempt": attempt});
         rows.push(e);
     }
-    Ok(Claim::Duplicate)
+    Ok(())
 }
 
 /// The event is done: its dedupe row is written and its run closed. False when
