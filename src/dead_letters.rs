@@ -220,8 +220,15 @@ fn row_entry(row: &DeadLetter, action: &str, outcome: &str, operator: &Operator)
 }
 
 /// Replays one dead letter: publish its event (attempt 0), mark it replayed,
-/// audit `replayed` with the operator. The `replayed` row is appended before
-/// the publish, so it precedes the worker's rows for the replay in the chain.
+/// audit `replayed` with the operator.
+///
+/// Locks, in the order every writer takes them: the dead letter's row (held
+/// through the publish, so two operators cannot replay one letter at once),
+/// then, after the broker confirmed, the audit chain for the `replayed` row.
+/// The chain lock is never held across the publish. A crash after the publish
+/// and before the commit leaves the letter open with its event published: a
+/// second replay is then deduplicated by the worker, never lost. The chain is
+/// commit order, so the worker's rows for the replay may precede `replayed`.
 pub async fn replay(
     pool: &PgPool,
     broker: &Broker,
@@ -261,16 +268,10 @@ pub async fn replay(
         "error_class": row.error_class,
         "attempts": row.attempts,
     });
-    audit::append(&mut tx, &[e]).await?;
-    sqlx::query("UPDATE dead_letters SET replayed_at = now(), replayed_by = $2 WHERE id = $1")
-        .bind(id)
-        .bind(&operator.name)
-        .execute(&mut *tx)
-        .await?;
-    let headers = crate::worker::dead::replay_headers(id);
+    let headers = crate::broker::envelope::replay_headers(id);
     if let Err(source) = broker.publish_event_with_headers(&event, 0, headers, confirm_timeout).await {
         tx.rollback().await?;
-        // The failure is worth a row of its own (the attempt is gone with the rollback).
+        // The failure is worth a row of its own.
         let mut tx = pool.begin().await?;
         let mut e = row_entry(&row, "replayed", "failed", operator);
         e.detail = json!({"dead_letter_id": id, "via": operator.via.as_str(), "error": source.to_string()});
@@ -278,6 +279,12 @@ pub async fn replay(
         tx.commit().await?;
         return Err(ReplayError::Publish { id, source });
     }
+    sqlx::query("UPDATE dead_letters SET replayed_at = now(), replayed_by = $2 WHERE id = $1")
+        .bind(id)
+        .bind(&operator.name)
+        .execute(&mut *tx)
+        .await?;
+    audit::append(&mut tx, &[e]).await?;
     tx.commit().await?;
     tracing::info!(dead_letter_id = id, event_id = %event.event_id, operator = %operator, "dead letter replayed");
     Ok(Replayed {
@@ -409,17 +416,10 @@ pub async fn preview(
         p.would = "closed";
         p.remarks.push(format!("the dead letter is {}; a replay needs --force", row.state().as_str()));
     }
-    let last_revoke_at: Option<Option<DateTime<Utc>>> =
-        sqlx::query_scalar("SELECT last_revoke_at FROM ticket_progress WHERE ticket = $1")
-            .bind(&event.ticket.key)
-            .fetch_optional(pool)
-            .await?;
+    let last_revoke_at = crate::progress::last_revoke_at(pool, &event.ticket.key).await?;
     let verify_approval = config.verify_approval_in_effect(crate::worker::jsm_client(config).is_some());
-    let facts = rules::Facts {
-        approver_groups: approver_groups.cloned().unwrap_or_default(),
-        verify_approval,
-        last_revoke_at: last_revoke_at.flatten(),
-    };
+    let facts =
+        rules::Facts { approver_groups: approver_groups.cloned().unwrap_or_default(), verify_approval, last_revoke_at };
     let decision = rules::decide(&event, config, &facts);
     if approver_groups.is_none()
         && let (Some(app), Some(level)) = (&event.application, &event.access_level)

@@ -292,7 +292,7 @@ pub async fn abandon(tx: &mut PgConnection, event_id: Uuid) -> Result<Vec<AuditE
         e.detail = json!({"intent": d.id, "op": d.op, "ledger_undone": d.undo});
         rows.push(e);
     }
-    sqlx::query("DELETE FROM event_runs WHERE event_id = $1").bind(event_id).execute(&mut *tx).await?;
+    end_run(&mut *tx, event_id).await?;
     Ok(rows)
 }
 
@@ -379,6 +379,12 @@ pub async fn begin(tx: &mut PgConnection, event_id: Uuid, ticket: &str) -> Resul
         .rows_affected()
         == 1;
     Ok(if new { Begin::New } else { Begin::Resume })
+}
+
+/// Closes the event's run (completed, or abandoned to the dead letters).
+pub async fn end_run(tx: &mut PgConnection, event_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM event_runs WHERE event_id = $1").bind(event_id).execute(tx).await?;
+    Ok(())
 }
 
 /// Whether the event's decision is committed and its run not finished.

@@ -17,6 +17,7 @@
 //! - [`rules`]: the pure decision (rule match, approver policy).
 //! - [`pipeline`]: the pure plan of an event (worker and replay preview share it).
 //! - [`intents`]: committed provider calls, claimed under a lease and run with no transaction open.
+//! - [`progress`]: processed events (dedupe) and ticket progress; holds live in [`grants`].
 //! - [`audit`]: the append-only, hash-chained trail and its verification.
 //! - [`db`]: pool and embedded migrations.
 //! - [`ops`]: `/metrics`, health and the admin API ([`ops::admin`]) on the operator listener.
@@ -44,6 +45,7 @@ pub mod metrics;
 pub mod operator;
 pub mod ops;
 pub mod pipeline;
+pub mod progress;
 pub mod rules;
 pub mod shutdown;
 pub mod telemetry;

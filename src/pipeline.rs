@@ -99,20 +99,11 @@ pub async fn read_facts(
     event: &AccessEvent,
     decision: &Decision,
 ) -> Result<Facts, sqlx::Error> {
-    let processed: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM processed_events WHERE event_id = $1)")
-        .bind(event.event_id)
-        .fetch_one(&mut *tx)
-        .await?;
-    let running: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM event_runs WHERE event_id = $1)")
-        .bind(event.event_id)
-        .fetch_one(&mut *tx)
-        .await?;
+    let processed = crate::progress::is_processed(&mut *tx, event.event_id).await?;
+    let running = crate::intents::running(&mut *tx, event.event_id).await?;
     let mut facts = Facts { processed, running, ..Facts::default() };
     let Some(eff) = effect(decision) else { return Ok(facts) };
-    facts.last_event_at = sqlx::query_scalar("SELECT last_event_at FROM ticket_progress WHERE ticket = $1")
-        .bind(&event.ticket.key)
-        .fetch_optional(&mut *tx)
-        .await?;
+    facts.last_event_at = crate::progress::last_event_at(&mut *tx, &event.ticket.key).await?;
     facts.ledger = grants::load(&mut *tx, eff.application, &eff.subject.account_id).await?;
     facts.dry_run = config.applications.get(eff.application).is_none_or(|a| a.dry_run);
     // Grants were checked by the decision; a ticket's revoke acts on the held

@@ -5,6 +5,7 @@
 //! callers see errors meanwhile (ingress answers 503, readiness is false),
 //! never a crash.
 
+pub mod envelope;
 pub mod publisher;
 pub mod topology;
 

@@ -3,14 +3,9 @@
 use super::{Broker, BrokerError};
 use crate::event::AccessEvent;
 use lapin::options::BasicPublishOptions;
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation};
 use std::time::Duration;
-
-/// Header carrying the retry count.
-pub const ATTEMPT_HEADER: &str = "x-attempt";
-/// W3C trace context header.
-pub const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// Why a publish is not known to be safe in the broker. Every variant means
 /// "not accepted": ingress answers 503 so that the sender retries.
@@ -38,20 +33,6 @@ impl PublishError {
     }
 }
 
-/// A W3C `traceparent` for an event: the trace id is the event id, so that all
-/// spans of one event line up across ingress and workers.
-pub fn traceparent(event: &AccessEvent) -> String {
-    let span: [u8; 8] = rand_span();
-    format!("00-{}-{}-01", event.event_id.simple(), hex::encode(span))
-}
-
-fn rand_span() -> [u8; 8] {
-    let b = uuid::Uuid::new_v4().into_bytes();
-    let mut s = [0u8; 8];
-    s.copy_from_slice(&b[..8]);
-    s
-}
-
 impl Broker {
     /// Publishes an event to the events exchange and waits for the confirm.
     pub async fn publish_event(
@@ -68,21 +49,11 @@ impl Broker {
         &self,
         event: &AccessEvent,
         attempt: i64,
-        mut headers: FieldTable,
+        headers: FieldTable,
         timeout: Duration,
     ) -> Result<(), PublishError> {
         let body = serde_json::to_vec(event).expect("an AccessEvent always serializes");
-        headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(attempt));
-        headers.insert(
-            TRACEPARENT_HEADER.into(),
-            AMQPValue::LongString(LongString::from(traceparent(event).into_bytes())),
-        );
-        let props = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_message_id(event.event_id.to_string().into())
-            .with_timestamp(u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0))
-            .with_headers(headers);
+        let props = super::envelope::event_props(event, attempt, headers);
         let exchange = self.names().events.clone();
         self.publish(&exchange, &event.routing_key(), &body, props, timeout).await
     }

@@ -12,124 +12,13 @@
 
 use crate::audit::{self, AuditEntry};
 use crate::broker::Broker;
+use crate::broker::envelope::{self, ATTEMPT_HEADER, dead_key, header_int, header_str};
 use crate::broker::publisher::PublishError;
 use crate::event::AccessEvent;
 use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use std::time::Duration;
-
-pub const ERROR_CLASS_HEADER: &str = "x-error-class";
-pub const ERROR_HEADER: &str = "x-error";
-pub const HISTORY_HEADER: &str = "x-attempt-history";
-pub const DEAD_ID_HEADER: &str = "x-dead-letter-id";
-/// On a replayed message: the id of the dead letter it replays.
-pub const REPLAY_OF_HEADER: &str = "x-replay-of";
-/// On a replayed message: an id of this replay, so that each replay's death has
-/// a key of its own even when the broker dead-letters it (no [`DEAD_ID_HEADER`]).
-pub const REPLAY_ID_HEADER: &str = "x-replay-id";
-
-/// One failed attempt, carried with the message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AttemptRecord {
-    pub attempt: u32,
-    pub at: chrono::DateTime<chrono::Utc>,
-    pub error_class: String,
-    pub error: String,
-}
-
-fn long(s: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
-}
-
-/// Reads a header as text.
-pub fn header_str(props: &BasicProperties, name: &str) -> Option<String> {
-    match props.headers().as_ref()?.inner().get(name)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
-    }
-}
-
-/// Reads a header as an integer (RabbitMQ and clients use several widths).
-pub fn header_int(props: &BasicProperties, name: &str) -> Option<i64> {
-    match props.headers().as_ref()?.inner().get(name)? {
-        AMQPValue::LongLongInt(v) => Some(*v),
-        AMQPValue::LongInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortUInt(v) => Some(i64::from(*v)),
-        _ => None,
-    }
-}
-
-pub fn history(props: &BasicProperties) -> Vec<AttemptRecord> {
-    header_str(props, HISTORY_HEADER).and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default()
-}
-
-/// Properties for a republished request: same id and body, new attempt count and history.
-pub fn republish_props(
-    original: &BasicProperties,
-    attempt: u32,
-    history: &[AttemptRecord],
-    dead: Option<(&str, &str)>,
-) -> BasicProperties {
-    let mut headers = original.headers().clone().unwrap_or_default();
-    let mut fresh = FieldTable::default();
-    for (k, v) in headers.inner() {
-        if !k.as_str().starts_with("x-death")
-            && !k.as_str().starts_with("x-first-death")
-            && !k.as_str().starts_with("x-last-death")
-        {
-            fresh.insert(k.clone(), v.clone());
-        }
-    }
-    headers = fresh;
-    headers.insert(crate::broker::publisher::ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(i64::from(attempt)));
-    headers.insert(HISTORY_HEADER.into(), long(&serde_json::to_string(history).unwrap_or_else(|_| "[]".into())));
-    if let Some((class, error)) = dead {
-        headers.insert(ERROR_CLASS_HEADER.into(), long(class));
-        headers.insert(ERROR_HEADER.into(), long(error));
-        headers.insert(DEAD_ID_HEADER.into(), long(&uuid::Uuid::new_v4().to_string()));
-    }
-    let mut props = BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2)
-        .with_headers(headers);
-    if let Some(id) = original.message_id() {
-        props = props.with_message_id(id.clone());
-    }
-    props
-}
-
-/// The headers of a replay of dead letter `dead_letter_id` (kept through the
-/// retry ladder and into the dead queue, like every header but `x-death*`).
-pub fn replay_headers(dead_letter_id: i64) -> FieldTable {
-    let mut headers = FieldTable::default();
-    headers.insert(REPLAY_OF_HEADER.into(), AMQPValue::LongLongInt(dead_letter_id));
-    headers.insert(REPLAY_ID_HEADER.into(), long(&uuid::Uuid::new_v4().to_string()));
-    headers
-}
-
-/// The identity of one death of one message, the same on every redelivery of it
-/// from the dead queue: the worker's [`DEAD_ID_HEADER`] when it gave up; else
-/// (poison, rejected, delivery limit: dead-lettered by the broker) the body's
-/// digest, plus the replay id for a replay, whose body is the original's.
-pub fn dead_key(body: &[u8], props: &BasicProperties) -> String {
-    if let Some(id) = header_str(props, DEAD_ID_HEADER) {
-        return id;
-    }
-    let digest = format!("sha256:{}", hex::encode(Sha256::digest(body)));
-    match header_str(props, REPLAY_ID_HEADER) {
-        Some(replay) => format!("{digest}/replay:{replay}"),
-        None => digest,
-    }
-}
 
 /// Publishes to the retry queue of a ladder step.
 pub async fn publish_retry(
@@ -165,13 +54,9 @@ pub async fn record(pool: &PgPool, body: &[u8], props: &BasicProperties) -> Resu
     // A body with a NUL character (raw, or escaped as \u0000) cannot be stored
     // as text or jsonb: it is kept as raw text (hex if need be), like poison.
     let event = decoded.filter(|_| !has_nul(body));
-    let death_reason =
-        props.headers().as_ref().and_then(|h| h.inner().get("x-first-death-reason").cloned()).and_then(|v| match v {
-            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-            _ => None,
-        });
-    let (class, error) = match (header_str(props, ERROR_CLASS_HEADER), &event) {
-        (Some(class), _) => (class, header_str(props, ERROR_HEADER).unwrap_or_default()),
+    let death_reason = header_str(props, envelope::FIRST_DEATH_REASON_HEADER);
+    let (class, error) = match (header_str(props, envelope::ERROR_CLASS_HEADER), &event) {
+        (Some(class), _) => (class, header_str(props, envelope::ERROR_HEADER).unwrap_or_default()),
         (None, None) if event_id.is_some() => (
             "poison".to_owned(),
             "the message holds a value the database refuses (a NUL character); it can never be processed".to_owned(),
@@ -185,14 +70,14 @@ pub async fn record(pool: &PgPool, body: &[u8], props: &BasicProperties) -> Resu
         }
     };
     let dead_key = dead_key(body, props);
-    let history = history(props);
+    let history = envelope::history(props);
     let history_json = serde_json::to_value(&history).unwrap_or_default();
-    let attempts = header_int(props, crate::broker::publisher::ATTEMPT_HEADER).unwrap_or(0) as i32 + 1;
+    let attempts = header_int(props, ATTEMPT_HEADER).unwrap_or(0) as i32 + 1;
 
     let mut tx = pool.begin().await?;
     // A replay that died again: its dead letter, locked (a replay in progress
     // holds the lock until it has committed the `replayed` mark).
-    let replayed: Option<crate::dead_letters::DeadLetter> = match header_int(props, REPLAY_OF_HEADER) {
+    let replayed: Option<crate::dead_letters::DeadLetter> = match header_int(props, envelope::REPLAY_OF_HEADER) {
         Some(id) => {
             sqlx::query_as("SELECT * FROM dead_letters WHERE id = $1 FOR UPDATE")
                 .bind(id)
@@ -306,32 +191,4 @@ async fn insert_death(
     .fetch_optional(tx)
     .await?;
     Ok(inserted.is_some())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn with(headers: FieldTable) -> BasicProperties {
-        BasicProperties::default().with_headers(headers)
-    }
-
-    #[test]
-    fn a_death_keeps_its_key_on_redelivery_and_each_replay_dies_under_a_key_of_its_own() {
-        let body = br#"{"schema":"accessgov.access-event/v1"}"#;
-        // Dead-lettered by the broker: the body decides, so a redelivery is the same death...
-        let plain = dead_key(body, &BasicProperties::default());
-        assert_eq!(plain, dead_key(body, &BasicProperties::default()));
-        assert!(plain.starts_with("sha256:"));
-        // ...but each replay of that body is a life (and a death) of its own.
-        let (r1, r2) = (replay_headers(7), replay_headers(7));
-        assert_ne!(dead_key(body, &with(r1.clone())), plain);
-        assert_ne!(dead_key(body, &with(r1.clone())), dead_key(body, &with(r2)));
-        assert_eq!(dead_key(body, &with(r1.clone())), dead_key(body, &with(r1.clone())));
-        assert_eq!(header_int(&with(r1.clone()), REPLAY_OF_HEADER), Some(7));
-        // The worker's give-up carries the replay headers along and names the death itself.
-        let gave_up = republish_props(&with(r1), 1, &[], Some(("permanent", "403")));
-        assert_eq!(dead_key(body, &gave_up), header_str(&gave_up, DEAD_ID_HEADER).unwrap());
-        assert_eq!(header_int(&gave_up, REPLAY_OF_HEADER), Some(7));
-    }
 }

@@ -11,7 +11,7 @@ pub mod expiry;
 pub mod process;
 pub mod retry;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, envelope};
 use crate::config::Config;
 use crate::connectors::Connectors;
 use futures_util::StreamExt;
@@ -240,7 +240,7 @@ async fn handle_dead(ctx: &WorkerContext, delivery: lapin::message::Delivery, sh
 }
 
 fn attempt_of(delivery: &lapin::message::Delivery) -> u32 {
-    dead::header_int(&delivery.properties, crate::broker::publisher::ATTEMPT_HEADER).unwrap_or(0).clamp(0, 1000) as u32
+    crate::broker::envelope::attempt(&delivery.properties)
 }
 
 /// Database trouble keeps a message unacked and is retried; a data error (the
@@ -352,8 +352,8 @@ async fn settle(
             delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await
         }
         Outcome::Failed { error, next } => {
-            let mut history = dead::history(&delivery.properties);
-            history.push(dead::AttemptRecord {
+            let mut history = envelope::history(&delivery.properties);
+            history.push(envelope::AttemptRecord {
                 attempt,
                 at: chrono::Utc::now(),
                 error_class: error.class().to_owned(),
@@ -361,14 +361,14 @@ async fn settle(
             });
             let published = match next {
                 retry::Next::Retry { step, attempt: next_attempt, .. } => {
-                    let props = dead::republish_props(&delivery.properties, *next_attempt, &history, None);
+                    let props = envelope::republish_props(&delivery.properties, *next_attempt, &history, None);
                     persist("publishing a retry", shutdown, || {
                         dead::publish_retry(&ctx.broker, *step, &delivery.data, props.clone(), timeout)
                     })
                     .await
                 }
                 retry::Next::DeadLetter => {
-                    let props = dead::republish_props(
+                    let props = envelope::republish_props(
                         &delivery.properties,
                         attempt,
                         &history,

@@ -1,12 +1,23 @@
-//! One delivery, start to finish:
-//! decode -> dedupe -> decide -> (per application+subject lock) order check ->
-//! plan against the ledger -> provider calls -> ledger + audit -> commit.
+//! One delivery, start to finish, in three steps with no transaction open
+//! across a provider call:
 //!
-//! Everything an attempt changes in PostgreSQL (the dedupe row, the ledger, the
-//! ticket's progress, the audit rows) commits in one transaction after the
-//! provider calls succeeded; a failure rolls it back and records the failure
-//! in a transaction of its own, so a retry starts from a clean ledger and the
-//! provider's idempotent answers ("already a member") absorb any repeat.
+//! 1. [`prepare`]: decode and decide (with the JSM reads the decision needs),
+//!    no transaction open.
+//! 2. [`record_batch`]: one transaction per batch of deliveries. Subject locks
+//!    in one sorted order, then per event: dedupe claim, the pure
+//!    [`crate::pipeline::plan`] against the ledger, the ledger change (holds),
+//!    one committed intent per provider call; then the audit rows of the whole
+//!    batch under one chain lock, one COMMIT.
+//! 3. [`finish`] / `execute`: each intent is claimed under a lease, its call
+//!    made with no transaction open, its result and audit row committed; then
+//!    the event completes (its dedupe row) and the ticket is told.
+//!
+//! A failed call releases its intent and records the failure in a transaction
+//! of its own; the message goes to the retry ladder and a redelivery resumes the
+//! event's intents instead of deciding again. An event that goes to the dead
+//! letters has its open intents abandoned and their ledger changes undone.
+//! A crash anywhere leaves committed intents that the next delivery (or, after
+//! the lease, another worker) resumes; provider calls are idempotent.
 
 use super::WorkerContext;
 use super::retry::{self, Next};
@@ -107,7 +118,7 @@ pub async fn prepare(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Result<S
         }
     };
     let last_revoke_at = match event.app_status {
-        crate::config::AppStatus::Approved => last_revoke_at(&ctx.pool, &event.ticket.key).await?,
+        crate::config::AppStatus::Approved => crate::progress::last_revoke_at(&ctx.pool, &event.ticket.key).await?,
         _ => None,
     };
     let facts = rules::Facts { approver_groups, verify_approval: ctx.verify_approval, last_revoke_at };
@@ -332,9 +343,9 @@ async fn record(
             }
         }
     }
-    set_ticket_progress(&mut *tx, event).await?;
+    crate::progress::advance(&mut *tx, &event.ticket.key, event.event_id, event.occurred_at).await?;
     if !dry_run && matches!(eff.request, grants::Request::Revoke { scope: rules::RevokeScope::Ticket, .. }) {
-        mark_ticket_revoked(&mut *tx, &event.ticket.key, event.occurred_at).await?;
+        crate::progress::mark_revoked(&mut *tx, &event.ticket.key, event.occurred_at).await?;
     }
     rows.extend(plan.notes.iter().map(|n| note_entry(event, n)));
     if pending > 0 {
@@ -546,11 +557,7 @@ async fn claim(
     attempt: u32,
     rows: &mut Vec<AuditEntry>,
 ) -> Result<Claim, sqlx::Error> {
-    let processed: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM processed_events WHERE event_id = $1)")
-        .bind(event.event_id)
-        .fetch_one(&mut *tx)
-        .await?;
-    if !processed {
+    if !crate::progress::is_processed(&mut *tx, event.event_id).await? {
         return Ok(match crate::intents::begin(tx, event.event_id, &event.ticket.key).await? {
             crate::intents::Begin::New => Claim::New,
             crate::intents::Begin::Resume => Claim::Resume,
@@ -567,14 +574,7 @@ async fn note_duplicate(
     attempt: u32,
     rows: &mut Vec<AuditEntry>,
 ) -> Result<(), sqlx::Error> {
-    let first_duplicate = sqlx::query(
-        "UPDATE processed_events SET duplicate_seen_at = now() WHERE event_id = $1 AND duplicate_seen_at IS NULL",
-    )
-    .bind(event.event_id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
+    let first_duplicate = crate::progress::note_duplicate(&mut *tx, event.event_id).await?;
     if first_duplicate {
         let mut e = entry(event, "duplicate", "skipped");
         e.detail = json!({"dedupe_key": event.dedupe_key, "delivery_id": event.delivery_id, "attempt": attempt});
@@ -586,54 +586,9 @@ async fn note_duplicate(
 /// The event is done: its dedupe row is written and its run closed. False when
 /// another delivery of the same event completed it first.
 async fn complete(tx: &mut PgConnection, event: &AccessEvent) -> Result<bool, sqlx::Error> {
-    let first = sqlx::query(
-        "INSERT INTO processed_events (event_id, dedupe_key, ticket, outcome) VALUES ($1, $2, $3, 'processed')          ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(event.event_id)
-    .bind(&event.dedupe_key)
-    .bind(&event.ticket.key)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    sqlx::query("DELETE FROM event_runs WHERE event_id = $1").bind(event.event_id).execute(&mut *tx).await?;
+    let first = crate::progress::mark_processed(&mut *tx, event.event_id, &event.dedupe_key, &event.ticket.key).await?;
+    crate::intents::end_run(&mut *tx, event.event_id).await?;
     Ok(first)
-}
-
-/// When the ticket's access was last taken away (revoke or expiry), if ever.
-async fn last_revoke_at(pool: &sqlx::PgPool, ticket: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    let at: Option<Option<DateTime<Utc>>> =
-        sqlx::query_scalar("SELECT last_revoke_at FROM ticket_progress WHERE ticket = $1")
-            .bind(ticket)
-            .fetch_optional(pool)
-            .await?;
-    Ok(at.flatten())
-}
-
-/// Records that the ticket's access was taken away at `at` (its approval is spent).
-pub async fn mark_ticket_revoked(tx: &mut PgConnection, ticket: &str, at: DateTime<Utc>) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE ticket_progress SET last_revoke_at = GREATEST(last_revoke_at, $2), updated_at = now() WHERE ticket = $1",
-    )
-    .bind(ticket)
-    .bind(at)
-    .execute(tx)
-    .await?;
-    Ok(())
-}
-
-async fn set_ticket_progress(tx: &mut PgConnection, event: &AccessEvent) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO ticket_progress (ticket, last_event_id, last_event_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (ticket) DO UPDATE SET last_event_id = $2, last_event_at = $3, updated_at = now() \
-         WHERE ticket_progress.last_event_at <= $3",
-    )
-    .bind(&event.ticket.key)
-    .bind(event.event_id)
-    .bind(event.occurred_at)
-    .execute(tx)
-    .await?;
-    Ok(())
 }
 
 fn op_target(op: &ProviderOp) -> &str {

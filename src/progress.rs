@@ -1,0 +1,103 @@
+//! The event store: which events are processed (`processed_events`, the dedupe
+//! rows) and how far each ticket got (`ticket_progress`: its last applied event,
+//! for ordering, and its last revoke, which spends its approval). Runs and
+//! intents live in [`crate::intents`], holds in [`crate::grants`].
+//!
+//! Every function takes the caller's connection or transaction: the worker
+//! reads and writes these rows in its batch transaction, under the subject lock.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+/// Whether the event completed once already.
+pub async fn is_processed<'c>(db: impl PgExecutor<'c>, event_id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM processed_events WHERE event_id = $1)")
+        .bind(event_id)
+        .fetch_one(db)
+        .await
+}
+
+/// Writes the event's dedupe row. False when another delivery of the same event
+/// wrote it first.
+pub async fn mark_processed(
+    tx: &mut PgConnection,
+    event_id: Uuid,
+    dedupe_key: &str,
+    ticket: &str,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "INSERT INTO processed_events (event_id, dedupe_key, ticket, outcome) VALUES ($1, $2, $3, 'processed') \
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(event_id)
+    .bind(dedupe_key)
+    .bind(ticket)
+    .execute(tx)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Notes that a processed event came again. True the first time only (one
+/// `duplicate` audit row per event, however often it is redelivered).
+pub async fn note_duplicate(tx: &mut PgConnection, event_id: Uuid) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE processed_events SET duplicate_seen_at = now() WHERE event_id = $1 AND duplicate_seen_at IS NULL",
+    )
+    .bind(event_id)
+    .execute(tx)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// When the newest applied event of the ticket happened, if any.
+pub async fn last_event_at<'c>(db: impl PgExecutor<'c>, ticket: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT last_event_at FROM ticket_progress WHERE ticket = $1")
+        .bind(ticket)
+        .fetch_optional(db)
+        .await
+}
+
+/// When the ticket's access was last taken away (revoke or expiry), if ever.
+pub async fn last_revoke_at<'c>(db: impl PgExecutor<'c>, ticket: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    let at: Option<Option<DateTime<Utc>>> =
+        sqlx::query_scalar("SELECT last_revoke_at FROM ticket_progress WHERE ticket = $1")
+            .bind(ticket)
+            .fetch_optional(db)
+            .await?;
+    Ok(at.flatten())
+}
+
+/// Records the event as the ticket's newest applied one (an older one changes nothing).
+pub async fn advance(
+    tx: &mut PgConnection,
+    ticket: &str,
+    event_id: Uuid,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO ticket_progress (ticket, last_event_id, last_event_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (ticket) DO UPDATE SET last_event_id = $2, last_event_at = $3, updated_at = now() \
+         WHERE ticket_progress.last_event_at <= $3",
+    )
+    .bind(ticket)
+    .bind(event_id)
+    .bind(at)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Records that the ticket's access was taken away at `at` (its approval is spent).
+pub async fn mark_revoked(tx: &mut PgConnection, ticket: &str, at: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE ticket_progress SET last_revoke_at = GREATEST(last_revoke_at, $2), updated_at = now() WHERE ticket = $1",
+    )
+    .bind(ticket)
+    .bind(at)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
