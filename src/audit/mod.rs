@@ -19,8 +19,9 @@ use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-/// Advisory lock key serializing appends (ASCII "agaudit!").
-const CHAIN_LOCK: i64 = 0x6167_6175_6469_7421;
+/// Advisory lock key serializing appends (ASCII "agaudit!"). Public so that an
+/// operator (or a test) can see who waits on it in `pg_locks`.
+pub const CHAIN_LOCK: i64 = 0x6167_6175_6469_7421;
 /// `prev_hash` of the first row.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 

@@ -310,6 +310,52 @@ async fn a_second_replay_is_refused_and_a_forced_one_provisions_nothing_twice() 
     broker.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_publishes_before_it_takes_the_audit_chain_lock() {
+    let (app, provider) = spawn_live_app(|_| {}).await;
+    let (event, dl) = outage(&app, &provider, &["u1"]).await[0];
+    *provider.always.lock().unwrap() = None;
+
+    use sqlx::Connection;
+    // Someone holds the chain lock (a long audit append, say).
+    let mut holder = sqlx::PgConnection::connect(&app.config.database.url).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)").bind(accessgov::audit::CHAIN_LOCK).execute(&mut holder).await.unwrap();
+
+    let broker = Broker::new(&app.config.broker.url, app.names.clone());
+    let alice = Operator::new("alice", Via::Cli).unwrap();
+    let replay = {
+        let (pool, alice) = (app.pool.clone(), alice.clone());
+        tokio::spawn(async move { dead_letters::replay(&pool, &broker, dl, &alice, false, WAIT).await })
+    };
+    // The replay published already: the worker took the message and waits for
+    // the chain lock too, beside the replay's own `replayed` row. (Were the lock
+    // taken before the publish, the replay alone would wait and the worker
+    // would never see the message.)
+    let waiting_on_chain = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+                            WHERE l.locktype = 'advisory' AND NOT l.granted AND a.datname = current_database()";
+    eventually("the replay and the worker to both wait for the chain lock", WAIT, || async {
+        let n: i64 = sqlx::query_scalar(waiting_on_chain).fetch_one(&app.pool).await.unwrap();
+        (n >= 2).then_some(())
+    })
+    .await;
+    assert!(!replay.is_finished(), "the replay's row waits for the chain");
+
+    sqlx::query("SELECT pg_advisory_unlock($1)").bind(accessgov::audit::CHAIN_LOCK).execute(&mut holder).await.unwrap();
+    let replayed = replay.await.unwrap().unwrap();
+    assert_eq!(replayed.dead_letter_id, dl);
+    processed(&app, event).await;
+    let marked: Option<String> = sqlx::query_scalar("SELECT replayed_by FROM dead_letters WHERE id = $1")
+        .bind(dl)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(marked.as_deref(), Some("alice"));
+    assert_eq!(
+        deaths_and_replays(&app, event).await,
+        [("dead_lettered".into(), Some(dl)), ("replayed".into(), Some(dl))]
+    );
+}
+
 /// The open dead letter of an event, if any.
 async fn open_dead_letter(app: &TestApp, event: uuid::Uuid) -> Option<DeadLetter> {
     let open = Filter { state: StateFilter::Open, ..Default::default() };
