@@ -235,9 +235,19 @@ pub fn lock_key(application: &str, subject: &str) -> i64 {
     i64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
 }
 
-/// Takes the (application, subject) lock for the rest of the transaction.
-pub async fn lock(tx: &mut PgConnection, application: &str, subject: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock_key(application, subject)).execute(tx).await?;
+/// Takes the subject locks of `keys` ([`lock_key`]) for the rest of the
+/// transaction, in ascending order, in one statement. Every writer of the
+/// ledger takes its subject locks this way, and before the audit-chain lock,
+/// so two writers never wait on each other in a cycle.
+pub async fn lock_all(tx: &mut PgConnection, mut keys: Vec<i64>) -> Result<(), sqlx::Error> {
+    keys.sort_unstable();
+    keys.dedup();
+    if !keys.is_empty() {
+        sqlx::query("SELECT pg_advisory_xact_lock(k) FROM (SELECT unnest($1::bigint[]) AS k ORDER BY 1) AS ordered")
+            .bind(&keys)
+            .execute(tx)
+            .await?;
+    }
     Ok(())
 }
 

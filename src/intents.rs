@@ -254,12 +254,7 @@ pub async fn abandon(tx: &mut PgConnection, event_id: Uuid) -> Result<Vec<AuditE
     .bind(event_id)
     .fetch_all(&mut *tx)
     .await?;
-    let mut keys: Vec<i64> = subjects.iter().map(|(a, s)| crate::grants::lock_key(a, s)).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    for key in keys {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(key).execute(&mut *tx).await?;
-    }
+    crate::grants::lock_all(&mut *tx, subjects.iter().map(|(a, s)| crate::grants::lock_key(a, s)).collect()).await?;
     let dead: Vec<Dead> = sqlx::query_as(
         "UPDATE intents SET state = 'dead', lease_until = NULL, updated_at = now() \
          WHERE event_id = $1 AND state IN ('pending', 'running') \
@@ -367,18 +362,29 @@ pub enum Begin {
     New,
     /// Its decision is committed; resume its intents.
     Resume,
+    /// It completed already (a duplicate): no run is taken.
+    Processed,
 }
 
-/// Takes the event's run in the decision's transaction, unless one exists.
+/// Takes the event's run in the decision's transaction, unless the event is
+/// processed or a run exists; one statement. A concurrent delivery of the same
+/// event waits on the run's key until this transaction ends, then resumes.
 pub async fn begin(tx: &mut PgConnection, event_id: Uuid, ticket: &str) -> Result<Begin, sqlx::Error> {
-    let new = sqlx::query("INSERT INTO event_runs (event_id, ticket) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        .bind(event_id)
-        .bind(ticket)
-        .execute(tx)
-        .await?
-        .rows_affected()
-        == 1;
-    Ok(if new { Begin::New } else { Begin::Resume })
+    let (processed, new): (bool, bool) = sqlx::query_as(
+        "WITH p AS (SELECT EXISTS (SELECT 1 FROM processed_events WHERE event_id = $1) AS done), \
+              ins AS (INSERT INTO event_runs (event_id, ticket) SELECT $1, $2 FROM p WHERE NOT p.done \
+                      ON CONFLICT DO NOTHING RETURNING 1) \
+         SELECT (SELECT done FROM p), EXISTS (SELECT 1 FROM ins)",
+    )
+    .bind(event_id)
+    .bind(ticket)
+    .fetch_one(tx)
+    .await?;
+    Ok(match (processed, new) {
+        (true, _) => Begin::Processed,
+        (false, true) => Begin::New,
+        (false, false) => Begin::Resume,
+    })
 }
 
 /// Closes the event's run (completed, or abandoned to the dead letters).

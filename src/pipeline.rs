@@ -101,7 +101,20 @@ pub async fn read_facts(
 ) -> Result<Facts, sqlx::Error> {
     let processed = crate::progress::is_processed(&mut *tx, event.event_id).await?;
     let running = crate::intents::running(&mut *tx, event.event_id).await?;
-    let mut facts = Facts { processed, running, ..Facts::default() };
+    let facts = Facts { processed, running, ..Facts::default() };
+    read_plan_facts(tx, config, event, decision, facts).await
+}
+
+/// The facts of the plan itself (ticket progress, ledger, dry run, identity),
+/// added to `facts`: for a caller that knows `processed` and `running` already
+/// (the worker learns them by claiming the event).
+pub async fn read_plan_facts(
+    tx: &mut PgConnection,
+    config: &crate::config::Config,
+    event: &AccessEvent,
+    decision: &Decision,
+    mut facts: Facts,
+) -> Result<Facts, sqlx::Error> {
     let Some(eff) = effect(decision) else { return Ok(facts) };
     facts.last_event_at = crate::progress::last_event_at(&mut *tx, &event.ticket.key).await?;
     facts.ledger = grants::load(&mut *tx, eff.application, &eff.subject.account_id).await?;

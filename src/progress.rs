@@ -18,16 +18,18 @@ pub async fn is_processed<'c>(db: impl PgExecutor<'c>, event_id: Uuid) -> Result
         .await
 }
 
-/// Writes the event's dedupe row. False when another delivery of the same event
-/// wrote it first.
-pub async fn mark_processed(
+/// Completes the event: writes its dedupe row and closes its run
+/// ([`crate::intents`]), in one statement. False when another delivery of the
+/// same event wrote the dedupe row first.
+pub async fn complete(
     tx: &mut PgConnection,
     event_id: Uuid,
     dedupe_key: &str,
     ticket: &str,
 ) -> Result<bool, sqlx::Error> {
     Ok(sqlx::query(
-        "INSERT INTO processed_events (event_id, dedupe_key, ticket, outcome) VALUES ($1, $2, $3, 'processed') \
+        "WITH ended AS (DELETE FROM event_runs WHERE event_id = $1) \
+         INSERT INTO processed_events (event_id, dedupe_key, ticket, outcome) VALUES ($1, $2, $3, 'processed') \
          ON CONFLICT (event_id) DO NOTHING",
     )
     .bind(event_id)

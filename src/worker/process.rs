@@ -147,18 +147,11 @@ pub async fn prepare(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Result<S
 /// one WAL flush. Nothing here waits on a provider.
 pub async fn record_batch(ctx: &WorkerContext, items: &[Box<Prepared>]) -> Result<Vec<After>, sqlx::Error> {
     let mut tx = ctx.pool.begin().await?;
-    let mut keys: Vec<i64> = items
+    let keys = items
         .iter()
         .filter_map(|p| effect(&p.decision).map(|e| grants::lock_key(e.application, &e.subject.account_id)))
         .collect();
-    keys.sort_unstable();
-    keys.dedup();
-    if !keys.is_empty() {
-        sqlx::query("SELECT pg_advisory_xact_lock(k) FROM (SELECT unnest($1::bigint[]) AS k ORDER BY 1) AS ordered")
-            .bind(&keys)
-            .execute(&mut *tx)
-            .await?;
-    }
+    grants::lock_all(&mut tx, keys).await?;
     let mut rows = Vec::new();
     let mut afters = Vec::with_capacity(items.len());
     for p in items {
@@ -204,14 +197,10 @@ async fn record(
     }
     rows.extend(decided_rows(event, decision));
 
-    // Serialize effects for this (application, subject) across every worker
-    // (the batch took the lock already; advisory locks are re-entrant).
-    if let Some(eff) = effect(decision) {
-        grants::lock(&mut *tx, eff.application, &eff.subject.account_id).await?;
-    }
-    let mut facts = crate::pipeline::read_facts(&mut *tx, &ctx.config, event, decision).await?;
-    // The claim above took the event: it is neither processed nor running for us.
-    (facts.processed, facts.running) = (false, false);
+    // Effects for this (application, subject) are serialized across every worker
+    // by the subject lock [`record_batch`] took. The claim above took the event:
+    // it is neither processed nor running for us.
+    let facts = crate::pipeline::read_plan_facts(&mut *tx, &ctx.config, event, decision, Default::default()).await?;
     let (plan, dry_run) = match crate::pipeline::plan(event, decision, &facts) {
         Step::Duplicate | Step::Resume => unreachable!("cleared above"),
         Step::NoEffect { label } => {
@@ -557,11 +546,10 @@ async fn claim(
     attempt: u32,
     rows: &mut Vec<AuditEntry>,
 ) -> Result<Claim, sqlx::Error> {
-    if !crate::progress::is_processed(&mut *tx, event.event_id).await? {
-        return Ok(match crate::intents::begin(tx, event.event_id, &event.ticket.key).await? {
-            crate::intents::Begin::New => Claim::New,
-            crate::intents::Begin::Resume => Claim::Resume,
-        });
+    match crate::intents::begin(&mut *tx, event.event_id, &event.ticket.key).await? {
+        crate::intents::Begin::New => return Ok(Claim::New),
+        crate::intents::Begin::Resume => return Ok(Claim::Resume),
+        crate::intents::Begin::Processed => {}
     }
     note_duplicate(tx, event, attempt, rows).await?;
     Ok(Claim::Duplicate)
@@ -586,8 +574,7 @@ async fn note_duplicate(
 /// The event is done: its dedupe row is written and its run closed. False when
 /// another delivery of the same event completed it first.
 async fn complete(tx: &mut PgConnection, event: &AccessEvent) -> Result<bool, sqlx::Error> {
-    let first = crate::progress::mark_processed(&mut *tx, event.event_id, &event.dedupe_key, &event.ticket.key).await?;
-    crate::intents::end_run(&mut *tx, event.event_id).await?;
+    let first = crate::progress::complete(&mut *tx, event.event_id, &event.dedupe_key, &event.ticket.key).await?;
     Ok(first)
 }
 
