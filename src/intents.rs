@@ -152,12 +152,12 @@ pub async fn record(tx: &mut PgConnection, n: &NewIntent<'_>) -> Result<Recorded
 const COLUMNS: &str = "id, event_id, ticket, application, subject, identity, identity_key, target, access_level, op, \
                        state, attempts, source";
 
-/// The event's intents that are not resolved yet, in order.
-pub async fn open_for_event(pool: &PgPool, event_id: Uuid) -> Result<Vec<Intent>, sqlx::Error> {
+/// The open intents of the events, oldest first.
+pub async fn open_for_events(pool: &PgPool, event_ids: &[Uuid]) -> Result<Vec<Intent>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM intents WHERE event_id = $1 AND state IN ('pending', 'running') ORDER BY id"
+        "SELECT {COLUMNS} FROM intents WHERE event_id = ANY($1) AND state IN ('pending', 'running') ORDER BY id"
     )))
-    .bind(event_id)
+    .bind(event_ids)
     .fetch_all(pool)
     .await
 }
@@ -201,23 +201,29 @@ pub async fn claim_next(pool: &PgPool, of: &Intent, lease: Duration) -> Result<O
     .await
 }
 
-/// Records a successful call: the intent is done and its audit row is chained, in one transaction.
-pub async fn succeed(pool: &PgPool, intent: &Intent, result: &str, row: AuditEntry) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let done = sqlx::query(
-        "UPDATE intents SET state = 'done', result = $2, lease_until = NULL, updated_at = now() \
-         WHERE id = $1 AND state = 'running'",
-    )
-    .bind(intent.id)
-    .bind(result)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    // A lease that ran out and was taken over: the other worker records the result.
-    if done == 1 {
-        crate::audit::append(&mut tx, &[row]).await?;
+/// Records successful calls in the caller's transaction: each intent is done,
+/// and its audit row is returned for the caller to chain with the rest. A call
+/// whose lease ran out and was taken over is left to the other worker, which
+/// records the result (its row is dropped here).
+pub async fn succeed_all(
+    tx: &mut PgConnection,
+    done: Vec<(Intent, &'static str, AuditEntry)>,
+) -> Result<Vec<AuditEntry>, sqlx::Error> {
+    if done.is_empty() {
+        return Ok(Vec::new());
     }
-    tx.commit().await
+    let ids: Vec<i64> = done.iter().map(|(i, _, _)| i.id).collect();
+    let results: Vec<&str> = done.iter().map(|(_, r, _)| *r).collect();
+    let ours: Vec<i64> = sqlx::query_scalar(
+        "UPDATE intents i SET state = 'done', result = r.result, lease_until = NULL, updated_at = now() \
+         FROM UNNEST($1::bigint[], $2::text[]) AS r(id, result) \
+         WHERE i.id = r.id AND i.state = 'running' RETURNING i.id",
+    )
+    .bind(&ids)
+    .bind(&results)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(done.into_iter().filter(|(i, _, _)| ours.contains(&i.id)).map(|(_, _, row)| row).collect())
 }
 
 /// Gives a failed claim back (pending again) with the error, for a later try.

@@ -284,25 +284,74 @@ async fn handle_batch(ctx: &WorkerContext, batch: Vec<lapin::message::Delivery>,
     let Some(afters) = persist("recording the batch", shutdown, || record(ctx, &prepared)).await else {
         return;
     };
-    let finishing = ready.into_iter().zip(afters).map(|((delivery, p), after)| async move {
-        let outcome = match after {
-            Err(outcome) => Some(outcome),
-            Ok(after) => {
-                persist("finishing the event", shutdown, || async {
-                    data_error_is_poison(process::finish(ctx, &p, after.clone()).await, || {
-                        Outcome::Poison("the database refused a value of this message".into())
-                    })
-                })
-                .await
-            }
-        };
+    // Refused, denied, dry run, duplicates: nothing to call; the rest run their
+    // intents together (results recorded per round, one transaction each).
+    let mut to_run = Vec::new();
+    let mut finishing = Vec::new();
+    for ((delivery, p), after) in ready.into_iter().zip(afters) {
+        match after {
+            Err(outcome) => settled.push((delivery, outcome)),
+            Ok(process::After::Execute) => to_run.push((delivery, p)),
+            Ok(after) => finishing.push((delivery, p, after)),
+        }
+    }
+    let finishing = finishing.into_iter().map(|(delivery, p, after)| async move {
+        let outcome = persist("finishing the event", shutdown, || async {
+            data_error_is_poison(process::finish(ctx, &p, after.clone()).await, || {
+                Outcome::Poison("the database refused a value of this message".into())
+            })
+        })
+        .await;
         if let Some(outcome) = outcome {
             settle(ctx, delivery, outcome, shutdown).await;
         }
     });
+    let running = async {
+        if to_run.is_empty() {
+            return;
+        }
+        let events: Vec<(&crate::event::AccessEvent, u32)> =
+            to_run.iter().map(|(_, p)| (p.event(), p.attempt())).collect();
+        let Some(outcomes) = persist("running the provider calls", shutdown, || execute(ctx, &events)).await else {
+            return;
+        };
+        let settling =
+            to_run.into_iter().zip(outcomes).map(|((delivery, _), outcome)| settle(ctx, delivery, outcome, shutdown));
+        futures_util::future::join_all(settling).await;
+    };
     let settling = settled.into_iter().map(|(delivery, outcome)| settle(ctx, delivery, outcome, shutdown));
-    futures_util::future::join(futures_util::future::join_all(finishing), futures_util::future::join_all(settling))
-        .await;
+    futures_util::future::join3(
+        futures_util::future::join_all(finishing),
+        futures_util::future::join_all(settling),
+        running,
+    )
+    .await;
+}
+
+/// Runs the batch's intents; when the database refuses one message's values,
+/// runs each on its own so that only that one becomes poison.
+async fn execute(
+    ctx: &WorkerContext,
+    events: &[(&crate::event::AccessEvent, u32)],
+) -> Result<Vec<Outcome>, sqlx::Error> {
+    match process::execute_batch(ctx, events).await {
+        Err(e) if retry::is_data_error(&e) && events.len() > 1 => {
+            tracing::warn!(error = %e, size = events.len(), "running a batch met a data error; running its events one by one");
+        }
+        other => return data_error_is_poison(other, || vec![poison_outcome()]),
+    }
+    let mut out = Vec::with_capacity(events.len());
+    for one in events {
+        out.push(data_error_is_poison(
+            process::execute_batch(ctx, std::slice::from_ref(one)).await.map(|mut o| o.remove(0)),
+            poison_outcome,
+        )?);
+    }
+    Ok(out)
+}
+
+fn poison_outcome() -> Outcome {
+    Outcome::Poison("the database refused a value of this message".into())
 }
 
 /// Records the batch; when the database refuses one message's values, records

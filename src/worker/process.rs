@@ -76,6 +76,16 @@ pub struct Prepared {
     decision: Decision,
 }
 
+impl Prepared {
+    pub fn event(&self) -> &AccessEvent {
+        &self.event
+    }
+
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+}
+
 /// What preparing a delivery gave.
 pub enum Staged {
     /// Finished without a batch: poison, a resumed run, a recorded failure.
@@ -346,52 +356,118 @@ async fn record(
     Ok(After::Done { label: if dry_run { "dry_run" } else { "applied" }, note: Some(note) })
 }
 
-/// Runs the event's open intents, each after the older ones on its key, with no
-/// transaction open during a provider call; then completes the event.
+/// Runs one event's open intents and completes it (a resumed run).
 async fn execute(ctx: &WorkerContext, event: &AccessEvent, attempt: u32) -> Result<Outcome, sqlx::Error> {
+    Ok(execute_batch(ctx, &[(event, attempt)]).await?.remove(0))
+}
+
+/// One event of [`execute_batch`].
+struct Run<'a> {
+    event: &'a AccessEvent,
+    attempt: u32,
+    /// Its open intents, oldest first; the front one runs next.
+    queue: std::collections::VecDeque<crate::intents::Intent>,
+    outcome: Option<Outcome>,
+}
+
+/// Runs the open intents of a batch of decided events and completes them, with
+/// no transaction open during a provider call. In rounds: each round claims the
+/// next intent of every event (one per key: the older one first), makes the
+/// calls concurrently, then records every success of the round, and completes
+/// every event left with nothing to run, in ONE transaction (one audit-chain
+/// lock, one COMMIT). An event whose call failed records its failure on its own
+/// and leaves the others running. An intent that another worker holds is waited
+/// for, at most `[worker] intent_lease`.
+pub async fn execute_batch(ctx: &WorkerContext, events: &[(&AccessEvent, u32)]) -> Result<Vec<Outcome>, sqlx::Error> {
+    use std::collections::{BTreeMap, HashSet};
     let lease = ctx.config.worker.intent_lease;
-    for intent in crate::intents::open_for_event(&ctx.pool, event.event_id).await? {
-        let mut waited = std::time::Duration::ZERO;
-        loop {
-            if matches!(crate::intents::state(&ctx.pool, intent.id).await?.as_str(), "done" | "cancelled" | "dead") {
-                break;
-            }
-            let Some(claimed) = crate::intents::claim_next(&ctx.pool, &intent, lease).await? else {
-                // An older intent on this access is running on another worker: wait for it, boundedly.
-                if waited >= lease {
-                    let error = ConnectorError::Transient {
-                        reason: format!("waited {waited:?} behind another worker's call on {}", intent.target),
-                        retry_after: None,
-                    };
-                    let what = json!({"op": intent.provider_op(), "target": intent.target, "intent": intent.id});
-                    return record_failure(ctx, event, Vec::new(), attempt, error, what, Some(&intent.application))
-                        .await;
+    let ids: Vec<uuid::Uuid> = events.iter().map(|(e, _)| e.event_id).collect();
+    let mut open: BTreeMap<uuid::Uuid, Vec<crate::intents::Intent>> = BTreeMap::new();
+    for intent in crate::intents::open_for_events(&ctx.pool, &ids).await? {
+        open.entry(intent.event_id).or_default().push(intent);
+    }
+    let mut runs: Vec<Run<'_>> = events
+        .iter()
+        .map(|(event, attempt)| Run {
+            event,
+            attempt: *attempt,
+            queue: open.remove(&event.event_id).unwrap_or_default().into(),
+            outcome: None,
+        })
+        .collect();
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        // This round: the front intent of every running event, one per key.
+        let mut keys = HashSet::new();
+        let mut round: Vec<usize> = Vec::new();
+        let mut order: Vec<usize> = (0..runs.len()).filter(|&i| runs[i].outcome.is_none()).collect();
+        order.sort_by_key(|&i| runs[i].queue.front().map_or(i64::MIN, |f| f.id));
+        for i in order {
+            match runs[i].queue.front() {
+                Some(front)
+                    if keys.insert((front.application.clone(), front.identity_key.clone(), front.target.clone())) =>
+                {
+                    round.push(i);
                 }
-                let step = std::time::Duration::from_millis(50);
-                tokio::time::sleep(step).await;
-                waited += step;
-                continue;
-            };
-            let who = claimed.subject();
-            let op = claimed.provider_op();
-            match ctx.call(&claimed.application, &who, &op, &claimed.access_level).await {
+                Some(_) => {}
+                None => round.push(i), // nothing left to run: completes in this round
+            }
+        }
+        if round.is_empty() {
+            break;
+        }
+        let fronts: Vec<Option<&crate::intents::Intent>> = round.iter().map(|&i| runs[i].queue.front()).collect();
+        let claims = futures_util::future::join_all(fronts.into_iter().map(|front| async move {
+            match front {
+                Some(front) => crate::intents::claim_next(&ctx.pool, front, lease).await,
+                None => Ok(None),
+            }
+        }))
+        .await;
+        let mut calls = Vec::new();
+        let mut blocked = Vec::new();
+        for (&i, claim) in round.iter().zip(claims) {
+            match claim? {
+                Some(claimed) => calls.push((i, claimed)),
+                None if runs[i].queue.is_empty() => {}
+                None => blocked.push(i),
+            }
+        }
+        // Not claimable: resolved meanwhile (cancelled, done or abandoned by another
+        // delivery), or held by another worker's lease.
+        let mut progressed = !calls.is_empty();
+        for &i in &blocked {
+            let front = runs[i].queue.front().expect("blocked on its front intent");
+            if !matches!(crate::intents::state(&ctx.pool, front.id).await?.as_str(), "pending" | "running") {
+                runs[i].queue.pop_front();
+                progressed = true;
+            }
+        }
+        let results = futures_util::future::join_all(calls.iter().map(|(_, claimed)| async move {
+            ctx.call(&claimed.application, &claimed.subject(), &claimed.provider_op(), &claimed.access_level).await
+        }))
+        .await;
+        let mut done = Vec::new();
+        for ((i, claimed), result) in calls.into_iter().zip(results) {
+            match result {
                 Ok(result) => {
-                    let action = match (&op, claimed.source.as_str()) {
-                        (ProviderOp::Grant(_), _) => "granted",
-                        (ProviderOp::Revoke(_), "expiry") => "expired",
-                        (ProviderOp::Revoke(_), _) => "revoked",
+                    let action = match (claimed.op.as_str(), claimed.source.as_str()) {
+                        ("grant", _) => "granted",
+                        (_, "expiry") => "expired",
+                        _ => "revoked",
                     };
-                    let row = claimed.audit(
-                        action,
-                        "ok",
-                        json!({"provider_result": result, "identity": identity_detail(&who), "intent": claimed.id}),
-                    );
-                    crate::intents::succeed(&ctx.pool, &claimed, result, row).await?;
+                    let detail = json!({"provider_result": result, "identity": identity_detail(&claimed.subject()), "intent": claimed.id});
+                    let row = claimed.audit(action, "ok", detail);
+                    if runs[i].queue.front().is_some_and(|f| f.id == claimed.id) {
+                        runs[i].queue.pop_front();
+                    }
+                    done.push((claimed, result, row));
                 }
                 Err(error) => {
                     crate::intents::release(&ctx.pool, &claimed, &error.to_string()).await?;
-                    let what = json!({"op": op, "target": claimed.target, "intent": claimed.id});
-                    let error = if claimed.id == intent.id {
+                    let run = &runs[i];
+                    let what = json!({"op": claimed.provider_op(), "target": claimed.target, "intent": claimed.id});
+                    let error = if run.queue.front().is_some_and(|f| f.id == claimed.id) {
                         error
                     } else {
                         // Another event's call failed before ours could run; ours waits for it.
@@ -400,34 +476,74 @@ async fn execute(ctx: &WorkerContext, event: &AccessEvent, attempt: u32) -> Resu
                             retry_after: None,
                         }
                     };
-                    return record_failure(ctx, event, Vec::new(), attempt, error, what, Some(&claimed.application))
-                        .await;
+                    let app = Some(claimed.application.as_str());
+                    let outcome = record_failure(ctx, run.event, Vec::new(), run.attempt, error, what, app).await?;
+                    runs[i].outcome = Some(outcome);
                 }
             }
         }
+        // Record the round's results, and complete the events that have nothing left.
+        let finished: Vec<usize> =
+            round.iter().copied().filter(|&i| runs[i].outcome.is_none() && runs[i].queue.is_empty()).collect();
+        if !done.is_empty() || !finished.is_empty() {
+            let mut tx = ctx.pool.begin().await?;
+            let mut rows = crate::intents::succeed_all(&mut tx, done).await?;
+            let mut completed = Vec::new();
+            for &i in &finished {
+                let run = &runs[i];
+                // Another delivery of this event completed it, or gave up on it (it is in
+                // the dead letters, its ledger change undone): nothing is left for this one.
+                let live = crate::intents::running(&mut *tx, run.event.event_id).await?;
+                if live && complete(&mut tx, run.event).await? {
+                    completed.push(i);
+                } else {
+                    note_duplicate(&mut tx, run.event, run.attempt, &mut rows).await?;
+                    runs[i].outcome = Some(Outcome::Duplicate);
+                }
+            }
+            audit::append(&mut tx, &rows).await?;
+            tx.commit().await?;
+            for i in completed {
+                let event = runs[i].event;
+                let all = crate::intents::of_current_run(&ctx.pool, event.event_id).await?;
+                let ops: Vec<ProviderOp> = all.iter().filter(|i| i.state == "done").map(|i| i.provider_op()).collect();
+                let notes: Vec<Note> = all
+                    .iter()
+                    .filter(|i| i.state == "cancelled")
+                    .map(|i| Note::Superseded {
+                        target: i.target.clone(),
+                        reason: "cancelled by a later request before it ran".into(),
+                    })
+                    .collect();
+                tracing::info!(event_id = %event.event_id, ticket = %event.ticket.key, ops = ops.len(), "event applied");
+                ctx.write_back(event, done_note(event, &summary(&ops, &notes))).await;
+                runs[i].outcome = Some(Outcome::Recorded("applied"));
+            }
+        }
+        if progressed {
+            continue;
+        }
+        // Everything left waits on another worker's call: wait for it, boundedly.
+        if waited >= lease {
+            for i in blocked {
+                let run = &runs[i];
+                let front = run.queue.front().expect("blocked on its front intent");
+                let error = ConnectorError::Transient {
+                    reason: format!("waited {waited:?} behind another worker's call on {}", front.target),
+                    retry_after: None,
+                };
+                let what = json!({"op": front.provider_op(), "target": front.target, "intent": front.id});
+                let app = Some(front.application.as_str());
+                let outcome = record_failure(ctx, run.event, Vec::new(), run.attempt, error, what, app).await?;
+                runs[i].outcome = Some(outcome);
+            }
+            continue;
+        }
+        let step = std::time::Duration::from_millis(50);
+        tokio::time::sleep(step).await;
+        waited += step;
     }
-    let all = crate::intents::of_current_run(&ctx.pool, event.event_id).await?;
-    let mut tx = ctx.pool.begin().await?;
-    // Another delivery of this event completed it, or gave up on it (it is in the
-    // dead letters, its ledger change undone): nothing is left for this one.
-    let finished = !crate::intents::running(&mut *tx, event.event_id).await?;
-    if finished || !complete(&mut tx, event).await? {
-        let mut rows = Vec::new();
-        note_duplicate(&mut tx, event, attempt, &mut rows).await?;
-        audit::append(&mut tx, &rows).await?;
-        tx.commit().await?;
-        return Ok(Outcome::Duplicate);
-    }
-    tx.commit().await?;
-    let ops: Vec<ProviderOp> = all.iter().filter(|i| i.state == "done").map(|i| i.provider_op()).collect();
-    let cancelled = all.iter().filter(|i| i.state == "cancelled").map(|i| Note::Superseded {
-        target: i.target.clone(),
-        reason: "cancelled by a later request before it ran".into(),
-    });
-    let notes: Vec<Note> = cancelled.collect();
-    tracing::info!(event_id = %event.event_id, ticket = %event.ticket.key, ops = ops.len(), "event applied");
-    ctx.write_back(event, done_note(event, &summary(&ops, &notes))).await;
-    Ok(Outcome::Recorded("applied"))
+    Ok(runs.into_iter().map(|r| r.outcome.expect("every run ends with an outcome")).collect())
 }
 
 /// The write-back of a completed event.

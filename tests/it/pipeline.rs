@@ -206,3 +206,52 @@ async fn a_claim_whose_worker_died_is_run_again_once_its_lease_runs_out() {
         sqlx::query_as("SELECT state, attempts FROM intents").fetch_one(&app.pool).await.unwrap();
     assert_eq!((state.as_str(), attempts), ("done", 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_decided_and_its_results_recorded_in_batches_not_one_transaction_per_event() {
+    use crate::helpers::{fake_connectors, live_config, spawn_app_role};
+    use accessgov::app::Role;
+    let provider = std::sync::Arc::new(crate::helpers::provider::FakeProvider::default());
+    let tweak = |c: &mut accessgov::config::Config| {
+        live_config(c);
+        c.worker.concurrency = 32;
+        c.worker.batch_max = 64;
+        c.worker.batch_wait = Duration::from_millis(20);
+    };
+    // Only the ingress at first: the backlog waits in the queue.
+    let app = spawn_app_role(tweak, fake_connectors(&provider), Role::Ingress).await;
+    const N: u32 = 24;
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let mut v: Value =
+            serde_json::from_slice(&body(500 + i, 500 + i, i64::from(i), "Approved by Manager")).unwrap();
+        v["issue"]["fields"]["reporter"]["accountId"] = json!(format!("batch-user-{i}"));
+        ids.push(post(&app, &serde_json::to_vec(&v).unwrap()).await);
+    }
+    let (_worker, _stop) = app.extra_worker(fake_connectors(&provider)).await;
+    for id in &ids {
+        assert_eq!(processed(&app, *id).await, ["received", "decided", "granted"]);
+    }
+    assert_eq!(provider.calls().len(), N as usize, "one call per event");
+    // Rows appended together share their `at` (one chain lock, one statement):
+    // the decisions of the backlog and the results of its calls each took a few
+    // transactions, not one per event.
+    let distinct = |action: &'static str| {
+        let pool = app.pool.clone();
+        let ids = ids.clone();
+        async move {
+            let n: i64 =
+                sqlx::query_scalar("SELECT count(DISTINCT at) FROM audit_log WHERE action = $1 AND event_id = ANY($2)")
+                    .bind(action)
+                    .bind(&ids)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            n
+        }
+    };
+    let (decided, granted) = (distinct("decided").await, distinct("granted").await);
+    println!("{N} events: decisions in {decided} appends, results in {granted} appends");
+    assert!(decided <= i64::from(N) / 4, "decisions took {decided} appends for {N} events");
+    assert!(granted <= i64::from(N) / 4, "results took {granted} appends for {N} events");
+}
