@@ -380,97 +380,65 @@ pub enum AppStatus {
     Declined,
 }
 
-/// The provider behind an application.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AppKind {
-    Okta,
-    Entra,
-    Aws,
-    Google,
-    Jira,
-    Confluence,
-    Bitbucket,
-    Github,
-}
+/// The provider behind an application: an entry of the connector registry
+/// [`crate::connectors::KINDS`], read from `kind = "okta"` (an unknown name is a
+/// parse error that lists the known ones).
+#[derive(Clone, Copy)]
+pub struct AppKind(&'static crate::connectors::Kind);
 
 impl AppKind {
+    /// The kind named `name`, if a connector of that kind is registered.
+    pub fn named(name: &str) -> Option<Self> {
+        crate::connectors::kind(name).map(Self)
+    }
+
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Okta => "okta",
-            Self::Entra => "entra",
-            Self::Aws => "aws",
-            Self::Google => "google",
-            Self::Jira => "jira",
-            Self::Confluence => "confluence",
-            Self::Bitbucket => "bitbucket",
-            Self::Github => "github",
-        }
+        self.0.name
+    }
+
+    /// Its registry entry (provider keys, builder).
+    pub fn entry(self) -> &'static crate::connectors::Kind {
+        self.0
     }
 
     /// Provider-specific keys this kind accepts (beyond the common ones).
     fn provider_keys(self) -> &'static [&'static str] {
-        match self {
-            Self::Okta => {
-                &["token_env", "token_file", "client_id", "private_key_env", "private_key_file", "key_id", "scopes"]
-            }
-            Self::Entra => &[
-                "tenant_id",
-                "client_id",
-                "client_secret_env",
-                "client_secret_file",
-                "certificate_env",
-                "certificate_file",
-                "login_url",
-            ],
-            Self::Aws => &["identity_store_id", "region", "role_arn"],
-            Self::Google => &[
-                "domain",
-                "customer_id",
-                "admin_subject",
-                "service_account_key_env",
-                "service_account_key_file",
-                "token_url",
-            ],
-            Self::Jira => &["email_env", "email_file", "api_token_env", "api_token_file", "cloud_id"],
-            Self::Confluence => &[
-                "site_url",
-                "admin_email_env",
-                "admin_email_file",
-                "api_token_env",
-                "api_token_file",
-                "admin_api_key_env",
-                "admin_api_key_file",
-                "org_id",
-                "directory_id",
-                "api",
-                "admin_base_url",
-            ],
-            Self::Bitbucket => &[
-                "workspace",
-                "repository",
-                "project_key",
-                "email_env",
-                "email_file",
-                "api_token_env",
-                "api_token_file",
-            ],
-            Self::Github => &[
-                "org",
-                "app_id",
-                "installation_id",
-                "private_key_env",
-                "private_key_file",
-                "token_env",
-                "token_file",
-                "invite_non_members",
-            ],
-        }
+        self.0.keys
+    }
+}
+
+impl PartialEq for AppKind {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for AppKind {}
+
+impl std::fmt::Debug for AppKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("AppKind").field(&self.as_str()).finish()
+    }
+}
+
+impl Serialize for AppKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for AppKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Self::named(&name).ok_or_else(|| {
+            let known: Vec<String> = crate::connectors::KINDS.iter().map(|k| format!("`{}`", k.name)).collect();
+            serde::de::Error::custom(format!("unknown kind `{name}`, expected one of {}", known.join(", ")))
+        })
     }
 }
 
 /// Keys every application accepts besides `kind`, `owner` and `dry_run`.
-const COMMON_APP_KEYS: &[&str] = &["base_url", "subject_field", "rate_limit_per_second", "timeout"];
+pub(crate) const COMMON_APP_KEYS: &[&str] = &["base_url", "subject_field", "rate_limit_per_second", "timeout"];
 
 /// One integrated application. Provider keys are kept as a table and checked
 /// against the kind's key list in [`Config::validate`] (the connector issues

@@ -15,7 +15,7 @@ fn the_example_file_is_valid_and_names_every_section() {
     assert_eq!(config.validate(), vec![]);
     assert_eq!(config.check_secrets(&env_with(EXAMPLE_ENV)), vec![]);
     assert_eq!(config.broker.retry_delays.len(), 4);
-    assert_eq!(config.applications["Confluence"].kind, AppKind::Confluence);
+    assert_eq!(config.applications["Confluence"].kind.as_str(), "confluence");
     assert_eq!(config.jsm.statuses["Approved by Manager"], AppStatus::Approved);
     let rule = config.rule_for("Confluence", "write").expect("case-insensitive level");
     assert_eq!(rule.targets(), vec!["confluence-developers".to_owned()]);
@@ -85,6 +85,28 @@ fn an_unknown_provider_key_is_rejected_with_the_accepted_list() {
     let problems = Config::parse(&text).unwrap().validate();
     let p = problems.iter().find(|p| p.key.ends_with(".tokn_env")).expect("named");
     assert!(p.message.contains("token_env"), "{p}");
+}
+
+#[test]
+fn an_unknown_kind_is_refused_with_the_registered_kinds() {
+    let text = EXAMPLE.replacen("kind = \"okta\"", "kind = \"oktaa\"", 1);
+    let err = Config::parse(&text).unwrap_err();
+    assert!(err.contains("unknown kind `oktaa`, expected one of `okta`, `entra`, `aws`"), "{err}");
+    for k in crate::connectors::KINDS {
+        assert!(err.contains(&format!("`{}`", k.name)), "{err}");
+    }
+    let err = Config::parse(&EXAMPLE.replacen("kind = \"okta\"", "kind = \"Okta\"", 1)).unwrap_err();
+    assert!(err.contains("unknown kind `Okta`"), "names are lowercase, as before: {err}");
+}
+
+#[test]
+fn every_registered_kind_parses_from_its_name_and_prints_back_the_same() {
+    for k in crate::connectors::KINDS {
+        let app: ApplicationConfig = toml::from_str(&format!("kind = \"{}\"", k.name)).unwrap();
+        assert_eq!(app.kind.as_str(), k.name);
+        assert_eq!(app.kind, AppKind::named(k.name).unwrap());
+        assert_eq!(toml::Value::try_from(app.kind).unwrap().as_str(), Some(k.name));
+    }
 }
 
 #[test]

@@ -129,6 +129,23 @@ struct Failure {
     licence_pool: bool,
 }
 
+/// The `[applications]` keys this kind accepts besides the common ones
+/// (`kind`, `owner`, `dry_run`, `base_url`, `subject_field`, `rate_limit_per_second`,
+/// `timeout`); [`Config::validate`](crate::config::Config::validate) refuses any other.
+pub const KEYS: &[&str] = &[
+    "site_url",
+    "admin_email_env",
+    "admin_email_file",
+    "api_token_env",
+    "api_token_file",
+    "admin_api_key_env",
+    "admin_api_key_file",
+    "org_id",
+    "directory_id",
+    "api",
+    "admin_base_url",
+];
+
 impl Confluence {
     pub fn from_config(name: &str, app: &ApplicationConfig) -> Result<Self, String> {
         let common = Common::from_app(app)?;

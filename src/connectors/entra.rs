@@ -186,6 +186,19 @@ impl Failure {
     }
 }
 
+/// The `[applications]` keys this kind accepts besides the common ones
+/// (`kind`, `owner`, `dry_run`, `base_url`, `subject_field`, `rate_limit_per_second`,
+/// `timeout`); [`Config::validate`](crate::config::Config::validate) refuses any other.
+pub const KEYS: &[&str] = &[
+    "tenant_id",
+    "client_id",
+    "client_secret_env",
+    "client_secret_file",
+    "certificate_env",
+    "certificate_file",
+    "login_url",
+];
+
 impl Entra {
     pub fn from_config(name: &str, app: &ApplicationConfig) -> Result<Self, String> {
         let common = Common::from_app(app)?;

@@ -135,6 +135,20 @@ fn unreadable(what: &str, e: &reqwest::Error) -> ConnectorError {
     ConnectorError::Transient { reason: format!("github: unreadable {what} answer: {e}"), retry_after: None }
 }
 
+/// The `[applications]` keys this kind accepts besides the common ones
+/// (`kind`, `owner`, `dry_run`, `base_url`, `subject_field`, `rate_limit_per_second`,
+/// `timeout`); [`Config::validate`](crate::config::Config::validate) refuses any other.
+pub const KEYS: &[&str] = &[
+    "org",
+    "app_id",
+    "installation_id",
+    "private_key_env",
+    "private_key_file",
+    "token_env",
+    "token_file",
+    "invite_non_members",
+];
+
 impl Github {
     pub fn from_config(name: &str, app: &ApplicationConfig) -> Result<Self, String> {
         let common = Common::from_app(app)?;

@@ -107,6 +107,12 @@ impl Failure {
     }
 }
 
+/// The `[applications]` keys this kind accepts besides the common ones
+/// (`kind`, `owner`, `dry_run`, `base_url`, `subject_field`, `rate_limit_per_second`,
+/// `timeout`); [`Config::validate`](crate::config::Config::validate) refuses any other.
+pub const KEYS: &[&str] =
+    &["domain", "customer_id", "admin_subject", "service_account_key_env", "service_account_key_file", "token_url"];
+
 impl Google {
     pub fn from_config(name: &str, app: &ApplicationConfig) -> Result<Self, String> {
         let common = Common::from_app(app)?;

@@ -68,6 +68,11 @@ struct GroupPage {
     values: Vec<Group>,
 }
 
+/// The `[applications]` keys this kind accepts besides the common ones
+/// (`kind`, `owner`, `dry_run`, `base_url`, `subject_field`, `rate_limit_per_second`,
+/// `timeout`); [`Config::validate`](crate::config::Config::validate) refuses any other.
+pub const KEYS: &[&str] = &["email_env", "email_file", "api_token_env", "api_token_file", "cloud_id"];
+
 impl Jira {
     pub fn from_config(name: &str, app: &ApplicationConfig) -> Result<Self, String> {
         let common = Common::from_app(app)?;

@@ -2,10 +2,18 @@
 //!
 //! One implementation per provider (Okta, Entra ID, AWS, Google, Jira,
 //! Confluence, Bitbucket, GitHub), each in its own file, built from the
-//! application's `kind` in [`build`]. Every call is idempotent from the
+//! application's `kind` through the registry [`KINDS`]. Every call is idempotent from the
 //! worker's point of view: "already a member" is [`GrantOutcome::AlreadyGranted`]
 //! and "not a member" is [`RevokeOutcome::AlreadyAbsent`], both successes.
 //! Errors are classified so that the worker knows whether to retry.
+//!
+//! Adding a connector (say `kind = "acme"`) takes three steps:
+//! 1. `src/connectors/acme.rs`: `pub const KEYS: &[&str]` (its provider-specific
+//!    `[applications]` keys), a type with `from_config(name, app) -> Result<Self, String>`
+//!    and `connector_impl!(Acme, "acme", ...)`;
+//! 2. here: `pub mod acme;` and one line in [`KINDS`] (`name`, `keys`, `build`); config
+//!    parsing, key validation, `build` and `connectors test` all read that table;
+//! 3. `src/connectors/acme/tests.rs`: its tests (`#[cfg(test)] mod tests;` in acme.rs).
 
 pub(crate) mod atlassian;
 pub mod aws;
@@ -20,7 +28,7 @@ pub mod okta;
 #[cfg(test)]
 pub mod spec_check;
 
-use crate::config::{AppKind, ApplicationConfig, Config};
+use crate::config::{ApplicationConfig, Config};
 use crate::event::Person;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -252,16 +260,75 @@ pub fn build(config: &Config) -> Result<Connectors, Vec<crate::config::Problem>>
     if problems.is_empty() { Ok(connectors) } else { Err(problems) }
 }
 
-/// One application's connector.
+/// One application's connector, built by its kind's registry entry.
 pub fn build_one(name: &str, app: &ApplicationConfig) -> Result<Arc<dyn Connector>, String> {
-    match app.kind {
-        AppKind::Google => Ok(Arc::new(google::Google::from_config(name, app)?)),
-        AppKind::Github => Ok(Arc::new(github::Github::from_config(name, app)?)),
-        AppKind::Okta => Ok(Arc::new(okta::Okta::from_config(name, app)?)),
-        AppKind::Jira => Ok(Arc::new(jira::Jira::from_config(name, app)?)),
-        AppKind::Confluence => Ok(Arc::new(confluence::Confluence::from_config(name, app)?)),
-        AppKind::Bitbucket => Ok(Arc::new(bitbucket::Bitbucket::from_config(name, app)?)),
-        AppKind::Aws => Ok(Arc::new(aws::Aws::from_config(name, app)?)),
-        AppKind::Entra => Ok(Arc::new(entra::Entra::from_config(name, app)?)),
+    (app.kind.entry().build)(name, app)
+}
+
+/// One connector kind: what `kind = "..."` names in `[applications]`.
+pub struct Kind {
+    /// The value of `kind` (lowercase); the connector's [`Connector::kind`] returns the same.
+    pub name: &'static str,
+    /// The provider-specific keys the kind accepts, besides the common ones.
+    pub keys: &'static [&'static str],
+    /// Builds the connector of one live application.
+    pub build: Build,
+}
+
+/// A kind's builder: the application's name and table in, its connector out (`Err`
+/// names the key or secret at fault).
+pub type Build = fn(&str, &ApplicationConfig) -> Result<Arc<dyn Connector>, String>;
+
+/// Every connector kind; the order is the one unknown-kind errors list them in.
+pub const KINDS: &[Kind] = &[
+    Kind { name: "okta", keys: okta::KEYS, build: |n, a| arc(okta::Okta::from_config(n, a)) },
+    Kind { name: "entra", keys: entra::KEYS, build: |n, a| arc(entra::Entra::from_config(n, a)) },
+    Kind { name: "aws", keys: aws::KEYS, build: |n, a| arc(aws::Aws::from_config(n, a)) },
+    Kind { name: "google", keys: google::KEYS, build: |n, a| arc(google::Google::from_config(n, a)) },
+    Kind { name: "jira", keys: jira::KEYS, build: |n, a| arc(jira::Jira::from_config(n, a)) },
+    Kind { name: "confluence", keys: confluence::KEYS, build: |n, a| arc(confluence::Confluence::from_config(n, a)) },
+    Kind { name: "bitbucket", keys: bitbucket::KEYS, build: |n, a| arc(bitbucket::Bitbucket::from_config(n, a)) },
+    Kind { name: "github", keys: github::KEYS, build: |n, a| arc(github::Github::from_config(n, a)) },
+];
+
+/// The registry entry named `name` (exact, lowercase match).
+pub fn kind(name: &str) -> Option<&'static Kind> {
+    KINDS.iter().find(|k| k.name == name)
+}
+
+fn arc<C: Connector + 'static>(built: Result<C, String>) -> Result<Arc<dyn Connector>, String> {
+    Ok(Arc::new(built?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_a_unique_lowercase_name_and_keys_apart_from_the_common_ones() {
+        let mut names = std::collections::BTreeSet::new();
+        for k in KINDS {
+            assert!(names.insert(k.name), "kind {} is registered twice", k.name);
+            assert!(
+                !k.name.is_empty() && k.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "kind {:?} is not a lowercase name",
+                k.name
+            );
+            let mut keys = std::collections::BTreeSet::new();
+            for key in k.keys {
+                assert!(keys.insert(key), "kind {} lists key {key} twice", k.name);
+                assert!(
+                    !crate::config::COMMON_APP_KEYS.contains(key) && !["kind", "owner", "dry_run"].contains(key),
+                    "kind {} lists the common application key {key}",
+                    k.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_kind_is_found_by_its_exact_name_only() {
+        assert_eq!(kind("okta").map(|k| k.name), Some("okta"));
+        assert!(kind("Okta").is_none() && kind("oktaa").is_none());
     }
 }

@@ -136,6 +136,12 @@ struct AssertionClaims<'a> {
     jti: String,
 }
 
+/// The `[applications]` keys this kind accepts besides the common ones
+/// (`kind`, `owner`, `dry_run`, `base_url`, `subject_field`, `rate_limit_per_second`,
+/// `timeout`); [`Config::validate`](crate::config::Config::validate) refuses any other.
+pub const KEYS: &[&str] =
+    &["token_env", "token_file", "client_id", "private_key_env", "private_key_file", "key_id", "scopes"];
+
 impl Okta {
     pub fn from_config(name: &str, app: &ApplicationConfig) -> Result<Self, String> {
         let common = Common::from_app(app)?;
