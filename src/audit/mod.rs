@@ -161,6 +161,54 @@ pub async fn append(tx: &mut PgConnection, entries: &[AuditEntry]) -> Result<Vec
     let at = Utc::now().trunc_subsecs(6);
     let links = link(last_seq, &last_hash, at, entries);
 
+    // Several statements when the rows are large: a statement over one TLS record
+    // (16 KiB) is written to the socket in pieces, and with Nagle on (sqlx does
+    // not set TCP_NODELAY) the second piece waits for the server's delayed ACK,
+    // about 40 ms, all under the chain lock.
+    let mut start = 0;
+    for end in chunk_ends(entries) {
+        insert_rows(&mut *tx, at, &entries[start..end], &links[start..end]).await?;
+        start = end;
+    }
+    Ok(links.iter().map(|(seq, _, _)| *seq).collect())
+}
+
+/// About how many bytes a statement of rows may carry: one TLS record.
+const CHUNK_BYTES: usize = 12 * 1024;
+
+/// Where each statement's rows end: consecutive rows up to about [`CHUNK_BYTES`]
+/// (a single larger row goes alone).
+fn chunk_ends(entries: &[AuditEntry]) -> Vec<usize> {
+    let size = |e: &AuditEntry| {
+        let text = [&e.ticket, &e.actor, &e.application, &e.subject, &e.target];
+        // uuid, two hashes, seq and per-array overheads, plus the variable parts
+        256 + e.action.len()
+            + e.outcome.len()
+            + text.iter().map(|t| t.as_ref().map_or(0, String::len)).sum::<usize>()
+            + e.detail.to_string().len()
+    };
+    let mut ends = Vec::new();
+    let mut bytes = 0;
+    for (i, e) in entries.iter().enumerate() {
+        let n = size(e);
+        if bytes > 0 && bytes + n > CHUNK_BYTES {
+            ends.push(i);
+            bytes = 0;
+        }
+        bytes += n;
+    }
+    if !entries.is_empty() {
+        ends.push(entries.len());
+    }
+    ends
+}
+
+async fn insert_rows(
+    tx: &mut PgConnection,
+    at: DateTime<Utc>,
+    entries: &[AuditEntry],
+    links: &[(i64, String, String)],
+) -> Result<(), sqlx::Error> {
     let column = |f: fn(&AuditEntry) -> Option<&str>| entries.iter().map(f).collect::<Vec<_>>();
     let seqs: Vec<i64> = links.iter().map(|(seq, _, _)| *seq).collect();
     let (prevs, hashes): (Vec<&str>, Vec<&str>) = links.iter().map(|(_, p, h)| (p.as_str(), h.as_str())).unzip();
@@ -187,7 +235,7 @@ pub async fn append(tx: &mut PgConnection, entries: &[AuditEntry]) -> Result<Vec
     .bind(hashes)
     .execute(&mut *tx)
     .await?;
-    Ok(seqs)
+    Ok(())
 }
 
 /// Rows of one event, in order.
@@ -198,6 +246,20 @@ pub async fn rows_for_event(pool: &sqlx::PgPool, event_id: Uuid) -> Result<Vec<A
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_appends_are_split_into_statements_of_about_one_tls_record() {
+        let mut big = AuditEntry::new("decided", "ok");
+        big.detail = serde_json::json!({"pad": "x".repeat(5000)});
+        let small = AuditEntry::new("received", "ok");
+        assert_eq!(chunk_ends(&[]), Vec::<usize>::new());
+        assert_eq!(chunk_ends(&vec![small.clone(); 3]), [3]);
+        // Two 5 kB rows fit in 12 KiB, a third does not.
+        assert_eq!(chunk_ends(&vec![big.clone(); 5]), [2, 4, 5]);
+        let mut huge = big.clone();
+        huge.detail = serde_json::json!({"pad": "x".repeat(40_000)});
+        assert_eq!(chunk_ends(&[small.clone(), huge, small]), [1, 2, 3], "an oversized row goes alone");
+    }
 
     #[test]
     fn the_hash_covers_content_and_the_previous_hash() {

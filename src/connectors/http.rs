@@ -80,24 +80,32 @@ pub fn secret(app: &ApplicationConfig, name: &str) -> Result<Option<SecretString
 #[derive(Debug)]
 pub struct RateLimiter {
     interval: Duration,
-    next: Mutex<Instant>,
+    next: Mutex<tokio::time::Instant>,
 }
+
+/// How much wider than `1 / rate` the limiter spaces calls: requests spaced
+/// exactly `1 / rate` apart put `rate + 1` of them in a closed one-second
+/// window, and the network's jitter (a few ms) does the same at the provider.
+const RATE_MARGIN: f64 = 1.05;
 
 impl RateLimiter {
     pub fn new(per_second: f64) -> Self {
-        Self { interval: Duration::from_secs_f64(1.0 / per_second), next: Mutex::new(Instant::now()) }
+        Self {
+            interval: Duration::from_secs_f64(RATE_MARGIN / per_second),
+            next: Mutex::new(tokio::time::Instant::now()),
+        }
     }
 
     /// Waits for this caller's slot.
     pub async fn acquire(&self) {
         let slot = {
             let mut next = self.next.lock().await;
-            let now = Instant::now();
+            let now = tokio::time::Instant::now();
             let slot = (*next).max(now);
             *next = slot + self.interval;
             slot
         };
-        tokio::time::sleep_until(slot.into()).await;
+        tokio::time::sleep_until(slot).await;
     }
 }
 
@@ -383,5 +391,21 @@ mod tests {
         cache.invalidate().await;
         cache.get(fetch).await.unwrap();
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limiter_never_lets_more_than_the_rate_into_any_one_second_window() {
+        let limiter = RateLimiter::new(10.0);
+        let mut at = Vec::new();
+        for _ in 0..31 {
+            limiter.acquire().await;
+            at.push(tokio::time::Instant::now());
+        }
+        for (i, w) in at.windows(11).enumerate() {
+            // 11 calls must span more than a second (and a little, for jitter).
+            assert!(w[10] - w[0] > Duration::from_millis(1020), "calls {i}..{} within {:?}", i + 10, w[10] - w[0]);
+        }
+        // ...and no slower than the margin: 30 intervals of 105 ms.
+        assert!(at[30] - at[0] <= Duration::from_millis(3160), "{:?}", at[30] - at[0]);
     }
 }

@@ -142,7 +142,11 @@ async fn consume(
     tracing::info!(queue = %queue, prefetch = ctx.config.broker.prefetch, concurrency = ctx.config.worker.concurrency, "worker consuming");
 
     let tracker = TaskTracker::new();
-    let (batch_max, batch_wait) = (ctx.config.worker.batch_max.max(1), ctx.config.worker.batch_wait);
+    // A batch takes at most half the concurrency, so that one batch is always
+    // free to form and be decided while another is being recorded or is
+    // waiting on its provider calls.
+    let half = (ctx.config.worker.concurrency / 2).max(1);
+    let (batch_max, batch_wait) = (ctx.config.worker.batch_max.clamp(1, half), ctx.config.worker.batch_wait);
     let result = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
