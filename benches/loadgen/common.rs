@@ -15,7 +15,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
 /// Settings of one run, from the environment.
 #[derive(Debug, Clone)]
 pub struct Env {
-    /// Server URL without a database name (a role that may create databases).
+    /// Server URL without a database name (a role that may create databases),
+    /// optionally with connection parameters (`?sslmode=disable`).
     pub pg: String,
     pub amqp: String,
     /// Events per throughput scenario (`LOADGEN_EVENTS`).
@@ -38,6 +39,15 @@ pub fn env_or(name: &str, default: usize) -> usize {
 }
 
 impl Env {
+    /// The URL of database `db` on the server: `<server>/<db>[?<params>]`
+    /// (ACCESSGOV_TEST_DATABASE_URL may carry parameters, e.g. `?sslmode=disable`).
+    pub fn db_url(&self, db: &str) -> String {
+        match self.pg.split_once('?') {
+            Some((server, params)) => format!("{}/{db}?{params}", server.trim_end_matches('/')),
+            None => format!("{}/{db}", self.pg.trim_end_matches('/')),
+        }
+    }
+
     pub fn from_env() -> Self {
         Self {
             pg: std::env::var("ACCESSGOV_TEST_DATABASE_URL")
@@ -68,14 +78,14 @@ pub fn prefix(tag: &str) -> String {
 }
 
 pub async fn create_db(env: &Env, name: &str) -> anyhow::Result<()> {
-    let admin = PgPool::connect(&format!("{}/postgres", env.pg)).await?;
+    let admin = PgPool::connect(&env.db_url("postgres")).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&admin).await?;
     admin.close().await;
     Ok(())
 }
 
 pub async fn drop_db(env: &Env, name: &str) -> anyhow::Result<()> {
-    let admin = PgPool::connect(&format!("{}/postgres", env.pg)).await?;
+    let admin = PgPool::connect(&env.db_url("postgres")).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
         .execute(&admin)
         .await?;

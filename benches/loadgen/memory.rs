@@ -89,7 +89,7 @@ fn worker_toml(env: &Env, tag: &str, mock_url: &str) -> anyhow::Result<String> {
     set("broker.url", s(&env.amqp))?;
     set("broker.prefix", s(&common::prefix(tag)))?;
     set("broker.prefetch", i(EVENTS as i64))?;
-    set("database.url", s(&format!("{}/{}", env.pg, common::db_name(tag))))?;
+    set("database.url", s(&env.db_url(&common::db_name(tag))))?;
     set("database.max_connections", i(WORKER_POOL))?;
     set("ingress.listen", s("127.0.0.1:0"))?;
     set("ingress.hmac_secret_env", s(ENV_WEBHOOK_SECRET))?;

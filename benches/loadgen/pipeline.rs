@@ -29,7 +29,7 @@ pub enum Mode {
 /// leaves the machine; approvals rest on the signed payload).
 pub fn config(env: &Env, tag: &str) -> anyhow::Result<Config> {
     let mut config = Config::parse(include_str!("../../accessgov.example.toml")).map_err(anyhow::Error::msg)?;
-    config.database.url = format!("{}/{}", env.pg, common::db_name(tag));
+    config.database.url = env.db_url(&common::db_name(tag));
     config.database.max_connections = POOL_SIZE;
     config.broker.url = env.amqp.clone();
     config.broker.prefix = common::prefix(tag);
