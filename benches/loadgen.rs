@@ -20,8 +20,10 @@
 //!   answering at once (one HTTP call per event, through accessgov's HTTP layer).
 //!   Target: >= 0.5x the baseline.
 //! - `live100`: the mock answers after 100 ms. Target: within 10 % of C / 0.1 s.
-//!   Then again with `rate_limit_per_second` = L (LOADGEN_RATE_LIMIT, 50): within
-//!   10 % of min(C / 0.1 s, L), and no sliding 1-s window at the mock above L.
+//!   Then again with `rate_limit_per_second` = L (LOADGEN_RATE_LIMIT, 10) for
+//!   15 s' worth of events: within 10 % of min(C / 0.1 s, L), and no sliding 1-s
+//!   window at the mock above L. L is well below C / 0.1 s so that the limiter
+//!   binds (at L = 50 accessgov never offered 50 calls in a second).
 //! - `ingress`: the ingress alone, webhooks sent open loop at 1,000/s for 10 s
 //!   after a 1-s warm-up, latency from each request's scheduled send time.
 //!   Target: p99 <= 10 ms.
@@ -32,7 +34,7 @@
 //! Environment: LOADGEN_EVENTS (N, 2000), LOADGEN_CONCURRENCY (C, 16: worker
 //! concurrency, baseline consumer concurrency, and the number of closed-loop
 //! clients / publishers), LOADGEN_INGRESS_RPS (1000), LOADGEN_INGRESS_SECONDS
-//! (10), LOADGEN_RATE_LIMIT (50), LOADGEN_MEMORY_CONCURRENCY (1000, the memory
+//! (10), LOADGEN_RATE_LIMIT (10), LOADGEN_MEMORY_CONCURRENCY (1000, the memory
 //! worker's concurrency), LOADGEN_BATCH_MAX (the in-process worker's
 //! `batch_max`, for experiments), LOADGEN_ACCESSGOV_BIN (the worker binary),
 //! ACCESSGOV_TEST_DATABASE_URL, ACCESSGOV_TEST_AMQP_URL.
@@ -418,8 +420,8 @@ async fn main() -> anyhow::Result<()> {
                 }
                 let limit = env.rate_limit;
                 let name = format!("live100_rl{limit}");
-                // Ten seconds' worth at the limit.
-                let events = n.min(limit * 10);
+                // Fifteen seconds' worth at the limit.
+                let events = n.min(limit * 15);
                 println!("\n[{name}] load average {}", common::loadavg());
                 let mode = Mode::Live { latency: LIVE100_LATENCY, rate_limit: Some(limit) };
                 match pipeline::throughput(&env, mode, events).await {

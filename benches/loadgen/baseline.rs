@@ -83,8 +83,7 @@ async fn measure(
     pool_size: u32,
 ) -> anyhow::Result<Baseline> {
     let n = bodies.len();
-    let pool =
-        sqlx::postgres::PgPoolOptions::new().max_connections(pool_size).connect(&env.db_url(db)).await?;
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(pool_size).connect(&env.db_url(db)).await?;
     sqlx::query("CREATE TABLE baseline_events (id uuid PRIMARY KEY, body jsonb NOT NULL, at timestamptz NOT NULL DEFAULT now())")
         .execute(&pool)
         .await?;

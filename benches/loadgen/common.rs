@@ -58,7 +58,7 @@ impl Env {
             concurrency: env_or("LOADGEN_CONCURRENCY", 16),
             ingress_rps: env_or("LOADGEN_INGRESS_RPS", 1000),
             ingress_secs: env_or("LOADGEN_INGRESS_SECONDS", 10) as u64,
-            rate_limit: env_or("LOADGEN_RATE_LIMIT", 50),
+            rate_limit: env_or("LOADGEN_RATE_LIMIT", 10),
             batch_max: std::env::var("LOADGEN_BATCH_MAX").ok().and_then(|v| v.parse().ok()),
         }
     }
