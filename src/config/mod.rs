@@ -438,7 +438,8 @@ impl<'de> Deserialize<'de> for AppKind {
 }
 
 /// Keys every application accepts besides `kind`, `owner` and `dry_run`.
-pub(crate) const COMMON_APP_KEYS: &[&str] = &["base_url", "subject_field", "rate_limit_per_second", "timeout"];
+pub(crate) const COMMON_APP_KEYS: &[&str] =
+    &["base_url", "subject_field", "rate_limit_per_second", "max_concurrent_calls", "timeout"];
 
 /// One integrated application. Provider keys are kept as a table and checked
 /// against the kind's key list in [`Config::validate`] (the connector issues

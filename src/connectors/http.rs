@@ -31,8 +31,14 @@ pub struct Common {
     pub subject_field: Option<String>,
     /// Requests per second to this provider (none = unlimited).
     pub rate_limit_per_second: Option<f64>,
+    /// Requests in flight to this provider at once (each holds a connection
+    /// and its buffers); more wait their turn.
+    pub max_concurrent_calls: usize,
     pub timeout: Duration,
 }
+
+/// Default of `max_concurrent_calls`.
+pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 32;
 
 impl Common {
     pub fn from_app(app: &ApplicationConfig) -> Result<Self, String> {
@@ -47,10 +53,18 @@ impl Common {
                 _ => return Err("rate_limit_per_second must be a positive number".into()),
             },
         };
+        let max_concurrent_calls = match app.settings.get("max_concurrent_calls") {
+            None => DEFAULT_MAX_CONCURRENT_CALLS,
+            Some(v) => match v.as_integer() {
+                Some(n) if (1..=10_000).contains(&n) => n as usize,
+                _ => return Err("max_concurrent_calls must be a whole number from 1 to 10000".into()),
+            },
+        };
         Ok(Self {
             base_url: setting(app, "base_url"),
             subject_field: setting(app, "subject_field"),
             rate_limit_per_second: rate,
+            max_concurrent_calls,
             timeout,
         })
     }
@@ -115,6 +129,7 @@ pub struct Http {
     client: reqwest::Client,
     provider: &'static str,
     limiter: Option<Arc<RateLimiter>>,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl Http {
@@ -123,9 +138,15 @@ impl Http {
             .timeout(common.timeout)
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("accessgov/", env!("CARGO_PKG_VERSION")))
+            .pool_max_idle_per_host(common.max_concurrent_calls)
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(Self { client, provider, limiter: common.rate_limit_per_second.map(|r| Arc::new(RateLimiter::new(r))) })
+        Ok(Self {
+            client,
+            provider,
+            limiter: common.rate_limit_per_second.map(|r| Arc::new(RateLimiter::new(r))),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(common.max_concurrent_calls.max(1))),
+        })
     }
 
     pub fn client(&self) -> &reqwest::Client {
@@ -138,6 +159,8 @@ impl Http {
 
     /// Sends after the rate limiter allows it; transport failures are transient.
     pub async fn send(&self, req: RequestBuilder) -> Result<Response, ConnectorError> {
+        // (The semaphore is never closed; `ok()` only keeps this free of panics.)
+        let _slot = self.in_flight.acquire().await.ok();
         if let Some(l) = &self.limiter {
             l.acquire().await;
         }
@@ -407,5 +430,59 @@ mod tests {
         }
         // ...and no slower than the margin: 30 intervals of 105 ms.
         assert!(at[30] - at[0] <= Duration::from_millis(3160), "{:?}", at[30] - at[0]);
+    }
+
+    fn app(extra: &str) -> ApplicationConfig {
+        toml::from_str(&format!("kind = \"jira\"\n{extra}")).unwrap()
+    }
+
+    #[test]
+    fn max_concurrent_calls_defaults_to_32_and_refuses_nonsense() {
+        assert_eq!(Common::from_app(&app("")).unwrap().max_concurrent_calls, DEFAULT_MAX_CONCURRENT_CALLS);
+        assert_eq!(Common::from_app(&app("max_concurrent_calls = 4")).unwrap().max_concurrent_calls, 4);
+        for bad in ["0", "-1", "1.5", "\"8\"", "20000"] {
+            let e = Common::from_app(&app(&format!("max_concurrent_calls = {bad}"))).err().unwrap();
+            assert!(e.contains("max_concurrent_calls"), "{bad}: {e}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_more_than_max_concurrent_calls_are_in_flight_at_the_provider() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (n, p) = (now.clone(), peak.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let (n, p) = (n.clone(), p.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut got = Vec::new();
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => got.extend_from_slice(&buf[..k]),
+                        }
+                    }
+                    let in_flight = n.fetch_add(1, Ordering::SeqCst) + 1;
+                    p.fetch_max(in_flight, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    n.fetch_sub(1, Ordering::SeqCst);
+                    let _ = sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+                });
+            }
+        });
+        let http = Http::new("test", &Common::from_app(&app("max_concurrent_calls = 2")).unwrap()).unwrap();
+        let url = format!("http://{addr}/");
+        let calls = (0..6).map(|_| {
+            let (http, url) = (http.clone(), url.clone());
+            async move { http.send(http.client().get(&url)).await.map(|r| r.status()) }
+        });
+        let statuses = futures_util::future::join_all(calls).await;
+        assert!(statuses.iter().all(|s| s.as_ref().is_ok_and(|s| *s == StatusCode::OK)), "{statuses:?}");
+        assert_eq!(peak.load(Ordering::SeqCst), 2, "two at a time, never more");
     }
 }
