@@ -162,15 +162,19 @@ pub async fn open_for_events(pool: &PgPool, event_ids: &[Uuid]) -> Result<Vec<In
     .await
 }
 
-/// The intents of the event's current run, in order (for its summary): a
+/// The intents of each event's current run, in order (for its summary): a
 /// replayed event is decided afresh, and the intents of the run that died
 /// before it (all `dead`, every open one abandoned at once) are not its own.
-pub async fn of_current_run(pool: &PgPool, event_id: Uuid) -> Result<Vec<Intent>, sqlx::Error> {
+pub async fn of_current_runs(pool: &PgPool, event_ids: &[Uuid]) -> Result<Vec<Intent>, sqlx::Error> {
+    if event_ids.is_empty() {
+        return Ok(Vec::new());
+    }
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM intents WHERE event_id = $1 \
-           AND id > COALESCE((SELECT max(id) FROM intents WHERE event_id = $1 AND state = 'dead'), 0) ORDER BY id"
+        "SELECT {COLUMNS} FROM intents i WHERE event_id = ANY($1) \
+           AND id > COALESCE((SELECT max(d.id) FROM intents d WHERE d.event_id = i.event_id AND d.state = 'dead'), 0) \
+         ORDER BY id"
     )))
-    .bind(event_id)
+    .bind(event_ids)
     .fetch_all(pool)
     .await
 }

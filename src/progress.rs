@@ -41,6 +41,47 @@ pub async fn complete(
         == 1)
 }
 
+/// Completes every event of `ends` (id, dedupe key, ticket) whose run is still
+/// open, in one statement: closes the run and writes the dedupe row. Returns the
+/// ids it completed; the others were completed, or abandoned, by another delivery.
+pub async fn complete_all(tx: &mut PgConnection, ends: &[(Uuid, &str, &str)]) -> Result<Vec<Uuid>, sqlx::Error> {
+    if ends.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = ends.iter().map(|e| e.0).collect();
+    let keys: Vec<&str> = ends.iter().map(|e| e.1).collect();
+    let tickets: Vec<&str> = ends.iter().map(|e| e.2).collect();
+    sqlx::query_scalar(
+        "WITH ended AS (DELETE FROM event_runs WHERE event_id = ANY($1) RETURNING event_id) \
+         INSERT INTO processed_events (event_id, dedupe_key, ticket, outcome) \
+         SELECT k.event_id, k.dedupe_key, k.ticket, 'processed' \
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS k(event_id, dedupe_key, ticket) \
+         JOIN ended USING (event_id) \
+         ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+    )
+    .bind(&ids)
+    .bind(&keys)
+    .bind(&tickets)
+    .fetch_all(tx)
+    .await
+}
+
+/// Whether the event's run is open (decided, not complete), and when its
+/// ticket's access was last taken away: what deciding it needs, in one query.
+pub async fn run_and_last_revoke<'c>(
+    db: impl PgExecutor<'c>,
+    event: &crate::event::AccessEvent,
+) -> Result<(bool, Option<DateTime<Utc>>), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM event_runs WHERE event_id = $1), \
+                (SELECT last_revoke_at FROM ticket_progress WHERE ticket = $2)",
+    )
+    .bind(event.event_id)
+    .bind(&event.ticket.key)
+    .fetch_one(db)
+    .await
+}
+
 /// Notes that a processed event came again. True the first time only (one
 /// `duplicate` audit row per event, however often it is redelivered).
 pub async fn note_duplicate(tx: &mut PgConnection, event_id: Uuid) -> Result<bool, sqlx::Error> {

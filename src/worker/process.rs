@@ -114,8 +114,9 @@ pub async fn prepare(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Result<S
         Ok(e) => e,
         Err(e) => return Ok(Staged::Done(Outcome::Poison(e.to_string()))),
     };
+    let (running, last_revoke_at) = crate::progress::run_and_last_revoke(&ctx.pool, &event).await?;
     // Its decision is committed already (a crash, a retry): finish its intents.
-    if crate::intents::running(&ctx.pool, event.event_id).await? {
+    if running {
         return Ok(Staged::Done(execute(ctx, &event, attempt).await?));
     }
     let approver_groups = match ctx.approver_groups(&event).await {
@@ -128,7 +129,7 @@ pub async fn prepare(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Result<S
         }
     };
     let last_revoke_at = match event.app_status {
-        crate::config::AppStatus::Approved => crate::progress::last_revoke_at(&ctx.pool, &event.ticket.key).await?,
+        crate::config::AppStatus::Approved => last_revoke_at,
         _ => None,
     };
     let facts = rules::Facts { approver_groups, verify_approval: ctx.verify_approval, last_revoke_at };
@@ -488,24 +489,35 @@ pub async fn execute_batch(ctx: &WorkerContext, events: &[(&AccessEvent, u32)]) 
         if !done.is_empty() || !finished.is_empty() {
             let mut tx = ctx.pool.begin().await?;
             let mut rows = crate::intents::succeed_all(&mut tx, done).await?;
+            // Complete the events still running (another delivery may have completed
+            // one, or given up on it: it is in the dead letters, its ledger change
+            // undone); nothing is left for those but a duplicate row.
+            let ends: Vec<(uuid::Uuid, &str, &str)> = finished
+                .iter()
+                .map(|&i| {
+                    (runs[i].event.event_id, runs[i].event.dedupe_key.as_str(), runs[i].event.ticket.key.as_str())
+                })
+                .collect();
+            let completed_ids = crate::progress::complete_all(&mut tx, &ends).await?;
             let mut completed = Vec::new();
             for &i in &finished {
-                let run = &runs[i];
-                // Another delivery of this event completed it, or gave up on it (it is in
-                // the dead letters, its ledger change undone): nothing is left for this one.
-                let live = crate::intents::running(&mut *tx, run.event.event_id).await?;
-                if live && complete(&mut tx, run.event).await? {
+                if completed_ids.contains(&runs[i].event.event_id) {
                     completed.push(i);
                 } else {
-                    note_duplicate(&mut tx, run.event, run.attempt, &mut rows).await?;
+                    note_duplicate(&mut tx, runs[i].event, runs[i].attempt, &mut rows).await?;
                     runs[i].outcome = Some(Outcome::Duplicate);
                 }
             }
             audit::append(&mut tx, &rows).await?;
             tx.commit().await?;
+            let ids: Vec<uuid::Uuid> = completed.iter().map(|&i| runs[i].event.event_id).collect();
+            let mut intents_of: BTreeMap<uuid::Uuid, Vec<crate::intents::Intent>> = BTreeMap::new();
+            for intent in crate::intents::of_current_runs(&ctx.pool, &ids).await? {
+                intents_of.entry(intent.event_id).or_default().push(intent);
+            }
             for i in completed {
                 let event = runs[i].event;
-                let all = crate::intents::of_current_run(&ctx.pool, event.event_id).await?;
+                let all = intents_of.remove(&event.event_id).unwrap_or_default();
                 let ops: Vec<ProviderOp> = all.iter().filter(|i| i.state == "done").map(|i| i.provider_op()).collect();
                 let notes: Vec<Note> = all
                     .iter()
