@@ -39,6 +39,11 @@ pub fn ingress_header_timeout() {
     metrics::counter!("accessgov_ingress_header_timeouts_total").increment(1);
 }
 
+/// A connection to the ops listener closed because its headers came too slowly.
+pub fn ops_header_timeout() {
+    metrics::counter!("accessgov_ops_header_timeouts_total").increment(1);
+}
+
 pub fn ingress_auth_failure(reason: &'static str) {
     metrics::counter!("accessgov_ingress_auth_failures_total", "reason" => reason).increment(1);
 }

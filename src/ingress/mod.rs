@@ -61,29 +61,34 @@ pub fn router(state: IngressState) -> Router {
 pub async fn serve(listener: TcpListener, state: IngressState, shutdown: CancellationToken) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "ingress listening");
     let header_read_timeout = state.config.ingress.header_read_timeout;
-    serve_http1(listener, router(state), header_read_timeout, shutdown).await;
+    serve_http1(listener, router(state), header_read_timeout, crate::metrics::ingress_header_timeout, shutdown).await;
     Ok(())
 }
 
 /// `axum::serve`, but with hyper's HTTP/1 header read timeout, which
 /// `axum::serve` does not expose (without a timer hyper applies none at all):
-/// each connection is served by `http1::Builder` with a Tokio timer. On
+/// each connection is served by `http1::Builder` with a Tokio timer, and its
+/// peer address is available to handlers as `ConnectInfo<SocketAddr>`. A
+/// connection closed for slow headers calls `on_timeout` (a metric). On
 /// cancellation the listener closes, every connection finishes the request it
-/// is in (then closes), and this returns when all have.
+/// is in (then closes), and this returns when all have. Both listeners (ingress
+/// and ops) are served this way.
 pub async fn serve_http1(
     mut listener: TcpListener,
     app: Router,
     header_read_timeout: Duration,
+    on_timeout: fn(),
     shutdown: CancellationToken,
 ) {
     let connections = TaskTracker::new();
     loop {
         // `axum::serve::Listener::accept` retries accept errors (e.g. too many open files) after a pause.
-        let (io, _peer) = tokio::select! {
+        let (io, peer) = tokio::select! {
             accepted = axum::serve::Listener::accept(&mut listener) => accepted,
             () = shutdown.cancelled() => break,
         };
-        let service = TowerToHyperService::new(app.clone());
+        let app = app.clone().layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+        let service = TowerToHyperService::new(app);
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let mut builder = http1::Builder::new();
@@ -98,8 +103,8 @@ pub async fn serve_http1(
                 }
             };
             match result {
-                Err(e) if e.is_timeout() => crate::metrics::ingress_header_timeout(),
-                Err(e) => tracing::debug!(error = %e, "ingress connection ended with an error"),
+                Err(e) if e.is_timeout() => on_timeout(),
+                Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
                 Ok(()) => {}
             }
         });

@@ -51,7 +51,16 @@ async fn readyz(State(state): State<OpsState>) -> axum::response::Response {
 pub async fn serve(listener: TcpListener, state: OpsState, shutdown: CancellationToken) -> std::io::Result<()> {
     let admin = if state.admin_token.is_some() { "enabled" } else { "disabled (no [ops] admin token)" };
     tracing::info!(addr = %listener.local_addr()?, admin_api = admin, "ops listener (metrics, health, admin) listening");
-    // With the peer address, which a refused admin call's audit row names.
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    // Slow headers are cut off as on the ingress (`[ingress] header_read_timeout`),
+    // and handlers see the peer address, which a refused admin call's audit row names.
+    let header_read_timeout = state.config.ingress.header_read_timeout;
+    crate::ingress::serve_http1(
+        listener,
+        router(state),
+        header_read_timeout,
+        crate::metrics::ops_header_timeout,
+        shutdown,
+    )
+    .await;
+    Ok(())
 }
