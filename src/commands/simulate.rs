@@ -37,6 +37,11 @@ pub fn run(config: &Config, args: &SimulateArgs) -> anyhow::Result<ExitCode> {
         Normalized::Ignored(reason) => {
             json!({"outcome": "ignored", "ignore_reason": reason, "event": null, "decision": null})
         }
+        // The ingress answers 400 `invalid_value` for a value PostgreSQL cannot store.
+        Normalized::Accepted(event) if normalize::unstorable_value(&event).is_some() => {
+            let field = normalize::unstorable_value(&event).unwrap_or_default();
+            json!({"outcome": "invalid_value", "field": field, "ignore_reason": null, "event": null, "decision": null})
+        }
         Normalized::Accepted(event) => {
             // Offline: no group lookups, no ledger; verify_approval as configured
             // (credentials are not resolved here, so an unset value counts as off).

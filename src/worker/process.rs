@@ -379,7 +379,39 @@ struct Run<'a> {
 /// lock, one COMMIT). An event whose call failed records its failure on its own
 /// and leaves the others running. An intent that another worker holds is waited
 /// for, at most `[worker] intent_lease`.
+///
+/// The same event delivered twice in one batch runs once: the other deliveries
+/// are recorded as duplicates once it is settled.
 pub async fn execute_batch(ctx: &WorkerContext, events: &[(&AccessEvent, u32)]) -> Result<Vec<Outcome>, sqlx::Error> {
+    let mut first: std::collections::HashMap<uuid::Uuid, usize> = std::collections::HashMap::new();
+    let mut unique = Vec::new();
+    let mut slot = Vec::with_capacity(events.len());
+    for &(event, attempt) in events {
+        slot.push(*first.entry(event.event_id).or_insert_with(|| {
+            unique.push((event, attempt));
+            unique.len() - 1
+        }));
+    }
+    let outcomes = execute_unique(ctx, &unique).await?;
+    let mut used = vec![false; unique.len()];
+    let mut out = Vec::with_capacity(events.len());
+    for (&(event, attempt), u) in events.iter().zip(slot) {
+        if !std::mem::replace(&mut used[u], true) {
+            out.push(outcomes[u].clone());
+            continue;
+        }
+        let mut tx = ctx.pool.begin().await?;
+        let mut rows = Vec::new();
+        note_duplicate(&mut tx, event, attempt, &mut rows).await?;
+        audit::append(&mut tx, &rows).await?;
+        tx.commit().await?;
+        out.push(Outcome::Duplicate);
+    }
+    Ok(out)
+}
+
+/// [`execute_batch`] for distinct events.
+async fn execute_unique(ctx: &WorkerContext, events: &[(&AccessEvent, u32)]) -> Result<Vec<Outcome>, sqlx::Error> {
     use std::collections::{BTreeMap, HashSet};
     let lease = ctx.config.worker.intent_lease;
     let ids: Vec<uuid::Uuid> = events.iter().map(|(e, _)| e.event_id).collect();
@@ -498,10 +530,11 @@ pub async fn execute_batch(ctx: &WorkerContext, events: &[(&AccessEvent, u32)]) 
                     (runs[i].event.event_id, runs[i].event.dedupe_key.as_str(), runs[i].event.ticket.key.as_str())
                 })
                 .collect();
-            let completed_ids = crate::progress::complete_all(&mut tx, &ends).await?;
+            let mut completed_ids: HashSet<uuid::Uuid> =
+                crate::progress::complete_all(&mut tx, &ends).await?.into_iter().collect();
             let mut completed = Vec::new();
             for &i in &finished {
-                if completed_ids.contains(&runs[i].event.event_id) {
+                if completed_ids.remove(&runs[i].event.event_id) {
                     completed.push(i);
                 } else {
                     note_duplicate(&mut tx, runs[i].event, runs[i].attempt, &mut rows).await?;

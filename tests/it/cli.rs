@@ -131,6 +131,17 @@ fn simulate_prints_the_event_and_decision_and_checks_given_headers() {
     );
     let v: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
     assert_eq!((v["outcome"].as_str(), v["event"].is_null()), (Some("unauthorized"), true));
+
+    // A value PostgreSQL cannot store: simulate answers what the ingress would (400 invalid_value).
+    let mut nul: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    nul["issue"]["fields"]["reporter"]["displayName"] = "Eve\u{0}".into();
+    let nul_path = dir.path().join("nul.json");
+    std::fs::write(&nul_path, serde_json::to_vec(&nul).unwrap()).unwrap();
+    let out = accessgov(&["simulate", "--config", &path, "--event", &nul_path.display().to_string()], SECRETS);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["outcome"].as_str(), v["field"].as_str()), (Some("invalid_value"), Some("requester.display_name")));
+    assert!(v["event"].is_null() && v["decision"].is_null(), "{v}");
 }
 
 fn free_port() -> u16 {

@@ -255,3 +255,29 @@ async fn a_backlog_is_decided_and_its_results_recorded_in_batches_not_one_transa
     assert!(decided <= i64::from(N) / 4, "decisions took {decided} appends for {N} events");
     assert!(granted <= i64::from(N) / 4, "results took {granted} appends for {N} events");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_event_twice_in_one_batch_calls_once_and_records_the_second_as_a_duplicate() {
+    use crate::helpers::{fake_connectors, live_config, spawn_app_role};
+    use accessgov::app::Role;
+    let provider = std::sync::Arc::new(crate::helpers::provider::FakeProvider::default());
+    let tweak = |c: &mut accessgov::config::Config| {
+        live_config(c);
+        c.worker.batch_wait = Duration::from_millis(50);
+    };
+    // Both deliveries wait in the queue, so that the worker takes them in one batch.
+    let app = spawn_app_role(tweak, fake_connectors(&provider), Role::Ingress).await;
+    let b = body(700, 700, 0, "Approved by Manager");
+    let id = post(&app, &b).await;
+    assert_eq!(post(&app, &b).await, id);
+    let (_worker, _stop) = app.extra_worker(fake_connectors(&provider)).await;
+    let actions = eventually("both deliveries to be settled", WAIT, || async {
+        let actions: Vec<String> = app.audit_actions(id).await.into_iter().map(|r| r.0).collect();
+        actions.iter().any(|a| a == "duplicate").then_some(actions)
+    })
+    .await;
+    assert_eq!(actions, ["received", "decided", "granted", "duplicate"]);
+    assert_eq!(provider.calls().len(), 1, "one provider call");
+    let open_runs: i64 = sqlx::query_scalar("SELECT count(*) FROM event_runs").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(open_runs, 0);
+}
