@@ -453,5 +453,55 @@ pub fn expires_at(now: DateTime<Utc>, lasts: Option<Duration>) -> Option<DateTim
     now.checked_add_signed(lasts)
 }
 
+/// One ticket's expired holds on one (application, subject).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Due {
+    pub ticket: String,
+    pub application: String,
+    pub subject: String,
+    pub subject_info: Option<serde_json::Value>,
+    pub access_level: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Due (ticket, application, subject) groups, oldest expiry first.
+pub async fn due_expiries(
+    pool: &sqlx::PgPool,
+    live_applications: &[String],
+    limit: i64,
+) -> Result<Vec<Due>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT h.ticket, g.application, g.subject, \
+                (array_agg(g.subject_info))[1] AS subject_info, \
+                min(h.access_level) AS access_level, max(h.expires_at) AS expires_at \
+         FROM grant_holds h JOIN access_grants g ON g.id = h.grant_id \
+         WHERE h.expires_at <= now() AND h.expiry_enqueued_at IS NULL AND g.application = ANY($1) \
+         GROUP BY h.ticket, g.application, g.subject \
+         ORDER BY min(h.expires_at), h.ticket \
+         LIMIT $2",
+    )
+    .bind(live_applications)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Marks the expired holds of `d` as handed to the pipeline (its expiry event
+/// is published), so that the next sweep does not publish it again.
+pub async fn mark_expiry_enqueued(pool: &sqlx::PgPool, d: &Due) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE grant_holds h SET expiry_enqueued_at = now() FROM access_grants g \
+         WHERE h.grant_id = g.id AND h.ticket = $1 AND g.application = $2 AND g.subject = $3 \
+           AND h.expires_at <= $4 AND h.expiry_enqueued_at IS NULL",
+    )
+    .bind(&d.ticket)
+    .bind(&d.application)
+    .bind(&d.subject)
+    .bind(d.expires_at)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;

@@ -40,16 +40,7 @@ pub async fn run(ctx: Arc<WorkerContext>, shutdown: CancellationToken, every: Du
     }
 }
 
-/// One ticket's expired holds on one (application, subject).
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct Due {
-    pub ticket: String,
-    pub application: String,
-    pub subject: String,
-    pub subject_info: Option<serde_json::Value>,
-    pub access_level: String,
-    pub expires_at: DateTime<Utc>,
-}
+pub use crate::grants::Due;
 
 /// Publishes an expiry event for every due (ticket, application, subject) of a
 /// live application; returns how many were enqueued.
@@ -59,43 +50,15 @@ pub async fn sweep_once(ctx: &WorkerContext) -> anyhow::Result<usize> {
     if live.is_empty() {
         return Ok(0);
     }
-    let due = due(&ctx.pool, &live).await?;
+    let due = crate::grants::due_expiries(&ctx.pool, &live, BATCH).await?;
     let mut enqueued = 0;
     for d in &due {
         let event = expiry_event(d, Utc::now());
         ctx.broker.publish_event(&event, 0, ctx.config.broker.confirm_timeout).await?;
-        sqlx::query(
-            "UPDATE grant_holds h SET expiry_enqueued_at = now() FROM access_grants g \
-             WHERE h.grant_id = g.id AND h.ticket = $1 AND g.application = $2 AND g.subject = $3 \
-               AND h.expires_at <= $4 AND h.expiry_enqueued_at IS NULL",
-        )
-        .bind(&d.ticket)
-        .bind(&d.application)
-        .bind(&d.subject)
-        .bind(d.expires_at)
-        .execute(&ctx.pool)
-        .await?;
+        crate::grants::mark_expiry_enqueued(&ctx.pool, d).await?;
         enqueued += 1;
     }
     Ok(enqueued)
-}
-
-/// Due (ticket, application, subject) groups, oldest expiry first.
-pub async fn due(pool: &sqlx::PgPool, live_applications: &[String]) -> Result<Vec<Due>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT h.ticket, g.application, g.subject, \
-                (array_agg(g.subject_info))[1] AS subject_info, \
-                min(h.access_level) AS access_level, max(h.expires_at) AS expires_at \
-         FROM grant_holds h JOIN access_grants g ON g.id = h.grant_id \
-         WHERE h.expires_at <= now() AND h.expiry_enqueued_at IS NULL AND g.application = ANY($1) \
-         GROUP BY h.ticket, g.application, g.subject \
-         ORDER BY min(h.expires_at), h.ticket \
-         LIMIT $2",
-    )
-    .bind(live_applications)
-    .bind(BATCH)
-    .fetch_all(pool)
-    .await
 }
 
 /// The event that revokes a ticket's expired holds through the normal pipeline.
