@@ -273,6 +273,33 @@ fn ratio_row(scenario: &str, t: &Throughput, base: Option<&baseline::Baseline>, 
     row
 }
 
+/// A throughput scenario judged by its ratio to the baseline (dry_run, live0);
+/// a live one also checks one provider call per event.
+#[allow(clippy::too_many_arguments)]
+async fn ratio_scenario(
+    report: &mut Report,
+    env: &Env,
+    name: &str,
+    mode: Mode,
+    n: usize,
+    base: Option<&baseline::Baseline>,
+    baseline_missing: bool,
+    target: f64,
+) {
+    match pipeline::throughput(env, mode, n).await {
+        Ok(t) => {
+            print_throughput(name, &t);
+            let mut row = ratio_row(name, &t, base, target);
+            if baseline_missing {
+                row.verdict = Verdict::Missed;
+            }
+            report.push(row);
+            sanity_rows(report, name, &t, matches!(mode, Mode::Live { .. }));
+        }
+        Err(e) => report.push(Row::error(name, &e)),
+    }
+}
+
 fn print_throughput(name: &str, t: &Throughput) {
     let l = &t.posted.latencies;
     println!(
@@ -380,32 +407,14 @@ async fn main() -> anyhow::Result<()> {
     for scenario in &args.scenarios {
         println!("\n[{scenario:?}] load average {}", common::loadavg());
         match scenario {
-            Scenario::DryRun => match pipeline::throughput(&env, Mode::DryRun, n).await {
-                Ok(t) => {
-                    print_throughput("dry_run", &t);
-                    let mut row = ratio_row("dry_run", &t, base.as_ref(), TARGET_DRY_RUN_RATIO);
-                    if baseline_missing {
-                        row.verdict = Verdict::Missed;
-                    }
-                    report.push(row);
-                    sanity_rows(&mut report, "dry_run", &t, false);
-                }
-                Err(e) => report.push(Row::error("dry_run", &e)),
-            },
+            Scenario::DryRun => {
+                let (base, target) = (base.as_ref(), TARGET_DRY_RUN_RATIO);
+                ratio_scenario(&mut report, &env, "dry_run", Mode::DryRun, n, base, baseline_missing, target).await;
+            }
             Scenario::Live0 => {
                 let mode = Mode::Live { latency: Duration::ZERO, rate_limit: None };
-                match pipeline::throughput(&env, mode, n).await {
-                    Ok(t) => {
-                        print_throughput("live0", &t);
-                        let mut row = ratio_row("live0", &t, base.as_ref(), TARGET_LIVE0_RATIO);
-                        if baseline_missing {
-                            row.verdict = Verdict::Missed;
-                        }
-                        report.push(row);
-                        sanity_rows(&mut report, "live0", &t, true);
-                    }
-                    Err(e) => report.push(Row::error("live0", &e)),
-                }
+                let (base, target) = (base.as_ref(), TARGET_LIVE0_RATIO);
+                ratio_scenario(&mut report, &env, "live0", mode, n, base, baseline_missing, target).await;
             }
             Scenario::Live100 => {
                 let ideal = c as f64 / LIVE100_LATENCY.as_secs_f64();

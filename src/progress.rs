@@ -18,29 +18,6 @@ pub async fn is_processed<'c>(db: impl PgExecutor<'c>, event_id: Uuid) -> Result
         .await
 }
 
-/// Completes the event: writes its dedupe row and closes its run
-/// ([`crate::intents`]), in one statement. False when another delivery of the
-/// same event wrote the dedupe row first.
-pub async fn complete(
-    tx: &mut PgConnection,
-    event_id: Uuid,
-    dedupe_key: &str,
-    ticket: &str,
-) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query(
-        "WITH ended AS (DELETE FROM event_runs WHERE event_id = $1) \
-         INSERT INTO processed_events (event_id, dedupe_key, ticket, outcome) VALUES ($1, $2, $3, 'processed') \
-         ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(event_id)
-    .bind(dedupe_key)
-    .bind(ticket)
-    .execute(tx)
-    .await?
-    .rows_affected()
-        == 1)
-}
-
 /// Completes every event of `ends` (id, dedupe key, ticket) whose run is still
 /// open, in one statement: closes the run and writes the dedupe row. Returns the
 /// ids it completed; the others were completed, or abandoned, by another delivery.

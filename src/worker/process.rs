@@ -732,11 +732,11 @@ async fn note_duplicate(
     Ok(())
 }
 
-/// The event is done: its dedupe row is written and its run closed. False when
-/// another delivery of the same event completed it first.
-async fn complete(tx: &mut PgConnection, event: &AccessEvent) -> Result<bool, sqlx::Error> {
-    let first = crate::progress::complete(&mut *tx, event.event_id, &event.dedupe_key, &event.ticket.key).await?;
-    Ok(first)
+/// The event is done in the transaction that decided it (which took its run):
+/// its dedupe row is written and its run closed.
+async fn complete(tx: &mut PgConnection, event: &AccessEvent) -> Result<(), sqlx::Error> {
+    crate::progress::complete_all(tx, &[(event.event_id, &event.dedupe_key, &event.ticket.key)]).await?;
+    Ok(())
 }
 
 fn op_target(op: &ProviderOp) -> &str {

@@ -410,14 +410,7 @@ async fn a_body_not_received_within_body_read_timeout_is_answered_408() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_that_never_finishes_its_headers_is_disconnected_after_header_read_timeout() {
     let app = spawn_app_with(|c| c.ingress.header_read_timeout = Duration::from_millis(300)).await;
-    let mut stream = TcpStream::connect(app.addr).await.unwrap();
-    stream.write_all(b"POST /webhooks/jsm HTTP/1.1\r\nHost: accessgov\r\nContent-Le").await.unwrap();
-    let mut buf = [0u8; 1024];
-    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
-        .await
-        .expect("the server closes the connection instead of waiting for the headers forever");
-    // Closed (EOF or reset), with no request ever dispatched.
-    assert!(read.map_or(true, |n| n == 0), "{:?}", String::from_utf8_lossy(&buf));
+    assert_cut_off_mid_headers(app.addr, b"POST /webhooks/jsm HTTP/1.1\r\nHost: accessgov\r\nContent-Le").await;
     let metrics = metrics(&app).await;
     assert!(metrics.contains("accessgov_ingress_header_timeouts_total"), "{metrics}");
 }
@@ -425,16 +418,22 @@ async fn a_sender_that_never_finishes_its_headers_is_disconnected_after_header_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ops_listener_also_disconnects_a_sender_that_never_finishes_its_headers() {
     let app = spawn_app_with(|c| c.ingress.header_read_timeout = Duration::from_millis(300)).await;
-    let mut stream = TcpStream::connect(app.ops_addr).await.unwrap();
-    stream.write_all(b"GET /admin/dead-letters HTTP/1.1\r\nHost: accessgov\r\nAuthoriza").await.unwrap();
-    let mut buf = [0u8; 1024];
-    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
-        .await
-        .expect("the ops listener closes the connection instead of waiting for the headers forever");
-    assert!(read.map_or(true, |n| n == 0), "{:?}", String::from_utf8_lossy(&buf));
+    assert_cut_off_mid_headers(app.ops_addr, b"GET /admin/dead-letters HTTP/1.1\r\nHost: accessgov\r\nAuthoriza").await;
     // ...and still answers a normal request.
     let health = app.http.get(format!("http://{}/healthz", app.ops_addr)).send().await.unwrap();
     assert!(health.status().is_success());
     let metrics = metrics(&app).await;
     assert!(metrics.contains("accessgov_ops_header_timeouts_total"), "{metrics}");
+}
+
+/// Sends the start of a request's headers and never the rest: the listener must
+/// close the connection (EOF or reset) without answering, well within 10 s.
+async fn assert_cut_off_mid_headers(addr: std::net::SocketAddr, partial: &[u8]) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(partial).await.unwrap();
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("the listener closes the connection instead of waiting for the headers forever");
+    assert!(read.map_or(true, |n| n == 0), "{:?}", String::from_utf8_lossy(&buf));
 }
