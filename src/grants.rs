@@ -253,8 +253,20 @@ pub async fn lock_all(tx: &mut PgConnection, mut keys: Vec<i64>) -> Result<(), s
 
 /// Loads the ledger of one (application, subject).
 pub async fn load(tx: &mut PgConnection, application: &str, subject: &str) -> Result<Ledger, sqlx::Error> {
+    let mut all = load_many(tx, &[(application, subject)]).await?;
+    Ok(all.remove(&(application.to_owned(), subject.to_owned())).unwrap_or_default())
+}
+
+/// Loads the ledgers of several (application, subject) pairs in one query. A
+/// pair with nothing recorded is absent from the map (its ledger is empty).
+pub async fn load_many(
+    tx: &mut PgConnection,
+    keys: &[(&str, &str)],
+) -> Result<std::collections::HashMap<(String, String), Ledger>, sqlx::Error> {
     #[derive(sqlx::FromRow)]
     struct Row {
+        application: String,
+        subject: String,
         target: String,
         revoked_through: Option<DateTime<Utc>>,
         subject_info: Option<serde_json::Value>,
@@ -262,25 +274,31 @@ pub async fn load(tx: &mut PgConnection, application: &str, subject: &str) -> Re
         access_level: Option<String>,
         event_at: Option<DateTime<Utc>>,
     }
+    let mut out: std::collections::HashMap<(String, String), Ledger> = Default::default();
+    if keys.is_empty() {
+        return Ok(out);
+    }
+    let apps: Vec<&str> = keys.iter().map(|k| k.0).collect();
+    let subjects: Vec<&str> = keys.iter().map(|k| k.1).collect();
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT g.target, g.revoked_through, g.subject_info, h.ticket, h.access_level, h.event_at \
+        "SELECT g.application, g.subject, g.target, g.revoked_through, g.subject_info, h.ticket, h.access_level, h.event_at \
          FROM access_grants g LEFT JOIN grant_holds h ON h.grant_id = g.id \
-         WHERE g.application = $1 AND g.subject = $2 ORDER BY g.target, h.event_at",
+         WHERE (g.application, g.subject) IN (SELECT * FROM UNNEST($1::text[], $2::text[])) \
+         ORDER BY g.application, g.subject, g.target, h.event_at",
     )
-    .bind(application)
-    .bind(subject)
+    .bind(&apps)
+    .bind(&subjects)
     .fetch_all(tx)
     .await?;
-    let mut ledger = Ledger::new();
-    for Row { target, revoked_through, subject_info, ticket, access_level, event_at } in rows {
-        let st = ledger.entry(target).or_default();
+    for Row { application, subject, target, revoked_through, subject_info, ticket, access_level, event_at } in rows {
+        let st = out.entry((application, subject)).or_default().entry(target).or_default();
         st.revoked_through = revoked_through;
         st.identity = subject_info.and_then(|v| serde_json::from_value(v).ok());
         if let (Some(ticket), Some(access_level), Some(event_at)) = (ticket, access_level, event_at) {
             st.holds.push(Hold { ticket, access_level, event_at });
         }
     }
-    Ok(ledger)
+    Ok(out)
 }
 
 /// What the applier needs to know about the event.

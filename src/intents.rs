@@ -397,6 +397,38 @@ pub async fn begin(tx: &mut PgConnection, event_id: Uuid, ticket: &str) -> Resul
     })
 }
 
+/// [`begin`] for a batch of distinct events, in one statement: what each one's
+/// run is, in the order given. The caller passes each event id once.
+pub async fn begin_all(tx: &mut PgConnection, events: &[(Uuid, &str)]) -> Result<Vec<Begin>, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = events.iter().map(|e| e.0).collect();
+    let tickets: Vec<&str> = events.iter().map(|e| e.1).collect();
+    let rows: Vec<(Uuid, bool, bool)> = sqlx::query_as(
+        "WITH k AS (SELECT * FROM UNNEST($1::uuid[], $2::text[]) AS k(event_id, ticket)), \
+              p AS (SELECT k.event_id, k.ticket, \
+                           EXISTS (SELECT 1 FROM processed_events e WHERE e.event_id = k.event_id) AS done FROM k), \
+              ins AS (INSERT INTO event_runs (event_id, ticket) SELECT event_id, ticket FROM p WHERE NOT done \
+                      ORDER BY event_id ON CONFLICT DO NOTHING RETURNING event_id) \
+         SELECT p.event_id, p.done, EXISTS (SELECT 1 FROM ins WHERE ins.event_id = p.event_id) FROM p",
+    )
+    .bind(&ids)
+    .bind(&tickets)
+    .fetch_all(tx)
+    .await?;
+    let by_id: std::collections::HashMap<Uuid, (bool, bool)> =
+        rows.into_iter().map(|(id, p, n)| (id, (p, n))).collect();
+    Ok(ids
+        .iter()
+        .map(|id| match by_id.get(id).copied().unwrap_or((false, false)) {
+            (true, _) => Begin::Processed,
+            (false, true) => Begin::New,
+            (false, false) => Begin::Resume,
+        })
+        .collect())
+}
+
 /// Closes the event's run (completed, or abandoned to the dead letters).
 pub async fn end_run(tx: &mut PgConnection, event_id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM event_runs WHERE event_id = $1").bind(event_id).execute(tx).await?;

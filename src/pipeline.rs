@@ -118,6 +118,18 @@ pub async fn read_plan_facts(
     let Some(eff) = effect(decision) else { return Ok(facts) };
     facts.last_event_at = crate::progress::last_event_at(&mut *tx, &event.ticket.key).await?;
     facts.ledger = grants::load(&mut *tx, eff.application, &eff.subject.account_id).await?;
+    Ok(with_config_facts(config, event, decision, facts))
+}
+
+/// The facts that come from the configuration, not the database: whether the
+/// application is dry-run, and the provider identity the event names.
+pub fn with_config_facts(
+    config: &crate::config::Config,
+    event: &AccessEvent,
+    decision: &Decision,
+    mut facts: Facts,
+) -> Facts {
+    let Some(eff) = effect(decision) else { return facts };
     facts.dry_run = config.applications.get(eff.application).is_none_or(|a| a.dry_run);
     // Grants were checked by the decision; a ticket's revoke acts on the held
     // identity, so an unusable field there only loses its fallback role.
@@ -125,5 +137,5 @@ pub async fn read_plan_facts(
         crate::connectors::subject_of(config, eff.application, eff.subject, &event.raw_fields)
             .unwrap_or_else(|_| Subject::from_person(eff.subject)),
     );
-    Ok(facts)
+    facts
 }

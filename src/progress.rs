@@ -59,6 +59,44 @@ pub async fn run_and_last_revoke<'c>(
     .await
 }
 
+/// [`run_and_last_revoke`] for a batch, in one query, in the order given.
+pub async fn runs_and_last_revokes<'c>(
+    db: impl PgExecutor<'c>,
+    events: &[(Uuid, &str)],
+) -> Result<Vec<(bool, Option<DateTime<Utc>>)>, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = events.iter().map(|e| e.0).collect();
+    let tickets: Vec<&str> = events.iter().map(|e| e.1).collect();
+    sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM event_runs r WHERE r.event_id = k.event_id), \
+                (SELECT p.last_revoke_at FROM ticket_progress p WHERE p.ticket = k.ticket) \
+         FROM UNNEST($1::uuid[], $2::text[]) WITH ORDINALITY AS k(event_id, ticket, n) ORDER BY k.n",
+    )
+    .bind(&ids)
+    .bind(&tickets)
+    .fetch_all(db)
+    .await
+}
+
+/// [`last_event_at`] of several tickets, in one query: the tickets that have one.
+pub async fn last_events_at(
+    tx: &mut PgConnection,
+    tickets: &[&str],
+) -> Result<std::collections::HashMap<String, DateTime<Utc>>, sqlx::Error> {
+    if tickets.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT ticket, last_event_at FROM ticket_progress WHERE ticket = ANY($1) AND last_event_at IS NOT NULL",
+    )
+    .bind(tickets)
+    .fetch_all(tx)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
 /// Notes that a processed event came again. True the first time only (one
 /// `duplicate` audit row per event, however often it is redelivered).
 pub async fn note_duplicate(tx: &mut PgConnection, event_id: Uuid) -> Result<bool, sqlx::Error> {
@@ -105,6 +143,37 @@ pub async fn advance(
     .bind(ticket)
     .bind(event_id)
     .bind(at)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// [`advance`] for several events in one statement. A ticket named twice keeps
+/// its newest event.
+pub async fn advance_all(tx: &mut PgConnection, events: &[(&str, Uuid, DateTime<Utc>)]) -> Result<(), sqlx::Error> {
+    let mut newest: std::collections::BTreeMap<&str, (Uuid, DateTime<Utc>)> = Default::default();
+    for &(ticket, id, at) in events {
+        let e = newest.entry(ticket).or_insert((id, at));
+        if at >= e.1 {
+            *e = (id, at);
+        }
+    }
+    if newest.is_empty() {
+        return Ok(());
+    }
+    let tickets: Vec<&str> = newest.keys().copied().collect();
+    let ids: Vec<Uuid> = newest.values().map(|v| v.0).collect();
+    let ats: Vec<DateTime<Utc>> = newest.values().map(|v| v.1).collect();
+    sqlx::query(
+        "INSERT INTO ticket_progress AS t (ticket, last_event_id, last_event_at) \
+         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::timestamptz[]) \
+         ON CONFLICT (ticket) DO UPDATE SET last_event_id = excluded.last_event_id, \
+             last_event_at = excluded.last_event_at, updated_at = now() \
+         WHERE t.last_event_at <= excluded.last_event_at",
+    )
+    .bind(&tickets)
+    .bind(&ids)
+    .bind(&ats)
     .execute(tx)
     .await?;
     Ok(())

@@ -263,15 +263,47 @@ fn data_error_is_poison<T>(r: Result<T, sqlx::Error>, poison: impl FnOnce() -> T
 /// decided ones in one transaction, then finishes and settles each.
 async fn handle_batch(ctx: &WorkerContext, batch: Vec<lapin::message::Delivery>, shutdown: &CancellationToken) {
     let poison = |e: &sqlx::Error| Outcome::Poison(format!("the database refused a value of this message: {e}"));
-    let staged = futures_util::future::join_all(batch.iter().map(|d| async move {
-        let attempt = attempt_of(d);
-        persist("deciding the event", shutdown, || async {
-            match process::prepare(ctx, &d.data, attempt).await {
-                Err(e) if retry::is_data_error(&e) => Ok(process::Staged::Done(poison(&e))),
-                other => other,
-            }
-        })
-        .await
+    let decoded: Vec<Result<crate::event::AccessEvent, String>> =
+        batch.iter().map(|d| crate::event::AccessEvent::decode(&d.data).map_err(|e| e.to_string())).collect();
+    // What deciding needs from the database, read once for the batch (a value the
+    // database refuses makes each event read its own, so only that one is poison).
+    let keys: Vec<(uuid::Uuid, &str)> =
+        decoded.iter().filter_map(|e| e.as_ref().ok()).map(|e| (e.event_id, e.ticket.key.as_str())).collect();
+    let read = persist("reading the batch's progress", shutdown, || async {
+        match crate::progress::runs_and_last_revokes(&ctx.pool, &keys).await {
+            Err(e) if retry::is_data_error(&e) => Ok(None),
+            other => other.map(Some),
+        }
+    })
+    .await;
+    let Some(read) = read else { return };
+    let mut read = read.map(|r| r.into_iter());
+    let staged = futures_util::future::join_all(batch.iter().zip(decoded).map(|(d, event)| {
+        let known = match (&event, read.as_mut()) {
+            (Ok(_), Some(r)) => r.next(),
+            _ => None,
+        };
+        async move {
+            let attempt = attempt_of(d);
+            let event = match event {
+                Ok(event) => event,
+                Err(reason) => return Some(process::Staged::Done(Outcome::Poison(reason))),
+            };
+            persist("deciding the event", shutdown, || async {
+                let (running, last_revoke_at) = match known {
+                    Some(k) => k,
+                    None => match crate::progress::run_and_last_revoke(&ctx.pool, &event).await {
+                        Err(e) if retry::is_data_error(&e) => return Ok(process::Staged::Done(poison(&e))),
+                        other => other?,
+                    },
+                };
+                match process::prepare_decoded(ctx, event.clone(), attempt, running, last_revoke_at).await {
+                    Err(e) if retry::is_data_error(&e) => Ok(process::Staged::Done(poison(&e))),
+                    other => other,
+                }
+            })
+            .await
+        }
     }))
     .await;
     let mut ready: Vec<(lapin::message::Delivery, Box<process::Prepared>)> = Vec::new();

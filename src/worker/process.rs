@@ -30,6 +30,7 @@ use crate::rules::{self, Decision};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 /// What became of a delivery.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,6 +116,19 @@ pub async fn prepare(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Result<S
         Err(e) => return Ok(Staged::Done(Outcome::Poison(e.to_string()))),
     };
     let (running, last_revoke_at) = crate::progress::run_and_last_revoke(&ctx.pool, &event).await?;
+    prepare_decoded(ctx, event, attempt, running, last_revoke_at).await
+}
+
+/// [`prepare`] for a decoded event, given whether its run is open and when its
+/// ticket's access was last taken away (read for the whole batch at once by
+/// [`crate::progress::runs_and_last_revokes`]).
+pub async fn prepare_decoded(
+    ctx: &WorkerContext,
+    event: AccessEvent,
+    attempt: u32,
+    running: bool,
+    last_revoke_at: Option<DateTime<Utc>>,
+) -> Result<Staged, sqlx::Error> {
     // Its decision is committed already (a crash, a retry): finish its intents.
     if running {
         return Ok(Staged::Done(execute(ctx, &event, attempt).await?));
@@ -156,21 +170,117 @@ pub async fn prepare(ctx: &WorkerContext, body: &[u8], attempt: u32) -> Result<S
 /// taken up front in one global order (so batches never deadlock), the audit
 /// chain lock taken once, at the end, for every row of the batch; one COMMIT,
 /// one WAL flush. Nothing here waits on a provider.
+///
+/// The statements are set-based: one claim, one read of the tickets' progress
+/// and one of the subjects' ledgers, one progress write and one completion for
+/// the events that share nothing with an earlier event of the batch. An event
+/// that shares its id, its ticket or its (application, subject) with an earlier
+/// one is recorded after it, on its own, so it sees what that one changed.
 pub async fn record_batch(ctx: &WorkerContext, items: &[Box<Prepared>]) -> Result<Vec<After>, sqlx::Error> {
+    use std::collections::HashSet;
     let mut tx = ctx.pool.begin().await?;
     let keys = items
         .iter()
         .filter_map(|p| effect(&p.decision).map(|e| grants::lock_key(e.application, &e.subject.account_id)))
         .collect();
     grants::lock_all(&mut tx, keys).await?;
+
+    // Which events go together: the first to name an id, a ticket and a subject.
+    let (mut ids, mut tickets, mut subjects) = (HashSet::new(), HashSet::new(), HashSet::new());
+    let mut together = Vec::new();
+    let mut alone = Vec::new();
+    for (i, p) in items.iter().enumerate() {
+        let subject = effect(&p.decision).map(|e| (e.application, e.subject.account_id.as_str()));
+        let fresh = !ids.contains(&p.event.event_id)
+            && !tickets.contains(p.event.ticket.key.as_str())
+            && subject.is_none_or(|s| !subjects.contains(&s));
+        ids.insert(p.event.event_id);
+        tickets.insert(p.event.ticket.key.as_str());
+        subjects.extend(subject);
+        if fresh { together.push(i) } else { alone.push(i) }
+    }
+
     let mut rows = Vec::new();
-    let mut afters = Vec::with_capacity(items.len());
-    for p in items {
-        afters.push(record(ctx, &mut tx, p, &mut rows).await?);
+    let mut writes = Writes::default();
+    let mut afters: Vec<Option<After>> = vec![None; items.len()];
+    let claims: Vec<(Uuid, &str)> =
+        together.iter().map(|&i| (items[i].event.event_id, items[i].event.ticket.key.as_str())).collect();
+    let begun = crate::intents::begin_all(&mut tx, &claims).await?;
+    // The facts of the new ones with an effect, read once for all of them.
+    let acting: Vec<usize> = together
+        .iter()
+        .zip(&begun)
+        .filter(|(i, b)| **b == crate::intents::Begin::New && effect(&items[**i].decision).is_some())
+        .map(|(i, _)| *i)
+        .collect();
+    let ticket_keys: Vec<&str> = acting.iter().map(|&i| items[i].event.ticket.key.as_str()).collect();
+    let mut last_at = crate::progress::last_events_at(&mut tx, &ticket_keys).await?;
+    let ledger_keys: Vec<(&str, &str)> = acting
+        .iter()
+        .filter_map(|&i| effect(&items[i].decision).map(|e| (e.application, e.subject.account_id.as_str())))
+        .collect();
+    let mut ledgers = grants::load_many(&mut tx, &ledger_keys).await?;
+    for (&i, begin) in together.iter().zip(begun) {
+        let p = &items[i];
+        let claim = note_claim(&mut tx, &p.event, p.attempt, begin, &mut rows).await?;
+        let facts = match effect(&p.decision) {
+            Some(eff) if claim == Claim::New => {
+                let ledger = ledgers.remove(&(eff.application.to_owned(), eff.subject.account_id.clone()));
+                let facts = crate::pipeline::Facts {
+                    last_event_at: last_at.remove(&p.event.ticket.key),
+                    ledger: ledger.unwrap_or_default(),
+                    ..Default::default()
+                };
+                crate::pipeline::with_config_facts(&ctx.config, &p.event, &p.decision, facts)
+            }
+            _ => Default::default(),
+        };
+        afters[i] = Some(record(&mut tx, p, claim, facts, &mut rows, &mut writes).await?);
+    }
+    writes.flush(&mut tx).await?;
+    for i in alone {
+        let p = &items[i];
+        let claim = claim(&mut tx, &p.event, p.attempt, &mut rows).await?;
+        let facts = if claim == Claim::New {
+            crate::pipeline::read_plan_facts(&mut tx, &ctx.config, &p.event, &p.decision, Default::default()).await?
+        } else {
+            Default::default()
+        };
+        afters[i] = Some(record(&mut tx, p, claim, facts, &mut rows, &mut writes).await?);
+        writes.flush(&mut tx).await?;
     }
     audit::append(&mut tx, &rows).await?;
     tx.commit().await?;
-    Ok(afters)
+    Ok(afters.into_iter().map(|a| a.expect("every item is recorded")).collect())
+}
+
+/// The progress writes of a batch's events, made together in [`Writes::flush`]
+/// (before anything reads them again).
+#[derive(Default)]
+struct Writes {
+    advances: Vec<(String, Uuid, DateTime<Utc>)>,
+    revoked: Vec<(String, DateTime<Utc>)>,
+    completes: Vec<(Uuid, String, String)>,
+}
+
+impl Writes {
+    fn complete(&mut self, event: &AccessEvent) {
+        self.completes.push((event.event_id, event.dedupe_key.clone(), event.ticket.key.clone()));
+    }
+
+    async fn flush(&mut self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let advances: Vec<(&str, Uuid, DateTime<Utc>)> =
+            self.advances.iter().map(|(t, id, at)| (t.as_str(), *id, *at)).collect();
+        crate::progress::advance_all(&mut *tx, &advances).await?;
+        for (ticket, at) in &self.revoked {
+            crate::progress::mark_revoked(&mut *tx, ticket, *at).await?;
+        }
+        let ends: Vec<(Uuid, &str, &str)> =
+            self.completes.iter().map(|(id, k, t)| (*id, k.as_str(), t.as_str())).collect();
+        crate::progress::complete_all(&mut *tx, &ends).await?;
+        *self = Self::default();
+        Ok(())
+    }
 }
 
 /// After COMMIT: tell the ticket, or run the event's intents.
@@ -190,15 +300,18 @@ pub async fn finish(ctx: &WorkerContext, p: &Prepared, after: After) -> Result<O
     }
 }
 
-/// One event's share of the batch transaction (the caller holds its subject lock).
+/// One event's share of the batch transaction (the caller holds its subject
+/// lock, has claimed it and read its facts). Its progress writes go to `writes`.
 async fn record(
-    ctx: &WorkerContext,
     tx: &mut PgConnection,
     p: &Prepared,
+    claim: Claim,
+    facts: crate::pipeline::Facts,
     rows: &mut Vec<AuditEntry>,
+    writes: &mut Writes,
 ) -> Result<After, sqlx::Error> {
     let (event, attempt, decision) = (&p.event, p.attempt, &p.decision);
-    match claim(&mut *tx, event, attempt, rows).await? {
+    match claim {
         Claim::New => {}
         Claim::Duplicate => return Ok(After::Duplicate),
         Claim::Resume => return Ok(After::Execute),
@@ -209,13 +322,12 @@ async fn record(
     rows.extend(decided_rows(event, decision));
 
     // Effects for this (application, subject) are serialized across every worker
-    // by the subject lock [`record_batch`] took. The claim above took the event:
-    // it is neither processed nor running for us.
-    let facts = crate::pipeline::read_plan_facts(&mut *tx, &ctx.config, event, decision, Default::default()).await?;
+    // by the subject lock [`record_batch`] took. The claim took the event: it is
+    // neither processed nor running for us.
     let (plan, dry_run) = match crate::pipeline::plan(event, decision, &facts) {
         Step::Duplicate | Step::Resume => unreachable!("cleared above"),
         Step::NoEffect { label } => {
-            complete(&mut *tx, event).await?;
+            writes.complete(event);
             let note = match decision {
                 Decision::Refused { reason } => {
                     WriteBack::Failure(format!("accessgov did not grant this request: {}.", reason.message()))
@@ -231,7 +343,7 @@ async fn record(
             let mut e = entry(event, "superseded", "skipped");
             e.detail = json!({"reason": "a newer event of this ticket was already applied", "newer_event_at": newer_event_at, "event_at": event.occurred_at});
             rows.push(e);
-            complete(&mut *tx, event).await?;
+            writes.complete(event);
             return Ok(After::Done { label: "superseded", note: None });
         }
         Step::Refused(reason) => {
@@ -241,7 +353,7 @@ async fn record(
             }
             e.detail = json!({"code": reason.code(), "reason": reason.message()});
             rows.push(e);
-            complete(&mut *tx, event).await?;
+            writes.complete(event);
             let note = WriteBack::Failure(format!("accessgov refused this request: {}.", reason.message()));
             return Ok(After::Done { label: "denied_by_policy", note: Some(note) });
         }
@@ -343,15 +455,15 @@ async fn record(
             }
         }
     }
-    crate::progress::advance(&mut *tx, &event.ticket.key, event.event_id, event.occurred_at).await?;
+    writes.advances.push((event.ticket.key.clone(), event.event_id, event.occurred_at));
     if !dry_run && matches!(eff.request, grants::Request::Revoke { scope: rules::RevokeScope::Ticket, .. }) {
-        crate::progress::mark_revoked(&mut *tx, &event.ticket.key, event.occurred_at).await?;
+        writes.revoked.push((event.ticket.key.clone(), event.occurred_at));
     }
     rows.extend(plan.notes.iter().map(|n| note_entry(event, n)));
     if pending > 0 {
         return Ok(After::Execute);
     }
-    complete(&mut *tx, event).await?;
+    writes.complete(event);
     // (write_back itself stays silent for dry-run applications.)
     let note = done_note(event, &summary(&plan.ops, &plan.notes));
     Ok(After::Done { label: if dry_run { "dry_run" } else { "applied" }, note: Some(note) })
@@ -688,6 +800,7 @@ pub enum WriteBack {
 }
 
 /// How the decision's transaction starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Claim {
     /// Decide and record it (this transaction holds its run).
     New,
@@ -699,15 +812,27 @@ enum Claim {
 
 /// Checks the dedupe row (recording one `duplicate` audit row the first time a
 /// processed event comes again), then takes the event's run. A failed attempt
-/// leaves no dedupe row: it is written by [`complete`], when everything the
-/// event caused is committed.
+/// leaves no dedupe row: it is written when everything the event caused is
+/// committed.
 async fn claim(
     tx: &mut PgConnection,
     event: &AccessEvent,
     attempt: u32,
     rows: &mut Vec<AuditEntry>,
 ) -> Result<Claim, sqlx::Error> {
-    match crate::intents::begin(&mut *tx, event.event_id, &event.ticket.key).await? {
+    let begin = crate::intents::begin(&mut *tx, event.event_id, &event.ticket.key).await?;
+    note_claim(tx, event, attempt, begin, rows).await
+}
+
+/// What a run's beginning means for the event (a processed one is noted as a duplicate).
+async fn note_claim(
+    tx: &mut PgConnection,
+    event: &AccessEvent,
+    attempt: u32,
+    begin: crate::intents::Begin,
+    rows: &mut Vec<AuditEntry>,
+) -> Result<Claim, sqlx::Error> {
+    match begin {
         crate::intents::Begin::New => return Ok(Claim::New),
         crate::intents::Begin::Resume => return Ok(Claim::Resume),
         crate::intents::Begin::Processed => {}
@@ -729,13 +854,6 @@ async fn note_duplicate(
         e.detail = json!({"dedupe_key": event.dedupe_key, "delivery_id": event.delivery_id, "attempt": attempt});
         rows.push(e);
     }
-    Ok(())
-}
-
-/// The event is done in the transaction that decided it (which took its run):
-/// its dedupe row is written and its run closed.
-async fn complete(tx: &mut PgConnection, event: &AccessEvent) -> Result<(), sqlx::Error> {
-    crate::progress::complete_all(tx, &[(event.event_id, &event.dedupe_key, &event.ticket.key)]).await?;
     Ok(())
 }
 

@@ -281,3 +281,60 @@ async fn the_same_event_twice_in_one_batch_calls_once_and_records_the_second_as_
     let open_runs: i64 = sqlx::query_scalar("SELECT count(*) FROM event_runs").fetch_one(&app.pool).await.unwrap();
     assert_eq!(open_runs, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_one_batch_that_share_a_ticket_or_a_subject_see_each_others_changes() {
+    use crate::helpers::{fake_connectors, live_config, spawn_app_role};
+    use accessgov::app::Role;
+    let provider = std::sync::Arc::new(crate::helpers::provider::FakeProvider::default());
+    let tweak = |c: &mut accessgov::config::Config| {
+        live_config(c);
+        c.worker.concurrency = 32;
+        c.worker.batch_max = 64;
+        c.worker.batch_wait = Duration::from_millis(100);
+    };
+    let app = spawn_app_role(tweak, fake_connectors(&provider), Role::Ingress).await;
+    let for_user = |body: Vec<u8>, user: &str| {
+        let mut v: Value = serde_json::from_slice(&body).unwrap();
+        v["issue"]["fields"]["reporter"]["accountId"] = json!(user);
+        serde_json::to_vec(&v).unwrap()
+    };
+    // Ticket 801: approved, then revoked, in one batch: the revoke must see the grant.
+    let a_grant = post(&app, &for_user(body(801, 1, 0, "Approved by Manager"), "user-a")).await;
+    let a_revoke = post(&app, &for_user(body(801, 2, 1, "Access Revoked"), "user-a")).await;
+    // Tickets 802 and 803 grant the same access to the same user: one provider call, two holds.
+    let b = post(&app, &for_user(body(802, 3, 2, "Approved by Manager"), "user-b")).await;
+    let c = post(&app, &for_user(body(803, 4, 3, "Approved by Manager"), "user-b")).await;
+    // Ticket 804: its revoke is delivered before its older approval, which must not overtake it.
+    let d_revoke = post(&app, &for_user(body(804, 6, 5, "Access Revoked"), "user-d")).await;
+    let d_grant = post(&app, &for_user(body(804, 5, 4, "Approved by Manager"), "user-d")).await;
+    // A lone event, so the batch also holds events recorded together.
+    let e = post(&app, &for_user(body(805, 7, 6, "Approved by Manager"), "user-e")).await;
+    let ids = [a_grant, a_revoke, b, c, d_revoke, d_grant, e];
+    let (_worker, _stop) = app.extra_worker(fake_connectors(&provider)).await;
+    for id in ids {
+        processed(&app, id).await;
+    }
+    let batches: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT at) FROM audit_log WHERE action = 'decided' AND event_id = ANY($1)")
+            .bind(&ids[..])
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(batches, 1, "all seven were decided in one batch");
+    assert!(processed(&app, a_revoke).await.contains(&"cancelled".to_owned()), "the revoke cancelled the grant");
+    assert!(processed(&app, d_grant).await.contains(&"superseded".to_owned()), "the older approval was superseded");
+    assert!(processed(&app, c).await.contains(&"hold_added".to_owned()), "the second ticket took a hold");
+    let mut calls: Vec<(String, String)> =
+        provider.calls().into_iter().map(|c| (c.op.to_owned(), c.subject.clone())).collect();
+    calls.sort();
+    assert_eq!(calls, [("grant".to_owned(), "user-b".to_owned()), ("grant".to_owned(), "user-e".to_owned())]);
+    let holds: Vec<(String, String)> = sqlx::query_as(
+        "SELECT g.subject, h.ticket FROM grant_holds h JOIN access_grants g ON g.id = h.grant_id ORDER BY 1, 2",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let expect = [("user-b", "ACC-802"), ("user-b", "ACC-803"), ("user-e", "ACC-805")];
+    assert_eq!(holds, expect.map(|(s, t)| (s.to_owned(), t.to_owned())));
+}
