@@ -228,6 +228,59 @@ pub fn revoke_identity<'a>(
     ledger.get(target).and_then(|st| st.identity.as_ref()).unwrap_or(fallback)
 }
 
+/// The (target, access level) of every change when all of them take a hold on
+/// distinct targets and nothing is revoked: a grant's usual shape.
+fn only_new_holds<'c>(changes: &'c [Change], revoked: &[String]) -> Option<Vec<(&'c str, &'c str)>> {
+    if !revoked.is_empty() || changes.is_empty() {
+        return None;
+    }
+    let mut adds = Vec::with_capacity(changes.len());
+    for c in changes {
+        match c {
+            Change::AddHold { target, access_level } if !adds.iter().any(|(t, _)| *t == target.as_str()) => {
+                adds.push((target.as_str(), access_level.as_str()))
+            }
+            _ => return None,
+        }
+    }
+    Some(adds)
+}
+
+/// [`apply`] for holds taken on distinct targets, in one statement: each
+/// target's row is made active (granted now if it was not; the identity it is
+/// granted to is recorded when no hold existed before), then the holds are added.
+async fn add_holds(tx: &mut PgConnection, a: &Applied<'_>, adds: &[(&str, &str)]) -> Result<(), sqlx::Error> {
+    let targets: Vec<&str> = adds.iter().map(|(t, _)| *t).collect();
+    let levels: Vec<&str> = adds.iter().map(|(_, l)| *l).collect();
+    sqlx::query(
+        "WITH k AS (SELECT * FROM UNNEST($3::text[], $8::text[]) AS k(target, access_level)), \
+              g AS (INSERT INTO access_grants AS g (application, subject, target, state, granted_at, last_event_id, \
+                                                      last_event_at, subject_info) \
+                    SELECT $1, $2, k.target, 'active', now(), $4, $5, $6 FROM k ORDER BY k.target \
+                    ON CONFLICT (application, subject, target) DO UPDATE SET \
+                      last_event_id = $4, last_event_at = $5, updated_at = now(), state = 'active', \
+                      granted_at = CASE WHEN g.state = 'revoked' THEN now() ELSE g.granted_at END, \
+                      subject_info = CASE WHEN EXISTS (SELECT 1 FROM grant_holds h WHERE h.grant_id = g.id) \
+                                          THEN g.subject_info ELSE excluded.subject_info END \
+                    RETURNING g.id, g.target) \
+         INSERT INTO grant_holds (grant_id, ticket, access_level, event_id, event_at, expires_at, identity) \
+         SELECT g.id, $7, k.access_level, $4, $5, $9, $6 FROM g JOIN k USING (target) \
+         ON CONFLICT (grant_id, ticket) DO NOTHING",
+    )
+    .bind(a.application)
+    .bind(a.subject)
+    .bind(&targets)
+    .bind(a.event_id)
+    .bind(a.event_at)
+    .bind(a.subject_info)
+    .bind(a.ticket)
+    .bind(&levels)
+    .bind(a.expires_at)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
 /// Advisory lock key for one (application, subject): serializes their effects across replicas.
 pub fn lock_key(application: &str, subject: &str) -> i64 {
     use sha2::{Digest, Sha256};
@@ -320,6 +373,9 @@ pub async fn apply(
     changes: &[Change],
     revoked: &[String],
 ) -> Result<(), sqlx::Error> {
+    if let Some(adds) = only_new_holds(changes, revoked) {
+        return add_holds(tx, a, &adds).await;
+    }
     let mut touched: Vec<&str> = Vec::new();
     for c in changes {
         let target = match c {

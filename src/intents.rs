@@ -103,6 +103,33 @@ pub async fn record(tx: &mut PgConnection, n: &NewIntent<'_>) -> Result<Recorded
         ProviderOp::Revoke(t) => ("revoke", t),
     };
     let key = identity_key(n.identity);
+    let identity = serde_json::to_value(n.identity).unwrap_or(Value::Null);
+    // Usually nothing opposite is pending on the key: insert in one statement.
+    // (Only this transaction records on the key: it holds the subject lock.)
+    let inserted: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO intents (event_id, ticket, application, subject, identity, identity_key, target, access_level, \
+                              op, state, undo, source) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11 \
+         WHERE NOT EXISTS (SELECT 1 FROM intents WHERE application = $3 AND identity_key = $6 AND target = $7 \
+                           AND state = 'pending' AND op <> $9) \
+         RETURNING id",
+    )
+    .bind(n.event_id)
+    .bind(n.ticket)
+    .bind(n.application)
+    .bind(n.subject)
+    .bind(&identity)
+    .bind(&key)
+    .bind(target)
+    .bind(n.access_level)
+    .bind(op)
+    .bind(&n.undo)
+    .bind(n.source)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(id) = inserted {
+        return Ok(Recorded::Pending(id));
+    }
     let last: Option<Intent> = sqlx::query_as(
         "SELECT id, event_id, ticket, application, subject, identity, identity_key, target, access_level, op, state, \
                 attempts, source \
@@ -127,7 +154,6 @@ pub async fn record(tx: &mut PgConnection, n: &NewIntent<'_>) -> Result<Recorded
         .await?;
         return Ok(Recorded::Cancelled(Box::new(last)));
     }
-    let identity = serde_json::to_value(n.identity).unwrap_or(Value::Null);
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO intents (event_id, ticket, application, subject, identity, identity_key, target, access_level, \
                               op, state, undo, source) \
@@ -184,24 +210,34 @@ pub async fn state(pool: &PgPool, id: i64) -> Result<String, sqlx::Error> {
     sqlx::query_scalar("SELECT state FROM intents WHERE id = $1").bind(id).fetch_one(pool).await
 }
 
-/// Claims the oldest open intent of `of`'s key, if it is claimable: pending, or
-/// running under a lease that ran out (its worker died). `None` while another
-/// worker's lease holds it.
-pub async fn claim_next(pool: &PgPool, of: &Intent, lease: Duration) -> Result<Option<Intent>, sqlx::Error> {
+/// Claims, for each intent given, the oldest open intent of its key (application,
+/// identity, target) when it is claimable: pending, or running under a lease
+/// that ran out (its worker died). A key whose intent another worker's lease
+/// holds gets nothing. One statement; the keys must be distinct. Returns the
+/// claimed intents (in no particular order).
+pub async fn claim_all(pool: &PgPool, of: &[&Intent], lease: Duration) -> Result<Vec<Intent>, sqlx::Error> {
+    if of.is_empty() {
+        return Ok(Vec::new());
+    }
+    let apps: Vec<&str> = of.iter().map(|i| i.application.as_str()).collect();
+    let keys: Vec<&str> = of.iter().map(|i| i.identity_key.as_str()).collect();
+    let targets: Vec<&str> = of.iter().map(|i| i.target.as_str()).collect();
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE intents SET state = 'running', lease_until = now() + $4 * interval '1 millisecond', \
                 attempts = attempts + 1, updated_at = now() \
-         WHERE id = (SELECT id FROM intents \
-                     WHERE application = $1 AND identity_key = $2 AND target = $3 AND state IN ('pending', 'running') \
-                     ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+         WHERE id IN (SELECT o.id FROM UNNEST($1::text[], $2::text[], $3::text[]) AS k(application, identity_key, target) \
+                      CROSS JOIN LATERAL (SELECT id FROM intents i \
+                          WHERE i.application = k.application AND i.identity_key = k.identity_key \
+                            AND i.target = k.target AND i.state IN ('pending', 'running') \
+                          ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) AS o) \
            AND (state = 'pending' OR lease_until < now()) \
          RETURNING {COLUMNS}"
     )))
-    .bind(&of.application)
-    .bind(&of.identity_key)
-    .bind(&of.target)
+    .bind(&apps)
+    .bind(&keys)
+    .bind(&targets)
     .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
-    .fetch_optional(pool)
+    .fetch_all(pool)
     .await
 }
 

@@ -561,20 +561,19 @@ async fn execute_unique(ctx: &WorkerContext, events: &[(&AccessEvent, u32)]) -> 
         if round.is_empty() {
             break;
         }
-        let fronts: Vec<Option<&crate::intents::Intent>> = round.iter().map(|&i| runs[i].queue.front()).collect();
-        let claims = futures_util::future::join_all(fronts.into_iter().map(|front| async move {
-            match front {
-                Some(front) => crate::intents::claim_next(&ctx.pool, front, lease).await,
-                None => Ok(None),
-            }
-        }))
-        .await;
+        let fronts: Vec<&crate::intents::Intent> = round.iter().filter_map(|&i| runs[i].queue.front()).collect();
+        let mut claimed: std::collections::HashMap<(String, String, String), crate::intents::Intent> =
+            crate::intents::claim_all(&ctx.pool, &fronts, lease)
+                .await?
+                .into_iter()
+                .map(|c| ((c.application.clone(), c.identity_key.clone(), c.target.clone()), c))
+                .collect();
         let mut calls = Vec::new();
         let mut blocked = Vec::new();
-        for (&i, claim) in round.iter().zip(claims) {
-            match claim? {
-                Some(claimed) => calls.push((i, claimed)),
-                None if runs[i].queue.is_empty() => {}
+        for &i in &round {
+            let Some(front) = runs[i].queue.front() else { continue };
+            match claimed.remove(&(front.application.clone(), front.identity_key.clone(), front.target.clone())) {
+                Some(c) => calls.push((i, c)),
                 None => blocked.push(i),
             }
         }
