@@ -234,7 +234,9 @@ impl Default for OpsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
-    /// Deliveries processed at once per worker process (bounded by a semaphore).
+    /// Provider calls one worker process makes at once (bounded by a semaphore).
+    /// Deliveries in flight are bounded by `broker.prefetch`, so that deciding
+    /// and recording the next ones overlap the calls.
     pub concurrency: usize,
     /// On SIGTERM, how long in-flight deliveries may take before the rest is left for redelivery.
     #[serde(deserialize_with = "duration::de")]
@@ -256,7 +258,8 @@ pub struct WorkerConfig {
     #[serde(deserialize_with = "duration::de")]
     pub intent_lease: Duration,
     /// Deliveries recorded together in one transaction (group commit): one
-    /// audit-chain lock and one WAL flush per batch instead of per event.
+    /// audit-chain lock and one WAL flush per batch instead of per event. At
+    /// most half of `broker.prefetch`, so that a second batch forms meanwhile.
     pub batch_max: usize,
     /// How long a batch waits for deliveries the broker has not pushed yet.
     #[serde(deserialize_with = "duration::de")]

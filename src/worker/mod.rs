@@ -37,6 +37,10 @@ pub struct WorkerContext {
     pub jsm: Option<crate::jsm::JsmClient>,
     /// `[jsm] verify_approval` in effect (on by default when JSM credentials resolve).
     pub verify_approval: bool,
+    /// `[worker] concurrency`: provider calls this process makes at once. More
+    /// deliveries than that are in flight (up to `[broker] prefetch`), so that
+    /// deciding and recording overlap the calls instead of waiting for slots.
+    pub calls: Arc<Semaphore>,
 }
 
 impl WorkerContext {
@@ -46,7 +50,8 @@ impl WorkerContext {
         if let Some(warning) = config.verify_approval_warning(jsm.is_some()) {
             tracing::warn!("{warning}");
         }
-        Self { config, pool, broker, connectors, jsm, verify_approval }
+        let calls = Arc::new(Semaphore::new(config.worker.concurrency.max(1)));
+        Self { config, pool, broker, connectors, jsm, verify_approval, calls }
     }
 }
 
@@ -88,9 +93,10 @@ pub async fn run(ctx: Arc<WorkerContext>, shutdown: CancellationToken) {
 
 async fn lane(ctx: Arc<WorkerContext>, lane: Lane, shutdown: CancellationToken) {
     let mut backoff = MIN_BACKOFF;
-    // One limit for the lane's lifetime: after a reconnect, deliveries of the
-    // lost session still being finished keep counting against it.
-    let slots = Arc::new(Semaphore::new(ctx.config.worker.concurrency.max(1)));
+    // One limit on deliveries in flight for the lane's lifetime (the broker's
+    // prefetch bounds one session; after a reconnect, deliveries of the lost
+    // session still being finished keep counting against this one).
+    let slots = Arc::new(Semaphore::new(usize::from(ctx.config.broker.prefetch).max(1)));
     while !shutdown.is_cancelled() {
         let mut consumed = false;
         match consume(&ctx, lane, &shutdown, &mut consumed, &slots).await {
@@ -142,10 +148,10 @@ async fn consume(
     tracing::info!(queue = %queue, prefetch = ctx.config.broker.prefetch, concurrency = ctx.config.worker.concurrency, "worker consuming");
 
     let tracker = TaskTracker::new();
-    // A batch takes at most half the concurrency, so that one batch is always
-    // free to form and be decided while another is being recorded or is
+    // A batch takes at most half the deliveries in flight, so that one batch is
+    // always free to form and be decided while another is being recorded or is
     // waiting on its provider calls.
-    let half = (ctx.config.worker.concurrency / 2).max(1);
+    let half = (usize::from(ctx.config.broker.prefetch) / 2).max(1);
     let (batch_max, batch_wait) = (ctx.config.worker.batch_max.clamp(1, half), ctx.config.worker.batch_wait);
     let result = loop {
         tokio::select! {

@@ -944,6 +944,8 @@ impl WorkerContext {
         let target = Target { name: op_target(op).to_owned(), role };
         let mut waits = self.config.worker.inline_backoff.iter();
         loop {
+            // A call slot for the request itself, never across a retry's sleep.
+            let slot = self.calls.acquire().await.expect("the call semaphore is never closed");
             let result = match op {
                 ProviderOp::Grant(_) => connector.grant(subject, &target).await.map(|r| match r {
                     crate::connectors::GrantOutcome::Granted => "granted",
@@ -954,6 +956,7 @@ impl WorkerContext {
                     crate::connectors::RevokeOutcome::AlreadyAbsent => "already_absent",
                 }),
             };
+            drop(slot);
             match result {
                 Err(e) if e.is_transient() => {
                     let Some(base) = waits.next() else { return Err(e) };

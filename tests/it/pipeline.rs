@@ -338,3 +338,41 @@ async fn events_of_one_batch_that_share_a_ticket_or_a_subject_see_each_others_ch
     let expect = [("user-b", "ACC-802"), ("user-b", "ACC-803"), ("user-e", "ACC-805")];
     assert_eq!(holds, expect.map(|(s, t)| (s.to_owned(), t.to_owned())));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_concurrency_bounds_provider_calls_while_more_deliveries_are_decided_meanwhile() {
+    use crate::helpers::{fake_connectors, live_config, spawn_app_role};
+    use accessgov::app::Role;
+    use std::sync::atomic::Ordering::SeqCst;
+    let provider = std::sync::Arc::new(crate::helpers::provider::FakeProvider::default());
+    *provider.latency.lock().unwrap() = Duration::from_millis(150);
+    let tweak = |c: &mut accessgov::config::Config| {
+        live_config(c);
+        c.worker.concurrency = 2;
+        c.broker.prefetch = 32;
+        c.worker.batch_wait = Duration::from_millis(50);
+    };
+    let app = spawn_app_role(tweak, fake_connectors(&provider), Role::Ingress).await;
+    const N: u32 = 12;
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let mut v: Value =
+            serde_json::from_slice(&body(900 + i, 900 + i, i64::from(i), "Approved by Manager")).unwrap();
+        v["issue"]["fields"]["reporter"]["accountId"] = json!(format!("calls-user-{i}"));
+        ids.push(post(&app, &serde_json::to_vec(&v).unwrap()).await);
+    }
+    let (_worker, _stop) = app.extra_worker(fake_connectors(&provider)).await;
+    for id in &ids {
+        assert_eq!(processed(&app, *id).await, ["received", "decided", "granted"]);
+    }
+    assert_eq!(provider.calls().len(), N as usize);
+    assert_eq!(provider.max_in_flight.load(SeqCst), 2, "calls in flight are bounded by [worker] concurrency, and used");
+    // The backlog was decided in a few batches, not two deliveries at a time.
+    let appends: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT at) FROM audit_log WHERE action = 'decided' AND event_id = ANY($1)")
+            .bind(&ids)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(appends <= 2, "the {N} decisions took {appends} appends");
+}

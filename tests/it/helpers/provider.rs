@@ -29,6 +29,9 @@ pub struct FakeProvider {
     pub latency: Mutex<Duration>,
     /// Calls on these targets fail with the error.
     pub fail_targets: Mutex<std::collections::BTreeMap<String, ConnectorError>>,
+    /// Calls in progress now, and the most ever in progress at once.
+    pub in_flight: std::sync::atomic::AtomicUsize,
+    pub max_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl FakeProvider {
@@ -45,10 +48,14 @@ impl FakeProvider {
     }
 
     async fn step(&self, op: &'static str, subject: &Subject, target: &Target) -> Result<bool, ConnectorError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, SeqCst);
         let latency = *self.latency.lock().unwrap();
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
+        self.in_flight.fetch_sub(1, SeqCst);
         self.calls.lock().unwrap().push(Call {
             op,
             subject: subject.account_id.clone(),
