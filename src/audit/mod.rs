@@ -73,22 +73,35 @@ pub struct AuditRow {
     pub hash: String,
 }
 
-/// The canonical bytes a row's hash covers (everything but the hashes).
+/// The canonical bytes a row's hash covers (everything but the hashes): the
+/// compact JSON array `[seq, at, event_id, ticket, actor, action, application,
+/// subject, target, outcome, detail]`, object keys sorted.
 pub fn canonical(seq: i64, at: DateTime<Utc>, e: &AuditEntry) -> String {
-    json!([
-        seq,
-        at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    with_head(seq, at, &canonical_tail(e))
+}
+
+/// The canonical form after `seq` and `at` (from `event_id` on), as an array
+/// `[event_id, ...]`. It is made before the chain lock is taken; only `seq` and
+/// `at` are added under it ([`with_head`]).
+fn canonical_tail(e: &AuditEntry) -> String {
+    let fields = (
         e.event_id.map(|u| u.to_string()),
-        e.ticket,
-        e.actor,
-        e.action,
-        e.application,
-        e.subject,
-        e.target,
-        e.outcome,
-        e.detail,
-    ])
-    .to_string()
+        &e.ticket,
+        &e.actor,
+        &e.action,
+        &e.application,
+        &e.subject,
+        &e.target,
+        &e.outcome,
+        &e.detail,
+    );
+    // Strings, options and a `Value` always serialize.
+    serde_json::to_string(&fields).unwrap_or_else(|_| json!(fields).to_string())
+}
+
+fn with_head(seq: i64, at: DateTime<Utc>, tail: &str) -> String {
+    let at = at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    format!("[{seq},\"{at}\",{}", tail.strip_prefix('[').unwrap_or(tail))
 }
 
 /// `sha256(prev_hash || "\n" || canonical)`, lowercase hex.
@@ -125,10 +138,16 @@ impl AuditRow {
 /// (`(0, GENESIS)` for an empty chain): row i gets `seq = last_seq + 1 + i`,
 /// its `prev_hash` and its `hash`. Pure; [`append`] writes what it returns.
 pub fn link(last_seq: i64, last_hash: &str, at: DateTime<Utc>, entries: &[AuditEntry]) -> Vec<(i64, String, String)> {
+    let tails: Vec<String> = entries.iter().map(canonical_tail).collect();
+    link_tails(last_seq, last_hash, at, &tails)
+}
+
+/// [`link`] from the rows' [`canonical_tail`]s.
+fn link_tails(last_seq: i64, last_hash: &str, at: DateTime<Utc>, tails: &[String]) -> Vec<(i64, String, String)> {
     let mut prev = last_hash.to_owned();
-    let mut out = Vec::with_capacity(entries.len());
-    for (seq, e) in (last_seq + 1..).zip(entries) {
-        let hash = chain_hash(&prev, &canonical(seq, at, e));
+    let mut out = Vec::with_capacity(tails.len());
+    for (seq, tail) in (last_seq + 1..).zip(tails) {
+        let hash = chain_hash(&prev, &with_head(seq, at, tail));
         out.push((seq, std::mem::replace(&mut prev, hash.clone()), hash));
     }
     out
@@ -152,6 +171,8 @@ pub async fn append(tx: &mut PgConnection, entries: &[AuditEntry]) -> Result<Vec
     if entries.is_empty() {
         return Ok(Vec::new());
     }
+    // Everything but `seq` and `at` is serialized before the lock.
+    let tails: Vec<String> = entries.iter().map(canonical_tail).collect();
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CHAIN_LOCK).execute(&mut *tx).await?;
     let (last_seq, last_hash): (i64, String) =
         sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
@@ -159,14 +180,14 @@ pub async fn append(tx: &mut PgConnection, entries: &[AuditEntry]) -> Result<Vec
             .await?
             .unwrap_or_else(|| (0, GENESIS.to_owned()));
     let at = Utc::now().trunc_subsecs(6);
-    let links = link(last_seq, &last_hash, at, entries);
+    let links = link_tails(last_seq, &last_hash, at, &tails);
 
     // Several statements when the rows are large: a statement over one TLS record
     // (16 KiB) is written to the socket in pieces, and with Nagle on (sqlx does
     // not set TCP_NODELAY) the second piece waits for the server's delayed ACK,
     // about 40 ms, all under the chain lock.
     let mut start = 0;
-    for end in chunk_ends(entries) {
+    for end in chunk_ends(entries, &tails) {
         insert_rows(&mut *tx, at, &entries[start..end], &links[start..end]).await?;
         start = end;
     }
@@ -178,19 +199,14 @@ const CHUNK_BYTES: usize = 12 * 1024;
 
 /// Where each statement's rows end: consecutive rows up to about [`CHUNK_BYTES`]
 /// (a single larger row goes alone).
-fn chunk_ends(entries: &[AuditEntry]) -> Vec<usize> {
-    let size = |e: &AuditEntry| {
-        let text = [&e.ticket, &e.actor, &e.application, &e.subject, &e.target];
-        // uuid, two hashes, seq and per-array overheads, plus the variable parts
-        256 + e.action.len()
-            + e.outcome.len()
-            + text.iter().map(|t| t.as_ref().map_or(0, String::len)).sum::<usize>()
-            + e.detail.to_string().len()
-    };
+fn chunk_ends(entries: &[AuditEntry], tails: &[String]) -> Vec<usize> {
+    // a row's variable parts are about its canonical tail (text columns and
+    // detail); plus uuid, two hashes, seq and per-array overheads
+    let size = |i: usize| 256 + tails[i].len();
     let mut ends = Vec::new();
     let mut bytes = 0;
-    for (i, e) in entries.iter().enumerate() {
-        let n = size(e);
+    for i in 0..entries.len() {
+        let n = size(i);
         if bytes > 0 && bytes + n > CHUNK_BYTES {
             ends.push(i);
             bytes = 0;
@@ -252,13 +268,40 @@ mod tests {
         let mut big = AuditEntry::new("decided", "ok");
         big.detail = serde_json::json!({"pad": "x".repeat(5000)});
         let small = AuditEntry::new("received", "ok");
-        assert_eq!(chunk_ends(&[]), Vec::<usize>::new());
-        assert_eq!(chunk_ends(&vec![small.clone(); 3]), [3]);
+        let ends = |rows: &[AuditEntry]| chunk_ends(rows, &rows.iter().map(canonical_tail).collect::<Vec<_>>());
+        assert_eq!(ends(&[]), Vec::<usize>::new());
+        assert_eq!(ends(&vec![small.clone(); 3]), [3]);
         // Two 5 kB rows fit in 12 KiB, a third does not.
-        assert_eq!(chunk_ends(&vec![big.clone(); 5]), [2, 4, 5]);
+        assert_eq!(ends(&vec![big.clone(); 5]), [2, 4, 5]);
         let mut huge = big.clone();
         huge.detail = serde_json::json!({"pad": "x".repeat(40_000)});
-        assert_eq!(chunk_ends(&[small.clone(), huge, small]), [1, 2, 3], "an oversized row goes alone");
+        assert_eq!(ends(&[small.clone(), huge, small]), [1, 2, 3], "an oversized row goes alone");
+    }
+
+    #[test]
+    fn the_canonical_form_is_the_compact_json_array_of_the_row_that_earlier_rows_were_hashed_with() {
+        // The form every existing chain was hashed with; changing it would break `audit verify`.
+        let at = Utc::now().trunc_subsecs(6);
+        let mut e = AuditEntry::new("granted", "ok");
+        e.event_id = Some(uuid::Uuid::new_v4());
+        e.ticket = Some("ACC-1".into());
+        e.target = Some("grp \"q\" \u{7}".into());
+        e.detail = serde_json::json!({"z": [1, {"b": null, "a": "\n"}], "a": 1.5});
+        let expected = json!([
+            7,
+            at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            e.event_id.map(|u| u.to_string()),
+            e.ticket,
+            e.actor,
+            e.action,
+            e.application,
+            e.subject,
+            e.target,
+            e.outcome,
+            e.detail,
+        ])
+        .to_string();
+        assert_eq!(canonical(7, at, &e), expected);
     }
 
     #[test]

@@ -438,6 +438,10 @@ pub fn unstorable_value(event: &AccessEvent) -> Option<String> {
 
 /// The path of the first string or object key under `v` (at `path`) holding a NUL.
 pub fn nul_path(v: &Value, path: &str) -> Option<String> {
+    // The common case, no NUL anywhere, without building a path per node.
+    if !has_nul(v) {
+        return None;
+    }
     let child = |k: &str| if path.is_empty() { k.to_owned() } else { format!("{path}.{k}") };
     match v {
         Value::String(s) => s.contains('\0').then(|| path.to_owned()),
@@ -446,6 +450,15 @@ pub fn nul_path(v: &Value, path: &str) -> Option<String> {
             map.iter().find_map(|(k, v)| if k.contains('\0') { Some(child(k)) } else { nul_path(v, &child(k)) })
         }
         Value::Null | Value::Bool(_) | Value::Number(_) => None,
+    }
+}
+
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
 

@@ -312,25 +312,29 @@ async fn handle_batch(ctx: &WorkerContext, batch: Vec<lapin::message::Delivery>,
         }
     }))
     .await;
-    let mut ready: Vec<(lapin::message::Delivery, Box<process::Prepared>)> = Vec::new();
+    let mut ready_deliveries = Vec::new();
+    let mut prepared: Vec<Box<process::Prepared>> = Vec::new();
     let mut settled = Vec::new();
     for (delivery, staged) in batch.into_iter().zip(staged) {
         match staged {
             // Shutdown: left unacked for redelivery.
             None => {}
             Some(process::Staged::Done(outcome)) => settled.push((delivery, outcome)),
-            Some(process::Staged::Ready(p)) => ready.push((delivery, p)),
+            Some(process::Staged::Ready(p)) => {
+                ready_deliveries.push(delivery);
+                prepared.push(p);
+            }
         }
     }
-    let prepared: Vec<Box<process::Prepared>> = ready.iter().map(|(_, p)| p.clone()).collect();
     let Some(afters) = persist("recording the batch", shutdown, || record(ctx, &prepared)).await else {
         return;
     };
+    let ready = ready_deliveries.into_iter().zip(prepared);
     // Refused, denied, dry run, duplicates: nothing to call; the rest run their
     // intents together (results recorded per round, one transaction each).
     let mut to_run = Vec::new();
     let mut finishing = Vec::new();
-    for ((delivery, p), after) in ready.into_iter().zip(afters) {
+    for ((delivery, p), after) in ready.zip(afters) {
         match after {
             Err(outcome) => settled.push((delivery, outcome)),
             Ok(process::After::Execute) => to_run.push((delivery, p)),
