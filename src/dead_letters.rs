@@ -509,3 +509,97 @@ mod tests {
         assert_eq!(r.state(), State::Replayed);
     }
 }
+
+/// A dead letter to record (the dead-queue drain).
+pub struct NewDeadLetter<'a> {
+    pub dead_key: &'a str,
+    pub event_id: Option<uuid::Uuid>,
+    pub ticket: Option<&'a str>,
+    pub application: Option<&'a str>,
+    pub action: Option<&'a str>,
+    pub subject: Option<&'a str>,
+    pub message: &'a serde_json::Value,
+    pub error_class: &'a str,
+    pub error: &'a str,
+    pub attempts: i32,
+    pub history: &'a serde_json::Value,
+    pub first_failed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Inserts a new dead letter; `None` when one with its key exists (a redelivery).
+pub async fn insert(tx: &mut sqlx::PgConnection, d: &NewDeadLetter<'_>) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO dead_letters (dead_key, event_id, ticket, application, action, subject, message, error_class, \
+                                   last_error, attempts, attempt_history, first_failed_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (dead_key) DO NOTHING RETURNING id",
+    )
+    .bind(d.dead_key)
+    .bind(d.event_id)
+    .bind(d.ticket)
+    .bind(d.application)
+    .bind(d.action)
+    .bind(d.subject)
+    .bind(d.message)
+    .bind(d.error_class)
+    .bind(d.error)
+    .bind(d.attempts)
+    .bind(d.history)
+    .bind(d.first_failed_at)
+    .fetch_optional(tx)
+    .await
+}
+
+/// The dead letter, locked for the rest of the transaction (a replay in
+/// progress holds the lock until it has committed its `replayed` mark).
+pub async fn lock(tx: &mut sqlx::PgConnection, id: i64) -> Result<Option<DeadLetter>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM dead_letters WHERE id = $1 FOR UPDATE").bind(id).fetch_optional(tx).await
+}
+
+/// Reopens a replayed dead letter that died again, with this death's error,
+/// attempts and history added. Returns its number of deaths.
+pub async fn reopen(
+    tx: &mut sqlx::PgConnection,
+    id: i64,
+    error_class: &str,
+    error: &str,
+    attempts: i32,
+    history: &serde_json::Value,
+) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE dead_letters SET deaths = deaths + 1, error_class = $2, last_error = $3, \
+         attempts = attempts + $4, attempt_history = attempt_history || $5, died_at = now(), \
+         replayed_at = NULL, replayed_by = NULL, discarded_at = NULL, discarded_by = NULL, \
+         discard_reason = NULL \
+         WHERE id = $1 RETURNING deaths",
+    )
+    .bind(id)
+    .bind(error_class)
+    .bind(error)
+    .bind(attempts)
+    .bind(history)
+    .fetch_one(tx)
+    .await
+}
+
+/// Records one death of dead letter `id`; false when this death (its key) is recorded already.
+pub async fn insert_death(
+    tx: &mut sqlx::PgConnection,
+    dead_key: &str,
+    id: i64,
+    error_class: &str,
+    error: &str,
+    attempts: i32,
+) -> Result<bool, sqlx::Error> {
+    let inserted: Option<String> = sqlx::query_scalar(
+        "INSERT INTO dead_letter_deaths (dead_key, dead_letter_id, error_class, error, attempts) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (dead_key) DO NOTHING RETURNING dead_key",
+    )
+    .bind(dead_key)
+    .bind(id)
+    .bind(error_class)
+    .bind(error)
+    .bind(attempts)
+    .fetch_optional(tx)
+    .await?;
+    Ok(inserted.is_some())
+}

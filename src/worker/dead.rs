@@ -14,6 +14,7 @@ use crate::audit::{self, AuditEntry};
 use crate::broker::Broker;
 use crate::broker::envelope::{self, ATTEMPT_HEADER, dead_key, header_int, header_str};
 use crate::broker::publisher::PublishError;
+use crate::dead_letters;
 use crate::event::AccessEvent;
 use lapin::BasicProperties;
 use serde_json::json;
@@ -77,36 +78,18 @@ pub async fn record(pool: &PgPool, body: &[u8], props: &BasicProperties) -> Resu
     let mut tx = pool.begin().await?;
     // A replay that died again: its dead letter, locked (a replay in progress
     // holds the lock until it has committed the `replayed` mark).
-    let replayed: Option<crate::dead_letters::DeadLetter> = match header_int(props, envelope::REPLAY_OF_HEADER) {
-        Some(id) => {
-            sqlx::query_as("SELECT * FROM dead_letters WHERE id = $1 FOR UPDATE")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?
-        }
+    let replayed = match header_int(props, envelope::REPLAY_OF_HEADER) {
+        Some(id) => dead_letters::lock(&mut tx, id).await?,
         None => None,
     };
     let (id, deaths, reopened_from) = match replayed {
         Some(row) => {
-            if !insert_death(&mut tx, &dead_key, row.id, &class, &error, attempts).await? {
+            if !dead_letters::insert_death(&mut tx, &dead_key, row.id, &class, &error, attempts).await? {
                 tx.rollback().await?;
                 tracing::debug!(dead_letter_id = row.id, "this death is recorded already (a redelivery)");
                 return Ok(());
             }
-            let deaths: i32 = sqlx::query_scalar(
-                "UPDATE dead_letters SET deaths = deaths + 1, error_class = $2, last_error = $3, \
-                 attempts = attempts + $4, attempt_history = attempt_history || $5, died_at = now(), \
-                 replayed_at = NULL, replayed_by = NULL, discarded_at = NULL, discarded_by = NULL, \
-                 discard_reason = NULL \
-                 WHERE id = $1 RETURNING deaths",
-            )
-            .bind(row.id)
-            .bind(&class)
-            .bind(&error)
-            .bind(attempts)
-            .bind(&history_json)
-            .fetch_one(&mut *tx)
-            .await?;
+            let deaths = dead_letters::reopen(&mut tx, row.id, &class, &error, attempts, &history_json).await?;
             (row.id, deaths, Some(row.state()))
         }
         None => {
@@ -118,30 +101,29 @@ pub async fn record(pool: &PgPool, body: &[u8], props: &BasicProperties) -> Resu
                     _ => json!({"raw_hex": hex::encode(body)}),
                 },
             };
-            let id: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO dead_letters (dead_key, event_id, ticket, application, action, subject, message, error_class, last_error, attempts, attempt_history, first_failed_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (dead_key) DO NOTHING RETURNING id",
-            )
-            .bind(&dead_key)
-            .bind(event_id)
-            .bind(event.as_ref().map(|e| e.ticket.key.clone()))
-            .bind(event.as_ref().and_then(|e| e.application.clone()))
-            .bind(event.as_ref().map(|e| serde_json::to_value(e.action).ok().and_then(|v| v.as_str().map(str::to_owned))).unwrap_or_default())
-            .bind(event.as_ref().and_then(|e| e.requester.as_ref().map(|p| p.account_id.clone())))
-            .bind(&message)
-            .bind(&class)
-            .bind(&error)
-            .bind(attempts)
-            .bind(&history_json)
-            .bind(history.first().map(|h| h.at))
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(id) = id else {
+            let action = event
+                .as_ref()
+                .and_then(|e| serde_json::to_value(e.action).ok().and_then(|v| v.as_str().map(str::to_owned)));
+            let new = dead_letters::NewDeadLetter {
+                dead_key: &dead_key,
+                event_id,
+                ticket: event.as_ref().map(|e| e.ticket.key.as_str()),
+                application: event.as_ref().and_then(|e| e.application.as_deref()),
+                action: action.as_deref(),
+                subject: event.as_ref().and_then(|e| e.requester.as_ref().map(|p| p.account_id.as_str())),
+                message: &message,
+                error_class: &class,
+                error: &error,
+                attempts,
+                history: &history_json,
+                first_failed_at: history.first().map(|h| h.at),
+            };
+            let Some(id) = dead_letters::insert(&mut tx, &new).await? else {
                 tx.rollback().await?;
                 tracing::debug!("this dead message is recorded already (a redelivery)");
                 return Ok(());
             };
-            if !insert_death(&mut tx, &dead_key, id, &class, &error, attempts).await? {
+            if !dead_letters::insert_death(&mut tx, &dead_key, id, &class, &error, attempts).await? {
                 tx.rollback().await?;
                 return Ok(());
             }
@@ -168,27 +150,4 @@ pub async fn record(pool: &PgPool, body: &[u8], props: &BasicProperties) -> Resu
 
 fn has_nul(body: &[u8]) -> bool {
     body.contains(&0) || body.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000"))
-}
-
-/// Records one death of dead letter `id`; false when this death (its key) is recorded already.
-async fn insert_death(
-    tx: &mut sqlx::PgConnection,
-    dead_key: &str,
-    id: i64,
-    class: &str,
-    error: &str,
-    attempts: i32,
-) -> Result<bool, sqlx::Error> {
-    let inserted: Option<String> = sqlx::query_scalar(
-        "INSERT INTO dead_letter_deaths (dead_key, dead_letter_id, error_class, error, attempts) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (dead_key) DO NOTHING RETURNING dead_key",
-    )
-    .bind(dead_key)
-    .bind(id)
-    .bind(class)
-    .bind(error)
-    .bind(attempts)
-    .fetch_optional(tx)
-    .await?;
-    Ok(inserted.is_some())
 }
