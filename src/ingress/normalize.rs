@@ -431,6 +431,13 @@ fn automation_custom(body: &Map<String, Value>, meta: &Meta, jsm: &JsmConfig, no
 /// field. The event's own fields are searched before `raw_fields`, so that the
 /// answer names the field as the event calls it, not the raw copy it was read from.
 pub fn unstorable_value(event: &AccessEvent) -> Option<String> {
+    // The common case first, without copying the event into a `Value` tree: JSON
+    // writes a NUL as `\u0000`, so a serialization without that text has none.
+    if let Ok(bytes) = serde_json::to_vec(event)
+        && !bytes.windows(6).any(|w| w == b"\\u0000")
+    {
+        return None;
+    }
     let Ok(Value::Object(fields)) = serde_json::to_value(event) else { return None };
     let (raw, own): (Vec<_>, Vec<_>) = fields.iter().partition(|(k, _)| k.as_str() == "raw_fields");
     own.into_iter().chain(raw).find_map(|(k, v)| if k.contains('\0') { Some(k.clone()) } else { nul_path(v, k) })
