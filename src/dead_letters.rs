@@ -463,53 +463,6 @@ pub async fn preview(
     Ok(p)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(message: Value) -> DeadLetter {
-        DeadLetter {
-            id: 1,
-            dead_key: "k".into(),
-            event_id: None,
-            ticket: None,
-            application: None,
-            action: None,
-            subject: None,
-            message,
-            error_class: "poison".into(),
-            last_error: "x".into(),
-            attempts: 1,
-            attempt_history: json!([]),
-            deaths: 1,
-            first_failed_at: None,
-            died_at: Utc::now(),
-            replayed_at: None,
-            replayed_by: None,
-            discarded_at: None,
-            discarded_by: None,
-            discard_reason: None,
-        }
-    }
-
-    #[test]
-    fn a_raw_message_is_not_an_event() {
-        assert!(row(json!({"raw": "garbage"})).event().unwrap_err().contains("raw bytes"));
-        assert!(row(json!({"raw_hex": "00ff"})).event().is_err());
-        assert!(row(json!({"schema": "accessgov.access-event/v9"})).event().unwrap_err().contains("v9"));
-    }
-
-    #[test]
-    fn the_state_follows_the_latest_close() {
-        let mut r = row(json!({}));
-        assert_eq!(r.state(), State::Open);
-        r.discarded_at = Some(Utc::now() - chrono::Duration::seconds(10));
-        assert_eq!(r.state(), State::Discarded);
-        r.replayed_at = Some(Utc::now());
-        assert_eq!(r.state(), State::Replayed);
-    }
-}
-
 /// A dead letter to record (the dead-queue drain).
 pub struct NewDeadLetter<'a> {
     pub dead_key: &'a str,
@@ -602,4 +555,51 @@ pub async fn insert_death(
     .fetch_optional(tx)
     .await?;
     Ok(inserted.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(message: Value) -> DeadLetter {
+        DeadLetter {
+            id: 1,
+            dead_key: "k".into(),
+            event_id: None,
+            ticket: None,
+            application: None,
+            action: None,
+            subject: None,
+            message,
+            error_class: "poison".into(),
+            last_error: "x".into(),
+            attempts: 1,
+            attempt_history: json!([]),
+            deaths: 1,
+            first_failed_at: None,
+            died_at: Utc::now(),
+            replayed_at: None,
+            replayed_by: None,
+            discarded_at: None,
+            discarded_by: None,
+            discard_reason: None,
+        }
+    }
+
+    #[test]
+    fn a_raw_message_is_not_an_event() {
+        assert!(row(json!({"raw": "garbage"})).event().unwrap_err().contains("raw bytes"));
+        assert!(row(json!({"raw_hex": "00ff"})).event().is_err());
+        assert!(row(json!({"schema": "accessgov.access-event/v9"})).event().unwrap_err().contains("v9"));
+    }
+
+    #[test]
+    fn the_state_follows_the_latest_close() {
+        let mut r = row(json!({}));
+        assert_eq!(r.state(), State::Open);
+        r.discarded_at = Some(Utc::now() - chrono::Duration::seconds(10));
+        assert_eq!(r.state(), State::Discarded);
+        r.replayed_at = Some(Utc::now());
+        assert_eq!(r.state(), State::Replayed);
+    }
 }
