@@ -63,7 +63,11 @@ impl Broker {
     /// Opens a new connection (workers use their own for consuming).
     pub async fn connect_raw(&self) -> Result<Connection, BrokerError> {
         let props = ConnectionProperties::default().with_connection_name("accessgov".into());
-        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&self.url, props)).await {
+        let uri = match self.url.parse::<lapin::uri::AMQPUri>() {
+            Ok(uri) => with_default_frame_max(uri),
+            Err(reason) => return Err(BrokerError::Connect { url: crate::config::redact_url(&self.url), reason }),
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, props)).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => {
                 Err(BrokerError::Connect { url: crate::config::redact_url(&self.url), reason: e.to_string() })
@@ -121,4 +125,19 @@ impl Broker {
     pub async fn close(&self) {
         self.invalidate().await;
     }
+}
+
+/// The AMQP frame size accessgov asks for unless the broker URL sets one
+/// (`?frame_max=`). lapin gives each connection a receive and a send buffer of
+/// 32 frames, zero-filled: at RabbitMQ's default 128 KiB frames that is 8 MiB of
+/// resident memory per connection, for events of a few KiB. A larger message is
+/// sent in several frames.
+pub const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
+
+/// `uri` with [`DEFAULT_FRAME_MAX`] when it names no frame size of its own.
+pub fn with_default_frame_max(mut uri: lapin::uri::AMQPUri) -> lapin::uri::AMQPUri {
+    if uri.query.frame_max.is_none() {
+        uri.query.frame_max = Some(DEFAULT_FRAME_MAX);
+    }
+    uri
 }

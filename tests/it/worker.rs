@@ -307,3 +307,18 @@ async fn a_change_request_replaces_the_old_level_with_the_new_one() {
     assert_eq!(actions, vec!["received", "decided", "granted", "revoked"]);
     assert_eq!(provider.members(), [("u1".to_owned(), GROUP.to_owned())].into_iter().collect());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_connections_ask_for_small_frames_unless_the_url_names_a_frame_size() {
+    use accessgov::broker::{Broker, DEFAULT_FRAME_MAX, topology::Names};
+    let names = || Names::new("agframes", &[Duration::from_secs(1)]);
+    // lapin sizes each connection's two buffers at 32 frames: 128 KiB frames cost 8 MiB per connection.
+    let conn = Broker::new(&crate::helpers::amqp_url(), names()).connect_raw().await.expect("connects");
+    assert_eq!(conn.configuration().frame_max(), DEFAULT_FRAME_MAX);
+    let _ = conn.close(200, "done".into()).await;
+    let url = crate::helpers::amqp_url();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let conn = Broker::new(&format!("{url}{sep}frame_max=65536"), names()).connect_raw().await.expect("connects");
+    assert_eq!(conn.configuration().frame_max(), 65536, "the URL's own frame size wins");
+    let _ = conn.close(200, "done".into()).await;
+}
