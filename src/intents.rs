@@ -103,31 +103,9 @@ pub async fn record(tx: &mut PgConnection, n: &NewIntent<'_>) -> Result<Recorded
         ProviderOp::Revoke(t) => ("revoke", t),
     };
     let key = identity_key(n.identity);
-    let identity = serde_json::to_value(n.identity).unwrap_or(Value::Null);
     // Usually nothing opposite is pending on the key: insert in one statement.
     // (Only this transaction records on the key: it holds the subject lock.)
-    let inserted: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO intents (event_id, ticket, application, subject, identity, identity_key, target, access_level, \
-                              op, state, undo, source) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11 \
-         WHERE NOT EXISTS (SELECT 1 FROM intents WHERE application = $3 AND identity_key = $6 AND target = $7 \
-                           AND state = 'pending' AND op <> $9) \
-         RETURNING id",
-    )
-    .bind(n.event_id)
-    .bind(n.ticket)
-    .bind(n.application)
-    .bind(n.subject)
-    .bind(&identity)
-    .bind(&key)
-    .bind(target)
-    .bind(n.access_level)
-    .bind(op)
-    .bind(&n.undo)
-    .bind(n.source)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(id) = inserted {
+    if let Some(id) = insert(&mut *tx, n, op, target, &key, true).await? {
         return Ok(Recorded::Pending(id));
     }
     let last: Option<Intent> = sqlx::query_as(
@@ -154,25 +132,44 @@ pub async fn record(tx: &mut PgConnection, n: &NewIntent<'_>) -> Result<Recorded
         .await?;
         return Ok(Recorded::Cancelled(Box::new(last)));
     }
-    let id: i64 = sqlx::query_scalar(
+    // The opposite intent was claimed meanwhile (it runs first): ours queues behind it.
+    let id = insert(&mut *tx, n, op, target, &key, false).await?.ok_or(sqlx::Error::RowNotFound)?;
+    Ok(Recorded::Pending(id))
+}
+
+/// Inserts a pending intent; with `unless_opposite_pending`, only when no
+/// opposite intent is pending on its key (`None` then).
+async fn insert(
+    tx: &mut PgConnection,
+    n: &NewIntent<'_>,
+    op: &str,
+    target: &str,
+    key: &str,
+    unless_opposite_pending: bool,
+) -> Result<Option<i64>, sqlx::Error> {
+    let identity = serde_json::to_value(n.identity).unwrap_or(Value::Null);
+    sqlx::query_scalar(
         "INSERT INTO intents (event_id, ticket, application, subject, identity, identity_key, target, access_level, \
                               op, state, undo, source) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11) RETURNING id",
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11 \
+         WHERE NOT $12 OR NOT EXISTS (SELECT 1 FROM intents WHERE application = $3 AND identity_key = $6 \
+                                      AND target = $7 AND state = 'pending' AND op <> $9) \
+         RETURNING id",
     )
     .bind(n.event_id)
     .bind(n.ticket)
     .bind(n.application)
     .bind(n.subject)
-    .bind(identity)
-    .bind(&key)
+    .bind(&identity)
+    .bind(key)
     .bind(target)
     .bind(n.access_level)
     .bind(op)
     .bind(&n.undo)
     .bind(n.source)
-    .fetch_one(&mut *tx)
-    .await?;
-    Ok(Recorded::Pending(id))
+    .bind(unless_opposite_pending)
+    .fetch_optional(tx)
+    .await
 }
 
 const COLUMNS: &str = "id, event_id, ticket, application, subject, identity, identity_key, target, access_level, op, \
