@@ -376,3 +376,70 @@ async fn worker_concurrency_bounds_provider_calls_while_more_deliveries_are_deci
             .unwrap();
     assert!(appends <= 2, "the {N} decisions took {appends} appends");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_broker_reconnect_the_lost_sessions_deliveries_still_count_against_the_limit() {
+    use crate::helpers::chaos_proxy::{ChaosProxy, redirect_url, target_of};
+    use crate::helpers::{amqp_url, fake_connectors, live_config, spawn_app_role};
+    use accessgov::app::Role;
+    use std::sync::atomic::Ordering::SeqCst;
+    let provider = std::sync::Arc::new(crate::helpers::provider::FakeProvider::default());
+    *provider.latency.lock().unwrap() = Duration::from_millis(2500);
+    let proxy = ChaosProxy::start(target_of(&amqp_url()).await).await;
+    let url = redirect_url(&amqp_url(), proxy.addr());
+    let tweak = |c: &mut accessgov::config::Config| {
+        live_config(c);
+        c.broker.url = url.clone();
+        // Two deliveries in flight; calls are not the bound.
+        c.broker.prefetch = 2;
+        c.worker.concurrency = 16;
+        // A lost session waits this long for its deliveries before reconnecting;
+        // the rest go on running beside the new session.
+        c.worker.shutdown_grace = Duration::from_millis(200);
+    };
+    let app = spawn_app_role(tweak, fake_connectors(&provider), Role::All).await;
+    let user_body = |i: u32| {
+        let mut v: Value =
+            serde_json::from_slice(&body(950 + i, 950 + i, i64::from(i), "Approved by Manager")).unwrap();
+        v["issue"]["fields"]["reporter"]["accountId"] = json!(format!("reconnect-user-{i}"));
+        serde_json::to_vec(&v).unwrap()
+    };
+    let first = [post(&app, &user_body(0)).await, post(&app, &user_body(1)).await];
+    eventually("both first calls to be in flight", WAIT, || async {
+        (provider.in_flight.load(SeqCst) == 2).then_some(())
+    })
+    .await;
+    let mut later = Vec::new();
+    for i in 2..6 {
+        later.push(post(&app, &user_body(i)).await);
+    }
+    // The worker's broker session is lost while both calls are out; it reconnects
+    // (after 0.5 s of backoff, jittered) long before the calls end.
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.restore();
+    let decided_later = || async {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'decided' AND event_id = ANY($1)")
+                .bind(&later)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        n
+    };
+    // While the lost session's two deliveries are still being finished, the new
+    // session takes nothing more: they hold both slots.
+    while provider.in_flight.load(SeqCst) > 0 {
+        assert_eq!(decided_later().await, 0, "a delivery was decided while the old session's two held every slot");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Then everything is processed, each access granted once.
+    for id in first.iter().chain(&later) {
+        processed(&app, *id).await;
+    }
+    assert_eq!(decided_later().await, 4);
+    let mut subjects: Vec<String> = provider.calls().into_iter().map(|c| c.subject).collect();
+    subjects.sort();
+    subjects.dedup();
+    assert_eq!(subjects.len(), 6, "every user granted");
+}
