@@ -22,6 +22,23 @@ fn body(ticket: u32, changelog: u32, ts: i64, status: &str) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap()
 }
 
+/// `body` with the requester (the subject of the access) replaced by `user`.
+fn for_user(body: Vec<u8>, user: &str) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(&body).unwrap();
+    v["issue"]["fields"]["reporter"]["accountId"] = json!(user);
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// In how many audit appends the events' `action` rows were written (rows of one append share `at`).
+async fn appends(app: &TestApp, action: &str, ids: &[uuid::Uuid]) -> i64 {
+    sqlx::query_scalar("SELECT count(DISTINCT at) FROM audit_log WHERE action = $1 AND event_id = ANY($2)")
+        .bind(action)
+        .bind(ids)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
 async fn post(app: &TestApp, body: &[u8]) -> uuid::Uuid {
     let resp = app.post_signed(body, None).await;
     assert_eq!(resp.status(), 202);
@@ -223,10 +240,8 @@ async fn a_backlog_is_decided_and_its_results_recorded_in_batches_not_one_transa
     const N: u32 = 24;
     let mut ids = Vec::new();
     for i in 0..N {
-        let mut v: Value =
-            serde_json::from_slice(&body(500 + i, 500 + i, i64::from(i), "Approved by Manager")).unwrap();
-        v["issue"]["fields"]["reporter"]["accountId"] = json!(format!("batch-user-{i}"));
-        ids.push(post(&app, &serde_json::to_vec(&v).unwrap()).await);
+        let b = for_user(body(500 + i, 500 + i, i64::from(i), "Approved by Manager"), &format!("batch-user-{i}"));
+        ids.push(post(&app, &b).await);
     }
     let (_worker, _stop) = app.extra_worker(fake_connectors(&provider)).await;
     for id in &ids {
@@ -236,21 +251,7 @@ async fn a_backlog_is_decided_and_its_results_recorded_in_batches_not_one_transa
     // Rows appended together share their `at` (one chain lock, one statement):
     // the decisions of the backlog and the results of its calls each took a few
     // transactions, not one per event.
-    let distinct = |action: &'static str| {
-        let pool = app.pool.clone();
-        let ids = ids.clone();
-        async move {
-            let n: i64 =
-                sqlx::query_scalar("SELECT count(DISTINCT at) FROM audit_log WHERE action = $1 AND event_id = ANY($2)")
-                    .bind(action)
-                    .bind(&ids)
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap();
-            n
-        }
-    };
-    let (decided, granted) = (distinct("decided").await, distinct("granted").await);
+    let (decided, granted) = (appends(&app, "decided", &ids).await, appends(&app, "granted", &ids).await);
     println!("{N} events: decisions in {decided} appends, results in {granted} appends");
     assert!(decided <= i64::from(N) / 4, "decisions took {decided} appends for {N} events");
     assert!(granted <= i64::from(N) / 4, "results took {granted} appends for {N} events");
@@ -294,11 +295,6 @@ async fn events_of_one_batch_that_share_a_ticket_or_a_subject_see_each_others_ch
         c.worker.batch_wait = Duration::from_millis(100);
     };
     let app = spawn_app_role(tweak, fake_connectors(&provider), Role::Ingress).await;
-    let for_user = |body: Vec<u8>, user: &str| {
-        let mut v: Value = serde_json::from_slice(&body).unwrap();
-        v["issue"]["fields"]["reporter"]["accountId"] = json!(user);
-        serde_json::to_vec(&v).unwrap()
-    };
     // Ticket 801: approved, then revoked, in one batch: the revoke must see the grant.
     let a_grant = post(&app, &for_user(body(801, 1, 0, "Approved by Manager"), "user-a")).await;
     let a_revoke = post(&app, &for_user(body(801, 2, 1, "Access Revoked"), "user-a")).await;
@@ -315,12 +311,7 @@ async fn events_of_one_batch_that_share_a_ticket_or_a_subject_see_each_others_ch
     for id in ids {
         processed(&app, id).await;
     }
-    let batches: i64 =
-        sqlx::query_scalar("SELECT count(DISTINCT at) FROM audit_log WHERE action = 'decided' AND event_id = ANY($1)")
-            .bind(&ids[..])
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let batches = appends(&app, "decided", &ids).await;
     assert_eq!(batches, 1, "all seven were decided in one batch");
     assert!(processed(&app, a_revoke).await.contains(&"cancelled".to_owned()), "the revoke cancelled the grant");
     assert!(processed(&app, d_grant).await.contains(&"superseded".to_owned()), "the older approval was superseded");
@@ -356,10 +347,8 @@ async fn worker_concurrency_bounds_provider_calls_while_more_deliveries_are_deci
     const N: u32 = 12;
     let mut ids = Vec::new();
     for i in 0..N {
-        let mut v: Value =
-            serde_json::from_slice(&body(900 + i, 900 + i, i64::from(i), "Approved by Manager")).unwrap();
-        v["issue"]["fields"]["reporter"]["accountId"] = json!(format!("calls-user-{i}"));
-        ids.push(post(&app, &serde_json::to_vec(&v).unwrap()).await);
+        let b = for_user(body(900 + i, 900 + i, i64::from(i), "Approved by Manager"), &format!("calls-user-{i}"));
+        ids.push(post(&app, &b).await);
     }
     let (_worker, _stop) = app.extra_worker(fake_connectors(&provider)).await;
     for id in &ids {
@@ -368,13 +357,8 @@ async fn worker_concurrency_bounds_provider_calls_while_more_deliveries_are_deci
     assert_eq!(provider.calls().len(), N as usize);
     assert_eq!(provider.max_in_flight.load(SeqCst), 2, "calls in flight are bounded by [worker] concurrency, and used");
     // The backlog was decided in a few batches, not two deliveries at a time.
-    let appends: i64 =
-        sqlx::query_scalar("SELECT count(DISTINCT at) FROM audit_log WHERE action = 'decided' AND event_id = ANY($1)")
-            .bind(&ids)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert!(appends <= 2, "the {N} decisions took {appends} appends");
+    let decided = appends(&app, "decided", &ids).await;
+    assert!(decided <= 2, "the {N} decisions took {decided} appends");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -398,12 +382,8 @@ async fn after_a_broker_reconnect_the_lost_sessions_deliveries_still_count_again
         c.worker.shutdown_grace = Duration::from_millis(200);
     };
     let app = spawn_app_role(tweak, fake_connectors(&provider), Role::All).await;
-    let user_body = |i: u32| {
-        let mut v: Value =
-            serde_json::from_slice(&body(950 + i, 950 + i, i64::from(i), "Approved by Manager")).unwrap();
-        v["issue"]["fields"]["reporter"]["accountId"] = json!(format!("reconnect-user-{i}"));
-        serde_json::to_vec(&v).unwrap()
-    };
+    let user_body =
+        |i: u32| for_user(body(950 + i, 950 + i, i64::from(i), "Approved by Manager"), &format!("reconnect-user-{i}"));
     let first = [post(&app, &user_body(0)).await, post(&app, &user_body(1)).await];
     eventually("both first calls to be in flight", WAIT, || async {
         (provider.in_flight.load(SeqCst) == 2).then_some(())
