@@ -307,7 +307,21 @@ pub struct JsmConfig {
     /// up to 7 days (the default), so shorter values drop legitimate retries.
     #[serde(default = "default_max_event_age", deserialize_with = "duration::de")]
     pub max_event_age: Duration,
+    /// Keys of the JSM projects accessgov serves (the product's "Portal Settings"
+    /// project). Events from any other project are ignored as `other_project`,
+    /// whatever their request type. Empty: every project (`config check` warns).
+    #[serde(default)]
+    pub projects: Vec<String>,
+    /// A `group:` approver expanded into the Approvers field (when
+    /// `[jsm.fields] approver_groups` is not set) may have at most this many
+    /// members; a larger group is not expanded and the routing says so.
+    #[serde(default = "default_max_group_members")]
+    pub max_group_members: usize,
     pub fields: FieldsConfig,
+    /// The statuses of the rules' approval stages (derived, not a key): the
+    /// ingress accepts a transition into one as a `stage` event.
+    #[serde(skip)]
+    pub stage_statuses: Vec<String>,
     /// Request type name -> action.
     pub request_types: BTreeMap<String, RequestAction>,
     /// Status name -> meaning. Statuses not listed are ignored.
@@ -336,6 +350,19 @@ pub struct FieldsConfig {
     pub duration: Option<String>,
     /// Optional department field (for `[[roles]]`).
     pub department: Option<String>,
+    /// JSM "Approvers" multi-user picker: routing writes each rule's individual
+    /// approvers (and expanded `group:` entries) into it on creation.
+    pub approvers: Option<String>,
+    /// JSM "Approver groups" multi-group picker: routing writes `group:` entries
+    /// into it; unset, they are expanded to their members (`[jsm] max_group_members`).
+    pub approver_groups: Option<String>,
+    /// Optional cascading select "Application -> Access Type" kept in step with
+    /// the rules by `accessgov jsm sync-options`.
+    pub application_access: Option<String>,
+    /// Ticket fields named by `field:<id>` approvers and requesters (derived,
+    /// not a key): the ingress carries their values so the worker can read them.
+    #[serde(skip)]
+    pub person_fields: Vec<String>,
     /// The applications' `subject_field` ids (derived, not a key): the ingress
     /// carries their values in the event so connectors can find the user.
     #[serde(skip)]
@@ -351,6 +378,13 @@ fn default_max_event_age() -> Duration {
     DEFAULT_MAX_EVENT_AGE
 }
 
+/// Default of `[jsm] max_group_members`.
+pub const DEFAULT_MAX_GROUP_MEMBERS: usize = 50;
+
+fn default_max_group_members() -> usize {
+    DEFAULT_MAX_GROUP_MEMBERS
+}
+
 fn default_requester() -> String {
     "reporter".into()
 }
@@ -362,6 +396,10 @@ pub struct WriteBackConfig {
     pub comment: bool,
     pub transition_on_success: Option<String>,
     pub transition_on_failure: Option<String>,
+    /// Transition a ticket found invalid when it is created (unknown application
+    /// or access level, missing field, requester not allowed), after telling the
+    /// requester why (by transition or status name).
+    pub transition_on_invalid: Option<String>,
 }
 
 /// What a request type asks for.
@@ -373,7 +411,9 @@ pub enum RequestAction {
     Change,
 }
 
-/// What a ticket status means to accessgov.
+/// What a ticket status means to accessgov. `[jsm.statuses]` maps status names
+/// to the first four; the ingress sets `created` (a new ticket, to route) and
+/// `stage` (the ticket entered a rule's approval stage) itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AppStatus {
@@ -381,6 +421,17 @@ pub enum AppStatus {
     Denied,
     Revoked,
     Declined,
+    /// The ticket was created: route it (approvers, plan) or tell the requester why it is invalid.
+    Created,
+    /// The ticket entered the status of one of its rule's approval stages: set that stage's approvers.
+    Stage,
+}
+
+impl AppStatus {
+    /// Whether the event asks for routing (approvers, plan), not for a decision.
+    pub fn is_routing(self) -> bool {
+        matches!(self, Self::Created | Self::Stage)
+    }
 }
 
 /// The provider behind an application: an entry of the connector registry
@@ -491,9 +542,24 @@ pub struct RuleConfig {
     pub permission: Option<String>,
     /// Membership role where the provider has one (GitHub `maintainer`, Google `MANAGER`).
     pub role: Option<String>,
-    /// Allowed approvers: account ids, emails, or `group:<jira group>`.
+    /// Allowed approvers: account ids, emails, `group:<jira group>`, or
+    /// `field:<customfield id>` (the user in that ticket field, e.g. the
+    /// requester's manager). Empty: the application's `owner`.
     #[serde(default)]
     pub approvers: Vec<String>,
+    /// Who may request this access level: account ids, emails, `group:` or
+    /// `field:` entries. Empty: anyone who can raise the request.
+    #[serde(default)]
+    pub requesters: Vec<String>,
+    /// Post the plan (what approval will change) as an internal comment when
+    /// the ticket is routed.
+    #[serde(default = "yes")]
+    pub plan: bool,
+    /// Multi-stage approval, in order: each stage's JSM status, approvers and
+    /// `min_approvals`. A grant needs every stage approved (checked against the
+    /// live JSM approvals). Empty: one stage, with `approvers`.
+    #[serde(default)]
+    pub stages: Vec<StageConfig>,
     /// Refuse when the approver is the requester.
     #[serde(default = "yes")]
     pub require_distinct_approver: bool,
@@ -506,7 +572,33 @@ fn yes() -> bool {
     true
 }
 
+/// One approval stage of a rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    /// The JSM status of this approval step (the approval's `name`).
+    pub status: String,
+    /// Who may approve this stage (as a rule's `approvers`).
+    pub approvers: Vec<String>,
+    /// Approving approvers this stage needs (default 1).
+    #[serde(default = "one")]
+    pub min_approvals: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
 impl RuleConfig {
+    /// Who may approve (single-stage rules): the rule's approvers, else the
+    /// application's owner.
+    pub fn effective_approvers(&self, app: Option<&ApplicationConfig>) -> Vec<String> {
+        if !self.approvers.is_empty() {
+            return self.approvers.clone();
+        }
+        app.and_then(|a| a.owner.clone()).into_iter().collect()
+    }
+
     /// Targets this rule grants: the groups, or the permission level.
     pub fn targets(&self) -> Vec<String> {
         match &self.permission {
@@ -586,6 +678,20 @@ impl Config {
         ids.sort();
         ids.dedup();
         config.jsm.fields.subject_fields = ids;
+        let mut persons: Vec<String> = config
+            .rules
+            .iter()
+            .flat_map(|r| r.approvers.iter().chain(&r.requesters).chain(r.stages.iter().flat_map(|s| &s.approvers)))
+            .filter_map(|e| e.strip_prefix("field:").map(|f| f.trim().to_owned()))
+            .collect();
+        persons.sort();
+        persons.dedup();
+        config.jsm.fields.person_fields = persons;
+        let mut stages: Vec<String> =
+            config.rules.iter().flat_map(|r| r.stages.iter().map(|s| s.status.clone())).collect();
+        stages.sort();
+        stages.dedup();
+        config.jsm.stage_statuses = stages;
         Ok(config)
     }
 
@@ -671,6 +777,21 @@ impl Config {
                     .into(),
             );
         }
+        for (name, status) in &self.jsm.statuses {
+            if status.is_routing() {
+                add(
+                    format!("jsm.statuses.{name:?}"),
+                    "created and stage are set by accessgov itself; map statuses to approved, denied, \
+                     revoked or declined"
+                        .into(),
+                );
+            }
+        }
+        for (i, key) in self.jsm.projects.iter().enumerate() {
+            if key.trim().is_empty() {
+                add(format!("jsm.projects[{i}]"), "is empty; give a project key such as \"ACC\"".into());
+            }
+        }
         if self.jsm.statuses.is_empty() {
             add("jsm.statuses".into(), "map at least one status name to approved, denied, revoked or declined".into());
         }
@@ -719,13 +840,57 @@ impl Config {
             if !rule.groups.is_empty() && rule.permission.is_some() {
                 add(format!("rules[{i}]"), "set groups or permission, not both".into());
             }
-            if rule.approvers.is_empty() {
+            let owner = self.applications.get(&rule.application).and_then(|a| a.owner.as_ref());
+            if rule.approvers.is_empty() && rule.stages.is_empty() && owner.is_none() {
                 add(
                     format!("rules[{i}].approvers"),
-                    "lists no approver, so no request could ever be granted; add account ids, \
-                     emails or group:<jira group>"
+                    "lists no approver and the application has no owner, so no request could ever be \
+                     granted; add account ids, emails, group:<jira group> or field:<customfield id>"
                         .into(),
                 );
+            }
+            let entries = rule.approvers.iter().map(|e| (format!("rules[{i}].approvers"), e));
+            let entries = entries.chain(rule.requesters.iter().map(|e| (format!("rules[{i}].requesters"), e)));
+            let stage_entries =
+                rule.stages.iter().enumerate().flat_map(|(j, s)| {
+                    s.approvers.iter().map(move |e| (format!("rules[{i}].stages[{j}].approvers"), e))
+                });
+            for (key, entry) in entries.chain(stage_entries) {
+                for prefix in ["field:", "group:"] {
+                    if entry.strip_prefix(prefix).is_some_and(|rest| rest.trim().is_empty()) {
+                        add(key.clone(), format!("{entry:?} names no {}", prefix.trim_end_matches(':')));
+                    }
+                }
+            }
+            if !rule.stages.is_empty() && self.jsm.verify_approval == Some(false) {
+                add(
+                    format!("rules[{i}].stages"),
+                    "multi-stage approval is checked against the live JSM approvals: it needs \
+                     [jsm] verify_approval (unset or true) and JSM credentials"
+                        .into(),
+                );
+            }
+            let mut stage_names = BTreeSet::new();
+            for (j, stage) in rule.stages.iter().enumerate() {
+                if stage.approvers.is_empty() {
+                    add(format!("rules[{i}].stages[{j}].approvers"), "lists no approver".into());
+                }
+                if stage.min_approvals == 0 {
+                    add(format!("rules[{i}].stages[{j}].min_approvals"), "must be at least 1".into());
+                }
+                if !stage_names.insert(stage.status.to_ascii_lowercase()) {
+                    add(format!("rules[{i}].stages[{j}].status"), "a second stage with this status".into());
+                }
+                if self.jsm.statuses.keys().any(|k| k.eq_ignore_ascii_case(&stage.status)) {
+                    add(
+                        format!("rules[{i}].stages[{j}].status"),
+                        format!(
+                            "{:?} is also in [jsm.statuses]; an approval stage's status must not be a \
+                             deciding status (map the status the last stage leads to instead)",
+                            stage.status
+                        ),
+                    );
+                }
             }
             if !seen.insert((rule.application.as_str(), rule.access_level.as_str())) {
                 add(

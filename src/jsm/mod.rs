@@ -317,7 +317,7 @@ impl JsmClient {
         self.inner.group_cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn url(&self, segments: &[&str]) -> Result<Url, JsmError> {
+    pub(crate) fn url(&self, segments: &[&str]) -> Result<Url, JsmError> {
         let mut url = self.inner.base.clone().map_err(JsmError::Permanent)?;
         url.path_segments_mut()
             .map_err(|()| JsmError::Permanent("jsm.base_url cannot take a path".into()))?
@@ -326,7 +326,7 @@ impl JsmClient {
         Ok(url)
     }
 
-    fn request(&self, method: Method, url: Url) -> RequestBuilder {
+    pub(crate) fn request(&self, method: Method, url: Url) -> RequestBuilder {
         self.inner
             .http
             .request(method, url)
@@ -335,7 +335,7 @@ impl JsmClient {
     }
 
     /// Sends and classifies: `Ok` only for a 2xx response.
-    async fn send(&self, req: RequestBuilder, what: &str) -> Result<Response, JsmError> {
+    pub(crate) async fn send(&self, req: RequestBuilder, what: &str) -> Result<Response, JsmError> {
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => return Err(self.transport_error(what, &e)),
@@ -350,7 +350,7 @@ impl JsmClient {
         Err(classify(status, detail, retry_after))
     }
 
-    async fn json<T: DeserializeOwned>(&self, req: RequestBuilder, what: &str) -> Result<T, JsmError> {
+    pub(crate) async fn json<T: DeserializeOwned>(&self, req: RequestBuilder, what: &str) -> Result<T, JsmError> {
         let resp = self.send(req, what).await?;
         let bytes = match resp.bytes().await {
             Ok(b) => b,
@@ -596,6 +596,8 @@ fn app_status_name(s: AppStatus) -> &'static str {
         AppStatus::Denied => "denied",
         AppStatus::Revoked => "revoked",
         AppStatus::Declined => "declined",
+        AppStatus::Created => "created",
+        AppStatus::Stage => "an approval stage",
     }
 }
 

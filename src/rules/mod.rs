@@ -238,6 +238,11 @@ pub fn decide(event: &AccessEvent, config: &Config, facts: &Facts) -> Decision {
                 reason: format!("ticket {} reached status {:?}", event.ticket.key, event.status.to),
             };
         }
+        AppStatus::Created | AppStatus::Stage => {
+            return Decision::NoAction {
+                reason: format!("ticket {} is routed, not decided, at {:?}", event.ticket.key, event.status.to),
+            };
+        }
         AppStatus::Approved | AppStatus::Revoked => {}
     }
     if !event.errors.is_empty() {
