@@ -418,8 +418,12 @@ pub async fn preview(
     }
     let last_revoke_at = crate::progress::last_revoke_at(pool, &event.ticket.key).await?;
     let verify_approval = config.verify_approval_in_effect(crate::worker::jsm_client(config).is_some());
-    let facts =
-        rules::Facts { approver_groups: approver_groups.cloned().unwrap_or_default(), verify_approval, last_revoke_at };
+    let facts = rules::Facts {
+        approver_groups: approver_groups.cloned().unwrap_or_default(),
+        verify_approval,
+        last_revoke_at,
+        live_approvals: None,
+    };
     let decision = rules::decide(&event, config, &facts);
     if approver_groups.is_none()
         && let (Some(app), Some(level)) = (&event.application, &event.access_level)
@@ -427,6 +431,15 @@ pub async fn preview(
     {
         p.remarks.push(
             "the rule lists group: approvers, which could not be resolved here; the worker resolves them through JSM"
+                .into(),
+        );
+    }
+    if let (Some(app), Some(level)) = (&event.application, &event.access_level)
+        && config.rule_for(app, level).is_some_and(|r| !r.stages.is_empty())
+    {
+        p.remarks.push(
+            "the rule has approval stages, checked against the live JSM approvals: the worker reads them; \
+             this preview does not"
                 .into(),
         );
     }

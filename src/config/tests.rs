@@ -144,7 +144,48 @@ fn a_rule_without_approvers_or_targets_is_refused() {
     );
     let problems = Config::parse(&text).unwrap().validate();
     assert!(problems.iter().any(|p| p.key == "rules[1]" && p.message.contains("grants nothing")));
-    assert!(problems.iter().any(|p| p.key == "rules[1].approvers"));
+    // Routing falls back to the application's owner: a rule without approvers
+    // is refused only when its application has none.
+    assert!(!problems.iter().any(|p| p.key == "rules[1].approvers"), "{problems:?}");
+    let ownerless = text.replacen("owner = \"it-admins@example.com\"\ndry_run = true", "dry_run = true", 1);
+    assert_ne!(ownerless, text);
+    let problems = Config::parse(&ownerless).unwrap().validate();
+    assert!(problems.iter().any(|p| p.key == "rules[1].approvers" && p.message.contains("no owner")), "{problems:?}");
+}
+
+#[test]
+fn stages_and_routing_entries_are_checked() {
+    let text = format!(
+        "{EXAMPLE}\n{}",
+        r#"[[rules]]
+application = "Okta"
+access_level = "Admin"
+groups = ["okta-admins"]
+requesters = ["field:"]
+stages = [
+  { status = "Approved by Manager", approvers = ["group:"] },
+  { status = "Security", approvers = [], min_approvals = 0 },
+]
+"#
+    );
+    let mut config = Config::parse(&text).unwrap();
+    let problems = config.validate();
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    for key in [
+        "rules[2].requesters",
+        "rules[2].stages[0].approvers",
+        "rules[2].stages[0].status",
+        "rules[2].stages[1].approvers",
+        "rules[2].stages[1].min_approvals",
+    ] {
+        assert!(keys.contains(&key), "{key} not in {problems:?}");
+    }
+    assert_eq!(config.jsm.stage_statuses, vec!["Approved by Manager".to_owned(), "Security".to_owned()]);
+    config.jsm.statuses.insert("Routed".into(), AppStatus::Created);
+    config.jsm.verify_approval = Some(false);
+    let problems = config.validate();
+    assert!(problems.iter().any(|p| p.key == "jsm.statuses.\"Routed\""), "{problems:?}");
+    assert!(problems.iter().any(|p| p.key == "rules[2].stages" && p.message.contains("verify_approval")));
 }
 
 #[test]

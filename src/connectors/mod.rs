@@ -94,6 +94,22 @@ pub fn subject_of(
     Ok(subject)
 }
 
+/// For a kind that knows users only by the ticket's `subject_field`
+/// ([`Kind::needs_subject_field`]): `Err` says which field is empty.
+pub fn require_subject_field(config: &Config, application: &str, subject: &Subject) -> Result<(), String> {
+    let Some(app) = config.applications.get(application).filter(|a| a.kind.entry().needs_subject_field) else {
+        return Ok(());
+    };
+    let Some(id) = http::setting(app, "subject_field") else { return Ok(()) };
+    if subject.field(&id).is_some() {
+        return Ok(());
+    }
+    Err(format!(
+        "the ticket's field {id} ({application}'s subject_field, the user's {} login) is empty",
+        app.kind.as_str()
+    ))
+}
+
 /// Refuses identities that would address someone other than the person meant:
 /// provider aliases for the caller (`me`, `self`), path segments (`.`, `..`,
 /// anything with `/`, `\`, `?`, `#` or `%`), control characters, blank or
@@ -271,6 +287,9 @@ pub struct Kind {
     pub name: &'static str,
     /// The provider-specific keys the kind accepts, besides the common ones.
     pub keys: &'static [&'static str],
+    /// The provider knows users only by the ticket's `subject_field` value (a
+    /// GitHub login): a request that leaves it empty cannot be granted.
+    pub needs_subject_field: bool,
     /// Builds the connector of one live application.
     pub build: Build,
 }
@@ -281,14 +300,49 @@ pub type Build = fn(&str, &ApplicationConfig) -> Result<Arc<dyn Connector>, Stri
 
 /// Every connector kind; the order is the one unknown-kind errors list them in.
 pub const KINDS: &[Kind] = &[
-    Kind { name: "okta", keys: okta::KEYS, build: |n, a| arc(okta::Okta::from_config(n, a)) },
-    Kind { name: "entra", keys: entra::KEYS, build: |n, a| arc(entra::Entra::from_config(n, a)) },
-    Kind { name: "aws", keys: aws::KEYS, build: |n, a| arc(aws::Aws::from_config(n, a)) },
-    Kind { name: "google", keys: google::KEYS, build: |n, a| arc(google::Google::from_config(n, a)) },
-    Kind { name: "jira", keys: jira::KEYS, build: |n, a| arc(jira::Jira::from_config(n, a)) },
-    Kind { name: "confluence", keys: confluence::KEYS, build: |n, a| arc(confluence::Confluence::from_config(n, a)) },
-    Kind { name: "bitbucket", keys: bitbucket::KEYS, build: |n, a| arc(bitbucket::Bitbucket::from_config(n, a)) },
-    Kind { name: "github", keys: github::KEYS, build: |n, a| arc(github::Github::from_config(n, a)) },
+    Kind {
+        name: "okta",
+        keys: okta::KEYS,
+        needs_subject_field: false,
+        build: |n, a| arc(okta::Okta::from_config(n, a)),
+    },
+    Kind {
+        name: "entra",
+        keys: entra::KEYS,
+        needs_subject_field: false,
+        build: |n, a| arc(entra::Entra::from_config(n, a)),
+    },
+    Kind { name: "aws", keys: aws::KEYS, needs_subject_field: false, build: |n, a| arc(aws::Aws::from_config(n, a)) },
+    Kind {
+        name: "google",
+        keys: google::KEYS,
+        needs_subject_field: false,
+        build: |n, a| arc(google::Google::from_config(n, a)),
+    },
+    Kind {
+        name: "jira",
+        keys: jira::KEYS,
+        needs_subject_field: false,
+        build: |n, a| arc(jira::Jira::from_config(n, a)),
+    },
+    Kind {
+        name: "confluence",
+        keys: confluence::KEYS,
+        needs_subject_field: false,
+        build: |n, a| arc(confluence::Confluence::from_config(n, a)),
+    },
+    Kind {
+        name: "bitbucket",
+        keys: bitbucket::KEYS,
+        needs_subject_field: false,
+        build: |n, a| arc(bitbucket::Bitbucket::from_config(n, a)),
+    },
+    Kind {
+        name: "github",
+        keys: github::KEYS,
+        needs_subject_field: true,
+        build: |n, a| arc(github::Github::from_config(n, a)),
+    },
 ];
 
 /// The registry entry named `name` (exact, lowercase match).

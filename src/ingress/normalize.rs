@@ -53,6 +53,8 @@ pub enum IgnoreReason {
     /// An access event whose own time is older than `[jsm] max_event_age`: a late
     /// retry or a replayed capture, not acted on long after the fact.
     Stale,
+    /// A mapped request type in a project that `[jsm] projects` does not list.
+    OtherProject,
 }
 
 impl IgnoreReason {
@@ -64,6 +66,7 @@ impl IgnoreReason {
             Self::UnsupportedEvent => "unsupported_event",
             Self::UnrecognizedFormat => "unrecognized_format",
             Self::Stale => "stale",
+            Self::OtherProject => "other_project",
         }
     }
 }
@@ -147,7 +150,25 @@ fn issue_parts<'a>(issue: &'a Value, jsm: &JsmConfig) -> Result<IssueParts<'a>, 
     let request_type =
         fields.get(&jsm.fields.request_type).and_then(request_type_name).ok_or(IgnoreReason::NotAnAccessRequest)?;
     let action = *jsm.request_types.get(&request_type).ok_or(IgnoreReason::NotAnAccessRequest)?;
+    let project = fields.get("project").and_then(|p| p.get("key")).and_then(non_empty_str);
+    in_scope(jsm, project.as_deref())?;
     Ok(IssueParts { key, id, fields, request_type, action })
+}
+
+/// `[jsm] projects`: a ticket of another project (or of none the body names) is
+/// not ours, whatever its request type is called.
+fn in_scope(jsm: &JsmConfig, project: Option<&str>) -> Result<(), IgnoreReason> {
+    if jsm.projects.is_empty() || project.is_some_and(|p| jsm.projects.iter().any(|k| k.trim().eq_ignore_ascii_case(p)))
+    {
+        Ok(())
+    } else {
+        Err(IgnoreReason::OtherProject)
+    }
+}
+
+/// Whether `name` is the status of one of the rules' approval stages.
+fn is_stage(jsm: &JsmConfig, name: &str) -> bool {
+    jsm.stage_statuses.iter().any(|s| s.eq_ignore_ascii_case(name))
 }
 
 fn webhook(body: &Value, event: &str, issue: &Value, meta: &Meta, jsm: &JsmConfig, now: DateTime<Utc>) -> Normalized {
@@ -159,8 +180,9 @@ fn webhook(body: &Value, event: &str, issue: &Value, meta: &Meta, jsm: &JsmConfi
         Err(r) => return Normalized::Ignored(r),
     };
     if event == "jira:issue_created" {
-        // A creation carries a Status item "from null" in its changelog: still not a transition.
-        return Normalized::Ignored(IgnoreReason::StatusNotActionable);
+        // A creation carries a Status item "from null" in its changelog: still
+        // not a transition, whatever its status. It is routed, once per ticket.
+        return created(body, parts, Source::JiraWebhook, meta, jsm, now);
     }
     let changelog = body.get("changelog");
     let Some(item) = changelog
@@ -173,7 +195,7 @@ fn webhook(body: &Value, event: &str, issue: &Value, meta: &Meta, jsm: &JsmConfi
     let Some(to) = item.get("toString").and_then(non_empty_str) else {
         return Normalized::Ignored(IgnoreReason::NoStatusChange);
     };
-    let Some(app_status) = map_status(jsm, &to) else {
+    let Some(app_status) = map_status(jsm, &to).or_else(|| is_stage(jsm, &to).then_some(AppStatus::Stage)) else {
         return Normalized::Ignored(IgnoreReason::StatusNotActionable);
     };
     let status = StatusChange {
@@ -226,11 +248,17 @@ fn automation(issue: &Value, source: Source, meta: &Meta, jsm: &JsmConfig, now: 
     let Some(to) = status_value.and_then(|s| s.get("name")).and_then(non_empty_str) else {
         return Normalized::Ignored(IgnoreReason::NoStatusChange);
     };
-    let Some(app_status) = map_status(jsm, &to) else {
-        return Normalized::Ignored(IgnoreReason::StatusNotActionable);
+    let updated = parts.fields.get("updated").and_then(Value::as_str).unwrap_or("");
+    // Automation's "Issue created" trigger sends the new issue: created and
+    // last updated at the same instant, in a status that decides nothing yet.
+    let just_created = !updated.is_empty() && parts.fields.get("created").and_then(Value::as_str) == Some(updated);
+    let app_status = match map_status(jsm, &to) {
+        Some(s) => s,
+        None if just_created => return created(issue, parts, source, meta, jsm, now),
+        None if is_stage(jsm, &to) => AppStatus::Stage,
+        None => return Normalized::Ignored(IgnoreReason::StatusNotActionable),
     };
     let to_id = status_value.and_then(|s| s.get("id")).and_then(id_string);
-    let updated = parts.fields.get("updated").and_then(Value::as_str).unwrap_or("");
     let dedupe_key = format!("automation:{}:{}:{updated}", parts.id, to_id.as_deref().unwrap_or(&to));
     let occurred_at = parse_jira_time(updated).unwrap_or(now);
     let status = StatusChange { from: None, to, from_id: None, to_id };
@@ -243,6 +271,55 @@ fn automation(issue: &Value, source: Source, meta: &Meta, jsm: &JsmConfig, now: 
         status,
         None,
         None,
+        dedupe_key,
+        occurred_at,
+    )))
+}
+
+/// A new ticket of a mapped request type: a `created` event, to be routed.
+/// Its dedupe key is the issue's own (a ticket is created once), per source.
+fn created(
+    body: &Value,
+    parts: IssueParts<'_>,
+    source: Source,
+    meta: &Meta,
+    jsm: &JsmConfig,
+    now: DateTime<Utc>,
+) -> Normalized {
+    let status_value = parts.fields.get("status");
+    let to = status_value.and_then(|s| s.get("name")).and_then(non_empty_str).unwrap_or_default();
+    let status = StatusChange {
+        from: None,
+        to,
+        from_id: None,
+        to_id: status_value.and_then(|s| s.get("id")).and_then(id_string),
+    };
+    let prefix = match source {
+        Source::JiraWebhook => "jira",
+        _ => "automation",
+    };
+    let dedupe_key = format!("{prefix}:{}:created", parts.id);
+    let occurred_at = body
+        .get("timestamp")
+        .and_then(Value::as_i64)
+        .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+        .or_else(|| parts.fields.get("created").and_then(Value::as_str).and_then(parse_jira_time))
+        .unwrap_or(now);
+    let actor = if source == Source::JiraWebhook { body.get("user").and_then(person) } else { None };
+    let changelog_id = if source == Source::JiraWebhook {
+        body.get("changelog").and_then(|c| c.get("id")).and_then(id_string)
+    } else {
+        None
+    };
+    Normalized::Accepted(Box::new(build(
+        parts,
+        source,
+        meta,
+        jsm,
+        AppStatus::Created,
+        status,
+        actor,
+        changelog_id,
         dedupe_key,
         occurred_at,
     )))
@@ -298,6 +375,7 @@ fn build(
     .into_iter()
     .flatten()
     .chain(f.subject_fields.iter())
+    .chain(f.person_fields.iter())
     {
         if let Some(v) = fields.get(id) {
             raw_fields.insert(id.clone(), v.clone());
@@ -370,17 +448,30 @@ fn automation_custom(body: &Map<String, Value>, meta: &Meta, jsm: &JsmConfig, no
     let Some(to) = status_part("to").and_then(non_empty_str) else {
         return Normalized::Ignored(IgnoreReason::NoStatusChange);
     };
-    let Some(app_status) = map_status(jsm, &to) else {
-        return Normalized::Ignored(IgnoreReason::StatusNotActionable);
-    };
+    let project_key = body.get("project_key").and_then(non_empty_str);
+    if let Err(reason) = in_scope(jsm, project_key.as_deref()) {
+        return Normalized::Ignored(reason);
+    }
     let status = StatusChange {
         from: status_part("from").and_then(non_empty_str),
         to,
         from_id: status_part("from_id").and_then(id_string),
         to_id: status_part("to_id").and_then(id_string),
     };
+    // A mapped status decides (a transition, or a snapshot without `from`); an
+    // unmapped one without `from` is the "Issue created" rule's body.
+    let app_status = match map_status(jsm, &status.to) {
+        Some(s) => s,
+        None if status.from.is_none() => AppStatus::Created,
+        None if is_stage(jsm, &status.to) => AppStatus::Stage,
+        None => return Normalized::Ignored(IgnoreReason::StatusNotActionable),
+    };
     let updated = body.get("updated").and_then(id_string).unwrap_or_default();
-    let dedupe_key = format!("automation-custom:{id}:{}:{updated}", status.to_id.as_deref().unwrap_or(&status.to));
+    let dedupe_key = if app_status == AppStatus::Created {
+        format!("automation-custom:{id}:created")
+    } else {
+        format!("automation-custom:{id}:{}:{updated}", status.to_id.as_deref().unwrap_or(&status.to))
+    };
     let occurred_at = parse_jira_time(&updated)
         .or_else(|| updated.parse::<i64>().ok().and_then(|ms| Utc.timestamp_millis_opt(ms).single()))
         .unwrap_or(now);
@@ -400,7 +491,7 @@ fn automation_custom(body: &Map<String, Value>, meta: &Meta, jsm: &JsmConfig, no
         dedupe_key,
         source: Source::AutomationCustom,
         delivery_id: meta.delivery_id.clone(),
-        ticket: Ticket { key, id, project_key: body.get("project_key").and_then(non_empty_str), request_type },
+        ticket: Ticket { key, id, project_key, request_type },
         action,
         app_status,
         status,

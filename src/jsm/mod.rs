@@ -14,6 +14,8 @@
 //! are an authorization problem, 404 is not found, any other 4xx is permanent. No message ever contains
 //! the API token, the email or the `Authorization` header.
 
+mod routing;
+
 use crate::config::AppStatus;
 use crate::event::AccessEvent;
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -100,6 +102,8 @@ pub struct ApprovalState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approval {
     pub id: String,
+    /// The approval step's name (its JSM status), which names a rule's stage.
+    pub name: String,
     /// `approved`, `declined` or `pending`.
     pub final_decision: String,
     /// `(accountId, approverDecision)` per approver; `approverDecision` is `approved`, `declined` or `pending`.
@@ -483,6 +487,7 @@ fn parse_approval(v: &Value) -> Result<Approval, String> {
         _ => None,
     };
     let id = text(v.get("id")).ok_or("an approval has no id")?;
+    let name = v.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
     let final_decision = v.get("finalDecision").and_then(Value::as_str).unwrap_or("pending").to_owned();
     let approvers = v
         .get("approvers")
@@ -498,7 +503,7 @@ fn parse_approval(v: &Value) -> Result<Approval, String> {
         })
         .unwrap_or_default();
     let completed_epoch_ms = v.pointer("/completedDate/epochMillis").and_then(Value::as_i64);
-    Ok(Approval { id, final_decision, approvers, completed_epoch_ms })
+    Ok(Approval { id, name, final_decision, approvers, completed_epoch_ms })
 }
 
 /// Does the live state confirm the event? `Ok` when the live status maps (through `statuses`, exact name

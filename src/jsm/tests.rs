@@ -158,6 +158,7 @@ async fn approval_state_reads_the_status_and_follows_every_approval_page() {
         state.approvals[2],
         Approval {
             id: "3".into(),
+            name: "Manager approval".into(),
             final_decision: "approved".into(),
             approvers: vec![("acc-a".into(), "pending".into()), ("acc-b".into(), "approved".into())],
             completed_epoch_ms: Some(1_714_557_900_000),
@@ -511,6 +512,7 @@ fn live(status: &str, approvals: Vec<Approval>) -> ApprovalState {
 fn appr(id: &str, final_decision: &str, approvers: &[(&str, &str)]) -> Approval {
     Approval {
         id: id.into(),
+        name: "Waiting for approval".into(),
         final_decision: final_decision.into(),
         approvers: approvers.iter().map(|(a, d)| ((*a).to_owned(), (*d).to_owned())).collect(),
         completed_epoch_ms: None,

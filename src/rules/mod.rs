@@ -28,6 +28,9 @@ pub struct Facts {
     /// When this ticket's access was last taken away (revoked or expired): an
     /// approval completed before then is spent and never grants again.
     pub last_revoke_at: Option<DateTime<Utc>>,
+    /// The ticket's live JSM approvals, read for a rule with approval stages
+    /// (`None`: not read, so a multi-stage rule cannot grant).
+    pub live_approvals: Option<Vec<crate::jsm::Approval>>,
 }
 
 /// What the worker should do with an event.
@@ -131,6 +134,16 @@ pub enum Refusal {
     InvalidIdentity {
         reason: String,
     },
+    /// The rule's `requesters` allow-list does not include the requester.
+    RequesterNotAllowed {
+        requester: String,
+    },
+    /// A multi-stage rule: a stage lacks enough approvals by its allowed approvers.
+    StageNotApproved {
+        stage: String,
+        needed: usize,
+        approved_by: Vec<String>,
+    },
     /// The target is already held for this requester under another provider
     /// identity (another `subject_field` value); granting would add a hold
     /// without provisioning the new identity.
@@ -182,6 +195,14 @@ impl Refusal {
                 format!("the requested duration {value:?} cannot be used: {reason}")
             }
             Self::InvalidIdentity { reason } => format!("the provider identity cannot be used: {reason}"),
+            Self::RequesterNotAllowed { requester } => {
+                format!("{requester} may not request this access level; ask the application's owner")
+            }
+            Self::StageNotApproved { stage, needed, approved_by } => format!(
+                "approval stage {stage:?} needs {needed} approval(s) by its allowed approvers, and has {}{}",
+                approved_by.len(),
+                if approved_by.is_empty() { String::new() } else { format!(" ({})", approved_by.join(", ")) }
+            ),
             Self::IdentityMismatch { target, held, requested } => format!(
                 "{target} is already held for this requester as {} but this ticket names {}; revoke the \
                  existing access first, or correct the ticket",
@@ -206,6 +227,8 @@ impl Refusal {
             Self::ApprovalReused { .. } => "approval_reused",
             Self::InvalidDuration { .. } => "invalid_duration",
             Self::InvalidIdentity { .. } => "invalid_identity",
+            Self::RequesterNotAllowed { .. } => "requester_not_allowed",
+            Self::StageNotApproved { .. } => "stage_not_approved",
             Self::IdentityMismatch { .. } => "identity_mismatch",
         }
     }
@@ -286,14 +309,27 @@ pub fn decide(event: &AccessEvent, config: &Config, facts: &Facts) -> Decision {
     if event.app_status == AppStatus::Revoked {
         return Decision::Revoke { application, access_level, targets, subject, scope: RevokeScope::Ticket };
     }
-    if let Err(reason) = crate::connectors::subject_of(config, &application, &subject, &event.raw_fields) {
-        return refuse(Refusal::InvalidIdentity { reason });
-    }
+    let identity = match crate::connectors::subject_of(config, &application, &subject, &event.raw_fields) {
+        Ok(identity) => identity,
+        Err(reason) => return refuse(Refusal::InvalidIdentity { reason }),
+    };
     if event.action == RequestAction::Revoke {
         return Decision::Revoke { application, access_level, targets, subject, scope: RevokeScope::Subject };
     }
+    if let Err(reason) = crate::connectors::require_subject_field(config, &application, &identity) {
+        return refuse(Refusal::InvalidIdentity { reason });
+    }
 
-    let approver = match approved_by(event, config, rule, &subject, facts) {
+    let requester_groups = facts.approver_groups.get(&subject.account_id).map_or(&[][..], Vec::as_slice);
+    if !requester_allowed(rule, &subject, requester_groups, &event.raw_fields) {
+        return refuse(Refusal::RequesterNotAllowed { requester: subject.account_id.clone() });
+    }
+    let approved = if rule.stages.is_empty() {
+        approved_by(event, config, rule, &subject, facts)
+    } else {
+        stages_approved(event, rule, &subject, facts)
+    };
+    let approver = match approved {
         Ok(approver) => approver,
         Err(reason) => return refuse(reason),
     };
@@ -333,6 +369,7 @@ fn approved_by(
     let no_groups = Vec::new();
     let groups = |p: &Person| facts.approver_groups.get(&p.account_id).unwrap_or(&no_groups);
     let distinct = |p: &Person| !rule.require_distinct_approver || p.account_id != subject.account_id;
+    let approvers = rule.effective_approvers(event.application.as_ref().and_then(|a| config.applications.get(a)));
     let spent = |at: Option<DateTime<Utc>>| facts.last_revoke_at.filter(|r| at.is_none_or(|a| a <= *r));
 
     if let Some(approval) = &event.approval {
@@ -348,7 +385,7 @@ fn approved_by(
             return Err(Refusal::ApprovalReused { approval: approval.id.clone(), revoked_at });
         }
         let allowed: Vec<&Person> =
-            approval.approved_by.iter().filter(|p| approver_allowed(&rule.approvers, p, groups(p))).collect();
+            approval.approved_by.iter().filter(|p| allowed_by(&approvers, p, groups(p), &event.raw_fields)).collect();
         return match allowed.iter().find(|p| distinct(p)) {
             Some(p) => Ok((*p).clone()),
             None => match allowed.first() {
@@ -394,7 +431,7 @@ fn approved_by(
     if let Some(revoked_at) = spent(Some(event.occurred_at)) {
         return Err(Refusal::ApprovalReused { approval: None, revoked_at });
     }
-    if !approver_allowed(&rule.approvers, named, groups(named)) {
+    if !allowed_by(&approvers, named, groups(named), &event.raw_fields) {
         return Err(Refusal::ApproverNotAllowed { approver: named.account_id.clone() });
     }
     if !distinct(named) {
@@ -403,26 +440,110 @@ fn approved_by(
     Ok(named.clone())
 }
 
-/// The people whose Jira groups the decision may need (for `group:` entries).
+/// A multi-stage rule: every stage needs an approved JSM approval named as its
+/// status, with at least `min_approvals` approving approvers that the stage
+/// allows (and who are not the requester, when the rule says so), completed
+/// after the ticket's last revoke. The live approvals are the evidence; the
+/// approver of the decision is the last stage's first such approver.
+fn stages_approved(event: &AccessEvent, rule: &RuleConfig, subject: &Person, facts: &Facts) -> Result<Person, Refusal> {
+    let Some(live) = &facts.live_approvals else {
+        return Err(Refusal::ApprovalNotConfirmed {
+            reason: "this rule has approval stages, which are checked against the live JSM approvals; JSM \
+                     credentials are needed"
+                .into(),
+        });
+    };
+    let not_before = facts.last_revoke_at.map(|t| t.timestamp_millis());
+    let no_groups = Vec::new();
+    let mut last = None;
+    for stage in &rule.stages {
+        let mut approvers: Vec<String> = Vec::new();
+        for approval in live.iter().filter(|a| {
+            a.name.trim().eq_ignore_ascii_case(stage.status.trim())
+                && a.final_decision.eq_ignore_ascii_case("approved")
+                && not_before.is_none_or(|nb| a.completed_epoch_ms.is_some_and(|done| done > nb))
+        }) {
+            for (account, decision) in &approval.approvers {
+                let person = Person { account_id: account.clone(), email: None, display_name: None };
+                let groups = facts.approver_groups.get(account).unwrap_or(&no_groups);
+                if decision.eq_ignore_ascii_case("approved")
+                    && allowed_by(&stage.approvers, &person, groups, &event.raw_fields)
+                    && (!rule.require_distinct_approver || account != &subject.account_id)
+                    && !approvers.contains(account)
+                {
+                    approvers.push(account.clone());
+                }
+            }
+        }
+        if approvers.len() < stage.min_approvals {
+            return Err(Refusal::StageNotApproved {
+                stage: stage.status.clone(),
+                needed: stage.min_approvals,
+                approved_by: approvers,
+            });
+        }
+        last = approvers.into_iter().next();
+    }
+    let account_id = last.ok_or(Refusal::NoApprover)?;
+    Ok(Person { account_id, email: None, display_name: None })
+}
+
+/// Whether the rule lets `requester` ask for its access level (`requesters`; empty: anyone).
+pub fn requester_allowed(
+    rule: &RuleConfig,
+    requester: &Person,
+    groups: &[String],
+    fields: &serde_json::Map<String, serde_json::Value>,
+) -> bool {
+    rule.requesters.is_empty() || allowed_by(&rule.requesters, requester, groups, fields)
+}
+
+/// The people whose Jira groups the decision may need (for `group:` entries):
+/// the approvers the event shows, and the requester.
 pub fn approver_candidates(event: &AccessEvent) -> Vec<&Person> {
-    match &event.approval {
+    let mut out: Vec<&Person> = match &event.approval {
         Some(a) => a.approved_by.iter().collect(),
         None => event.approver.iter().map(|a| &a.person).collect(),
-    }
+    };
+    out.extend(event.requester.iter());
+    out
 }
 
 /// An approver matches an entry by account id, by email (case-insensitive), or
 /// by membership of `group:<name>`.
 pub fn approver_allowed(entries: &[String], approver: &Person, approver_groups: &[String]) -> bool {
+    allowed_by(entries, approver, approver_groups, &serde_json::Map::new())
+}
+
+/// [`approver_allowed`], and `field:<id>` entries: the user (or one of the
+/// users) the ticket's field `<id>` names, read from `fields` (the event's raw fields).
+pub fn allowed_by(
+    entries: &[String],
+    person: &Person,
+    groups: &[String],
+    fields: &serde_json::Map<String, serde_json::Value>,
+) -> bool {
     entries.iter().any(|entry| {
         if let Some(group) = entry.strip_prefix("group:") {
-            approver_groups.iter().any(|g| g.eq_ignore_ascii_case(group))
+            groups.iter().any(|g| g.eq_ignore_ascii_case(group.trim()))
+        } else if let Some(field) = entry.strip_prefix("field:") {
+            field_accounts(fields.get(field.trim())).iter().any(|a| a == &person.account_id)
         } else if entry.contains('@') {
-            approver.email.as_deref().is_some_and(|e| e.eq_ignore_ascii_case(entry))
+            person.email.as_deref().is_some_and(|e| e.eq_ignore_ascii_case(entry))
         } else {
-            entry == &approver.account_id
+            entry == &person.account_id
         }
     })
+}
+
+/// The account ids a user-picker value names: `{"accountId"}` or an array of them.
+pub fn field_accounts(v: Option<&serde_json::Value>) -> Vec<String> {
+    let one = |v: &serde_json::Value| v.get("accountId").and_then(|a| a.as_str()).map(str::to_owned);
+    match v {
+        Some(serde_json::Value::Array(items)) => items.iter().filter_map(one).collect(),
+        Some(v) => one(v).into_iter().collect(),
+        None => Vec::new(),
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod dead;
 pub mod expiry;
 pub mod process;
 pub mod retry;
+pub mod route;
 
 use crate::broker::{Broker, envelope};
 use crate::config::Config;

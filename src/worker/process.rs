@@ -129,11 +129,25 @@ pub async fn prepare_decoded(
     running: bool,
     last_revoke_at: Option<DateTime<Utc>>,
 ) -> Result<Staged, sqlx::Error> {
+    // A new ticket or an approval stage is routed, not decided.
+    if event.app_status.is_routing() {
+        return Ok(Staged::Done(super::route::route(ctx, &event, attempt).await?));
+    }
     // Its decision is committed already (a crash, a retry): finish its intents.
     if running {
         return Ok(Staged::Done(execute(ctx, &event, attempt).await?));
     }
-    let approver_groups = match ctx.approver_groups(&event).await {
+    // A multi-stage rule is decided on the live JSM approvals of every stage.
+    let live_approvals = match ctx.stage_approvals(&event).await {
+        Ok(live) => live,
+        Err(e) => {
+            let rows = if attempt == 0 { vec![received_row(&event)] } else { Vec::new() };
+            let what = json!({"op": "jsm_approvals", "why": "check the rule's approval stages"});
+            let failed = record_failure(ctx, &event, rows, attempt, jsm_error(e), what, event.application.as_deref());
+            return Ok(Staged::Done(failed.await?));
+        }
+    };
+    let approver_groups = match ctx.approver_groups(&event, live_approvals.as_deref()).await {
         Ok(groups) => groups,
         Err(e) => {
             let rows = if attempt == 0 { vec![received_row(&event)] } else { Vec::new() };
@@ -146,7 +160,7 @@ pub async fn prepare_decoded(
         crate::config::AppStatus::Approved => last_revoke_at,
         _ => None,
     };
-    let facts = rules::Facts { approver_groups, verify_approval: ctx.verify_approval, last_revoke_at };
+    let facts = rules::Facts { approver_groups, verify_approval: ctx.verify_approval, last_revoke_at, live_approvals };
     let mut decision = rules::decide(&event, &ctx.config, &facts);
     if ctx.verify_approval
         && let Decision::Grant { approver, .. } | Decision::Change { approver, .. } = &decision
@@ -465,7 +479,7 @@ async fn record(
     }
     writes.complete(event);
     // (write_back itself stays silent for dry-run applications.)
-    let note = done_note(event, &summary(&plan.ops, &plan.notes));
+    let note = done_note(event, &plan.ops, &plan.notes);
     Ok(After::Done { label: if dry_run { "dry_run" } else { "applied" }, note: Some(note) })
 }
 
@@ -672,7 +686,7 @@ async fn execute_unique(ctx: &WorkerContext, events: &[(&AccessEvent, u32)]) -> 
                     })
                     .collect();
                 tracing::info!(event_id = %event.event_id, ticket = %event.ticket.key, ops = ops.len(), "event applied");
-                ctx.write_back(event, done_note(event, &summary(&ops, &notes))).await;
+                ctx.write_back(event, done_note(event, &ops, &notes)).await;
                 runs[i].outcome = Some(Outcome::Recorded("applied"));
             }
         }
@@ -703,12 +717,20 @@ async fn execute_unique(ctx: &WorkerContext, events: &[(&AccessEvent, u32)]) -> 
 }
 
 /// The write-back of a completed event.
-fn done_note(event: &AccessEvent, summary: &str) -> WriteBack {
+fn done_note(event: &AccessEvent, ops: &[ProviderOp], notes: &[Note]) -> WriteBack {
+    let summary = summary(ops, notes);
     if event.source == crate::event::Source::Expiry {
         WriteBack::Info(format!("The time-bound access of this request expired: {summary}."))
     } else {
-        WriteBack::Success(format!("accessgov applied this request: {summary}."))
+        WriteBack::Success(format!("accessgov applied this request: {summary}."), Some(executed(ops, notes)))
     }
+}
+
+/// What was executed, in the form of the plan posted at routing (its `lasts`
+/// is filled in from the rule when compared).
+fn executed(ops: &[ProviderOp], notes: &[Note]) -> crate::routing::PlanRecord {
+    let plan = grants::Plan { ops: ops.to_vec(), changes: Vec::new(), notes: notes.to_vec() };
+    crate::routing::PlanRecord::of(&plan, None)
 }
 
 fn summary(ops: &[ProviderOp], notes: &[Note]) -> String {
@@ -730,7 +752,7 @@ fn summary(ops: &[ProviderOp], notes: &[Note]) -> String {
 }
 
 /// Records a failed attempt in its own transaction and says where the message goes next.
-async fn record_failure(
+pub(super) async fn record_failure(
     ctx: &WorkerContext,
     event: &AccessEvent,
     mut rows: Vec<AuditEntry>,
@@ -775,7 +797,7 @@ async fn record_failure(
     Ok(Outcome::Failed { error, next })
 }
 
-fn jsm_error(e: crate::jsm::JsmError) -> ConnectorError {
+pub(super) fn jsm_error(e: crate::jsm::JsmError) -> ConnectorError {
     use crate::jsm::JsmError;
     match e {
         JsmError::Transient { reason, retry_after } => {
@@ -790,8 +812,9 @@ fn jsm_error(e: crate::jsm::JsmError) -> ConnectorError {
 /// What to tell the ticket.
 #[derive(Debug, Clone)]
 pub enum WriteBack {
-    /// Provisioned: comment, then `transition_on_success`.
-    Success(String),
+    /// Provisioned: comment, then `transition_on_success`. With what was
+    /// executed, to compare with the plan posted when the ticket was routed.
+    Success(String, Option<crate::routing::PlanRecord>),
     /// Refused or failed for good: comment, then `transition_on_failure`.
     Failure(String),
     /// Nothing changed at a provider (denied, declined, dry run): comment only.
@@ -862,7 +885,7 @@ fn op_target(op: &ProviderOp) -> &str {
     }
 }
 
-fn entry(event: &AccessEvent, action: &str, outcome: &str) -> AuditEntry {
+pub(super) fn entry(event: &AccessEvent, action: &str, outcome: &str) -> AuditEntry {
     let mut e = AuditEntry::new(action, outcome);
     e.event_id = Some(event.event_id);
     e.ticket = Some(event.ticket.key.clone());
@@ -893,7 +916,7 @@ fn note_entry(event: &AccessEvent, note: &Note) -> AuditEntry {
 }
 
 /// `received`: what arrived.
-fn received_row(event: &AccessEvent) -> AuditEntry {
+pub(super) fn received_row(event: &AccessEvent) -> AuditEntry {
     let mut received = entry(event, "received", "ok");
     received.detail = json!({
         "source": event.source,
@@ -978,20 +1001,51 @@ impl WorkerContext {
     async fn approver_groups(
         &self,
         event: &AccessEvent,
+        live_approvals: Option<&[crate::jsm::Approval]>,
     ) -> Result<std::collections::BTreeMap<String, Vec<String>>, crate::jsm::JsmError> {
         let mut out = std::collections::BTreeMap::new();
         let (Some(app), Some(level)) = (&event.application, &event.access_level) else {
             return Ok(out);
         };
-        let uses_groups =
-            self.config.rule_for(app, level).is_some_and(|r| r.approvers.iter().any(|a| a.starts_with("group:")));
+        let uses_groups = self.config.rule_for(app, level).is_some_and(|r| {
+            r.approvers
+                .iter()
+                .chain(&r.requesters)
+                .chain(r.stages.iter().flat_map(|s| &s.approvers))
+                .any(|a| a.starts_with("group:"))
+        });
         let Some(jsm) = self.jsm.as_ref().filter(|_| uses_groups) else {
             return Ok(out);
         };
-        for person in rules::approver_candidates(event) {
-            out.insert(person.account_id.clone(), jsm.user_groups(&person.account_id).await?);
+        let mut accounts: Vec<&str> = rules::approver_candidates(event).iter().map(|p| p.account_id.as_str()).collect();
+        for approval in live_approvals.unwrap_or_default() {
+            accounts.extend(approval.approvers.iter().map(|(id, _)| id.as_str()));
+        }
+        for account in accounts {
+            if !out.contains_key(account) {
+                out.insert(account.to_owned(), jsm.user_groups(account).await?);
+            }
         }
         Ok(out)
+    }
+
+    /// The live JSM approvals, for an approved grant or change under a rule
+    /// with approval stages (`None` otherwise, or without JSM credentials).
+    async fn stage_approvals(
+        &self,
+        event: &AccessEvent,
+    ) -> Result<Option<Vec<crate::jsm::Approval>>, crate::jsm::JsmError> {
+        let (Some(app), Some(level)) = (&event.application, &event.access_level) else {
+            return Ok(None);
+        };
+        let staged = self.config.rule_for(app, level).is_some_and(|r| !r.stages.is_empty());
+        let deciding = event.app_status == crate::config::AppStatus::Approved
+            && event.action != crate::config::RequestAction::Revoke
+            && event.source != crate::event::Source::Expiry;
+        match &self.jsm {
+            Some(jsm) if staged && deciding => Ok(Some(jsm.approval_state(&event.ticket.key).await?.approvals)),
+            _ => Ok(None),
+        }
     }
 
     /// `[jsm] verify_approval`: the live ticket must confirm the payload, with
@@ -1009,6 +1063,33 @@ impl WorkerContext {
         Ok(crate::jsm::confirms(event, approver, not_before, &live, &self.config.jsm.statuses))
     }
 
+    /// How what was executed differs from the plan posted at routing (`None`:
+    /// no plan was posted, or nothing changed).
+    async fn plan_changes(
+        &self,
+        event: &AccessEvent,
+        now: &crate::routing::PlanRecord,
+    ) -> Result<Option<String>, sqlx::Error> {
+        let planned: Option<sqlx::types::Json<crate::routing::PlanRecord>> = sqlx::query_scalar(
+            "SELECT plan FROM routings WHERE ticket = $1 AND step = 'created' AND outcome IN ('routed', 'incomplete')",
+        )
+        .bind(&event.ticket.key)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(planned) = planned else { return Ok(None) };
+        let mut now = now.clone();
+        if event.action != crate::config::RequestAction::Revoke {
+            let rule = event.application.as_deref().zip(event.access_level.as_deref());
+            let max = rule.and_then(|(a, l)| self.config.rule_for(a, l)).and_then(|r| r.max_duration);
+            now.lasts = grants::effective_duration(event.duration.as_deref(), max)
+                .ok()
+                .flatten()
+                .map(crate::config::duration::format);
+        }
+        let changes = now.changes_since(&planned.0);
+        Ok((!changes.is_empty()).then(|| changes.join("; ")))
+    }
+
     /// Tells the ticket, best effort: a failure is logged and audited, never retried
     /// (the effect it reports is already committed).
     pub async fn write_back(&self, event: &AccessEvent, note: WriteBack) {
@@ -1020,14 +1101,30 @@ impl WorkerContext {
             return;
         }
         let wb = &self.config.jsm.write_back;
+        let mut changed = None;
+        if let WriteBack::Success(_, Some(now)) = &note
+            && wb.comment
+        {
+            changed = match self.plan_changes(event, now).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(ticket = %event.ticket.key, error = %e, "could not read the routing plan");
+                    None
+                }
+            };
+        }
         let (text, transition) = match &note {
-            WriteBack::Success(t) => (t, wb.transition_on_success.as_deref()),
+            WriteBack::Success(t, _) => (t, wb.transition_on_success.as_deref()),
             WriteBack::Failure(t) => (t, wb.transition_on_failure.as_deref()),
             WriteBack::Info(t) => (t, None),
         };
+        let text = match changed {
+            Some(c) => format!("{text}\nChanged since the plan posted when this request was routed: {c}."),
+            None => text.clone(),
+        };
         let mut results = Vec::new();
         if wb.comment {
-            results.push(("comment", jsm.comment(&event.ticket.key, text, true).await));
+            results.push(("comment", jsm.comment(&event.ticket.key, &text, true).await));
         }
         if let Some(name) = transition {
             results.push(("transition", jsm.transition(&event.ticket.key, name).await));

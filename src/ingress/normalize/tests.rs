@@ -286,10 +286,11 @@ fn the_current_issue_status_is_never_taken_as_a_transition() {
 fn a_creation_is_never_a_transition_even_into_a_mapped_status() {
     let jsm = jsm();
     let created = fixture("webhook-created-in-mapped-status");
-    assert_eq!(
-        normalize(&created, &Meta::default(), &jsm, now()),
-        Normalized::Ignored(IgnoreReason::StatusNotActionable)
-    );
+    // A creation is routed, never decided: `created`, keyed by the issue alone.
+    let event = accepted(normalize(&created, &Meta::default(), &jsm, now()));
+    assert_eq!(event.app_status, AppStatus::Created);
+    assert_eq!(event.status.from, None);
+    assert_eq!(event.dedupe_key, format!("jira:{}:created", event.ticket.id));
 
     // The very same body as an update is a transition: only the event kind differs.
     let mut updated = created.clone();
@@ -1064,4 +1065,94 @@ fn an_applications_subject_field_travels_in_the_event_for_its_connector() {
     assert_eq!(event.raw_fields["customfield_10099"], json!("octocat"));
     let plain = accepted(normalize(&body, &Meta::default(), &jsm(), now()));
     assert!(!plain.raw_fields.contains_key("customfield_10099"), "only configured fields are carried");
+}
+
+/// The README's custom body of a new ticket in ACC (no from-status, an initial status).
+fn custom_created() -> Value {
+    render_readme_template(&[
+        ("issue.id", "10131"),
+        ("issue.key", "ACC-131"),
+        ("issue.project.key", "ACC"),
+        ("issue.customfield_10010.requestType.name", "Request Application Access"),
+        ("issue.status.name", "Waiting for support"),
+        ("issue.status.id", "10001"),
+        ("issue.customfield_10050.value", "Confluence"),
+        ("issue.customfield_10051.value", "Write"),
+        ("issue.reporter.accountId", "712020:0e4b6a43-1f7c-4d5e-9a3b-2c1d0e9f8a7b"),
+        ("issue.updated.jiraDateTime", "2025-12-01T12:20:00.0+0000"),
+    ])
+}
+
+#[test]
+fn events_of_a_project_that_projects_does_not_list_are_ignored_as_other_project() {
+    let mut jsm = jsm();
+    let body = fixture("webhook-created-status-from-null");
+    let project = body.pointer("/issue/fields/project/key").and_then(Value::as_str).expect("a project key").to_owned();
+    jsm.projects = vec!["OPS".into()];
+    assert_eq!(normalize(&body, &Meta::default(), &jsm, now()), Normalized::Ignored(IgnoreReason::OtherProject));
+    // Keys match case-insensitively; any listed project will do.
+    jsm.projects = vec!["OPS".into(), project.to_lowercase()];
+    accepted(normalize(&body, &Meta::default(), &jsm, now()));
+    // A body that names no project is not shown to be ours.
+    let mut anonymous = body.clone();
+    remove(&mut anonymous, "issue.fields.project");
+    assert_eq!(normalize(&anonymous, &Meta::default(), &jsm, now()), Normalized::Ignored(IgnoreReason::OtherProject));
+    // The custom Automation body is scoped by its project_key.
+    let mut custom = custom_created();
+    jsm.projects = vec!["ACC".into()];
+    accepted(normalize(&custom, &Meta::default(), &jsm, now()));
+    set(&mut custom, "project_key", json!("OPS"));
+    assert_eq!(normalize(&custom, &Meta::default(), &jsm, now()), Normalized::Ignored(IgnoreReason::OtherProject));
+    assert_eq!(IgnoreReason::OtherProject.as_str(), "other_project");
+}
+
+#[test]
+fn automation_and_custom_bodies_of_a_new_ticket_are_created_events() {
+    let jsm = jsm();
+    let mut body = fixture("automation-jira-format-approved");
+    set(&mut body, "issue.fields.status.name", json!("Waiting for support"));
+    let updated = body.pointer("/issue/fields/updated").cloned().expect("an updated time");
+    // Updated after creation, in a status that decides nothing: not ours.
+    set(&mut body, "issue.fields.created", json!("2025-11-01T00:00:00.000+0000"));
+    assert_eq!(
+        normalize(&body, &Meta::default(), &jsm, now()),
+        Normalized::Ignored(IgnoreReason::StatusNotActionable)
+    );
+    // Created and updated at the same instant: Automation's "Issue created".
+    set(&mut body, "issue.fields.created", updated);
+    let event = accepted(normalize(&body, &Meta::default(), &jsm, now()));
+    assert_eq!(event.app_status, AppStatus::Created);
+    assert_eq!(event.dedupe_key, format!("automation:{}:created", event.ticket.id));
+
+    let mut custom = custom_created();
+    let event = accepted(normalize(&custom, &Meta::default(), &jsm, now()));
+    assert_eq!(event.app_status, AppStatus::Created);
+    assert_eq!(event.dedupe_key, format!("automation-custom:{}:created", event.ticket.id));
+    // With a from-status, the same unmapped status is a transition that decides nothing.
+    set(&mut custom, "status.from", json!("Open"));
+    assert_eq!(
+        normalize(&custom, &Meta::default(), &jsm, now()),
+        Normalized::Ignored(IgnoreReason::StatusNotActionable)
+    );
+}
+
+#[test]
+fn a_transition_into_a_rules_approval_stage_is_a_stage_event() {
+    let mut jsm = jsm();
+    let mut body = fixture("webhook-created-in-mapped-status");
+    set(&mut body, "webhookEvent", json!("jira:issue_updated"));
+    let item = body
+        .pointer("/changelog/items")
+        .and_then(Value::as_array)
+        .and_then(|items| items.iter().position(|i| i.get("fieldId").and_then(Value::as_str) == Some("status")))
+        .expect("a status item");
+    set(&mut body, &format!("changelog.items.{item}.toString"), json!("Security approval"));
+    assert_eq!(
+        normalize(&body, &Meta::default(), &jsm, now()),
+        Normalized::Ignored(IgnoreReason::StatusNotActionable)
+    );
+    jsm.stage_statuses = vec!["Security Approval".into()];
+    let event = accepted(normalize(&body, &Meta::default(), &jsm, now()));
+    assert_eq!(event.app_status, AppStatus::Stage);
+    assert_eq!(event.status.to, "Security approval");
 }
