@@ -13,7 +13,7 @@ const EMAIL: &str = "accessgov-bot@example.com";
 const TOKEN: &str = "jsm-api-token";
 
 /// Points `[jsm]` at the mock with file-based credentials (no process env needed).
-fn use_jsm(c: &mut Config, server: &MockServer, dir: &tempfile::TempDir) {
+pub(crate) fn use_jsm(c: &mut Config, server: &MockServer, dir: &tempfile::TempDir) {
     let email = dir.path().join("email");
     let token = dir.path().join("token");
     std::fs::write(&email, EMAIL).unwrap();
@@ -29,7 +29,7 @@ fn use_jsm(c: &mut Config, server: &MockServer, dir: &tempfile::TempDir) {
     c.jsm.verify_approval = Some(false);
 }
 
-fn basic() -> String {
+pub(crate) fn basic() -> String {
     use std::io::Write;
     // base64 of "email:token", written out to avoid a dependency for one header.
     let raw = format!("{EMAIL}:{TOKEN}");
@@ -56,13 +56,13 @@ fn approval_by(approver: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-async fn post(app: &TestApp, body: &[u8]) -> uuid::Uuid {
+pub(crate) async fn post(app: &TestApp, body: &[u8]) -> uuid::Uuid {
     let resp = app.post_signed(body, None).await;
     assert_eq!(resp.status(), 202);
     resp.json::<Value>().await.unwrap()["event_id"].as_str().unwrap().parse().unwrap()
 }
 
-async fn actions_when(app: &TestApp, id: uuid::Uuid, last: &str) -> Vec<String> {
+pub(crate) async fn actions_when(app: &TestApp, id: uuid::Uuid, last: &str) -> Vec<String> {
     eventually(last, WAIT, || async {
         let rows: Vec<String> = app.audit_actions(id).await.into_iter().map(|r| r.0).collect();
         rows.iter().any(|a| a == last).then_some(rows)

@@ -14,4 +14,5 @@ mod ingress;
 mod jsm_flow;
 mod operator;
 mod pipeline;
+mod routing;
 mod worker;

@@ -1114,10 +1114,7 @@ fn automation_and_custom_bodies_of_a_new_ticket_are_created_events() {
     let updated = body.pointer("/issue/fields/updated").cloned().expect("an updated time");
     // Updated after creation, in a status that decides nothing: not ours.
     set(&mut body, "issue.fields.created", json!("2025-11-01T00:00:00.000+0000"));
-    assert_eq!(
-        normalize(&body, &Meta::default(), &jsm, now()),
-        Normalized::Ignored(IgnoreReason::StatusNotActionable)
-    );
+    assert_eq!(normalize(&body, &Meta::default(), &jsm, now()), Normalized::Ignored(IgnoreReason::StatusNotActionable));
     // Created and updated at the same instant: Automation's "Issue created".
     set(&mut body, "issue.fields.created", updated);
     let event = accepted(normalize(&body, &Meta::default(), &jsm, now()));
@@ -1147,10 +1144,7 @@ fn a_transition_into_a_rules_approval_stage_is_a_stage_event() {
         .and_then(|items| items.iter().position(|i| i.get("fieldId").and_then(Value::as_str) == Some("status")))
         .expect("a status item");
     set(&mut body, &format!("changelog.items.{item}.toString"), json!("Security approval"));
-    assert_eq!(
-        normalize(&body, &Meta::default(), &jsm, now()),
-        Normalized::Ignored(IgnoreReason::StatusNotActionable)
-    );
+    assert_eq!(normalize(&body, &Meta::default(), &jsm, now()), Normalized::Ignored(IgnoreReason::StatusNotActionable));
     jsm.stage_statuses = vec!["Security Approval".into()];
     let event = accepted(normalize(&body, &Meta::default(), &jsm, now()));
     assert_eq!(event.app_status, AppStatus::Stage);
