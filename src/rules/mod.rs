@@ -498,15 +498,12 @@ pub fn requester_allowed(
     rule.requesters.is_empty() || allowed_by(&rule.requesters, requester, groups, fields)
 }
 
-/// The people whose Jira groups the decision may need (for `group:` entries):
-/// the approvers the event shows, and the requester.
+/// The people whose Jira groups the decision may need (for `group:` approver entries).
 pub fn approver_candidates(event: &AccessEvent) -> Vec<&Person> {
-    let mut out: Vec<&Person> = match &event.approval {
+    match &event.approval {
         Some(a) => a.approved_by.iter().collect(),
         None => event.approver.iter().map(|a| &a.person).collect(),
-    };
-    out.extend(event.requester.iter());
-    out
+    }
 }
 
 /// An approver matches an entry by account id, by email (case-insensitive), or

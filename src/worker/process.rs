@@ -1007,19 +1007,22 @@ impl WorkerContext {
         let (Some(app), Some(level)) = (&event.application, &event.access_level) else {
             return Ok(out);
         };
-        let uses_groups = self.config.rule_for(app, level).is_some_and(|r| {
-            r.approvers
-                .iter()
-                .chain(&r.requesters)
-                .chain(r.stages.iter().flat_map(|s| &s.approvers))
-                .any(|a| a.starts_with("group:"))
-        });
-        let Some(jsm) = self.jsm.as_ref().filter(|_| uses_groups) else {
+        let Some(rule) = self.config.rule_for(app, level) else { return Ok(out) };
+        let groups = |entries: &[String]| entries.iter().any(|a| a.starts_with("group:"));
+        let approver_groups = groups(&rule.approvers) || rule.stages.iter().any(|s| groups(&s.approvers));
+        let requester_groups = groups(&rule.requesters);
+        let Some(jsm) = self.jsm.as_ref().filter(|_| approver_groups || requester_groups) else {
             return Ok(out);
         };
-        let mut accounts: Vec<&str> = rules::approver_candidates(event).iter().map(|p| p.account_id.as_str()).collect();
-        for approval in live_approvals.unwrap_or_default() {
-            accounts.extend(approval.approvers.iter().map(|(id, _)| id.as_str()));
+        let mut accounts: Vec<&str> = Vec::new();
+        if approver_groups {
+            accounts.extend(rules::approver_candidates(event).iter().map(|p| p.account_id.as_str()));
+            for approval in live_approvals.unwrap_or_default() {
+                accounts.extend(approval.approvers.iter().map(|(id, _)| id.as_str()));
+            }
+        }
+        if requester_groups {
+            accounts.extend(event.requester.as_ref().map(|p| p.account_id.as_str()));
         }
         for account in accounts {
             if !out.contains_key(account) {
