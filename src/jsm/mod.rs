@@ -4,6 +4,7 @@
 //! - [`JsmClient::approval_state`]: the live status and JSM approvals of a request, for
 //!   `[jsm] verify_approval`; [`confirms`] is the pure check of an event against it.
 //! - [`JsmClient::comment`] and [`JsmClient::transition`]: write-back.
+//! - [`setup`]: the reads and option writes of `accessgov jsm check` and `accessgov jsm sync-options`.
 //!
 //! Authentication is `Authorization: Basic base64(email:api_token)` on every call (Atlassian API tokens;
 //! scoped tokens need `https://api.atlassian.com/ex/jira/{cloudId}` as the base URL, which works because
@@ -13,6 +14,8 @@
 //! are transient, 429 is transient with the server's `Retry-After` / `X-RateLimit-Reset` hint, 401/403
 //! are an authorization problem, 404 is not found, any other 4xx is permanent. No message ever contains
 //! the API token, the email or the `Authorization` header.
+
+pub mod setup;
 
 use crate::config::AppStatus;
 use crate::event::AccessEvent;
