@@ -60,6 +60,68 @@ pub enum Command {
     /// Provider connections: test that each application's credentials work.
     #[command(subcommand)]
     Connectors(ConnectorsCommand),
+    /// Jira Service Management setup: check the site against the config, keep the select lists in step.
+    #[command(subcommand)]
+    Jsm(JsmCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JsmCommand {
+    /// Check the JSM site against everything the config names (the troubleshooting checklist)
+    ///
+    /// Reads the site with the [jsm] credentials; changes nothing.
+    ///
+    /// One table row per check (check, subject, result, fix):
+    ///   - credentials: jsm.email_* and jsm.api_token_* are set and the site accepts them
+    ///     (when they are missing, that is the only row);
+    ///   - project: each [jsm] projects key exists (empty: a warning, and only fields are checked);
+    ///   - request type: each [jsm.request_types] name exists in the project's service desk,
+    ///     exactly (the ingress matches it exactly);
+    ///   - field: each [jsm.fields] id exists and has the expected type: request_type JSM Request
+    ///     Type (vp-origin); application, access_level single select; approvals JSM Approvals;
+    ///     approvers multi-user picker; approver_groups multi-group picker; application_access
+    ///     cascading select; approver, requester and every rule's field:<id> a user picker (or
+    ///     assignee/reporter); duration, department and each application's subject_field exist
+    ///     (type shown);
+    ///   - status: each [jsm.statuses] name and rule stage status is a workflow status of the
+    ///     project, ignoring case as the ingress does; a misspelled one lists the closest names;
+    ///   - write-back: [jsm.write_back] transition_on_success/failure/invalid name a status of the
+    ///     project (a transition name can only be checked on a ticket: not found is a warning);
+    ///   - permission: the account's BROWSE_PROJECTS, EDIT_ISSUES, ADD_COMMENTS and
+    ///     TRANSITION_ISSUES in each project (missing but unneeded by the config: a warning).
+    ///
+    /// Exits 0 when every check passes (warnings allowed), 1 on any problem, 2 when the config
+    /// is invalid.
+    #[command(verbatim_doc_comment)]
+    Check {
+        /// Print the rows as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the Application and Access Type select lists offer exactly the configured
+    /// values, in every context of each field.
+    ///
+    /// Application ([jsm.fields] application) gets the [applications] keys; Access Type
+    /// (access_level) gets every rule's access_level; when [jsm.fields] application_access
+    /// is set, that cascading select gets each application as a parent option and that
+    /// application's rules' access levels as its children. Missing options are added,
+    /// options no longer configured are disabled, configured options that are disabled
+    /// are enabled again, and an application option that differs only in case is
+    /// renamed. Options are never deleted: old tickets keep their value.
+    ///
+    /// Prints the diff (field, context, option, change) and then makes it, with progress
+    /// on stderr. Needs the Administer Jira global permission. Running it again after a
+    /// failure makes only the remaining changes. Exits 0 when the lists are in sync
+    /// (or, with --dry-run, after printing the diff), 1 when a read or write failed,
+    /// 2 when the config is invalid or the JSM credentials are missing.
+    SyncOptions {
+        /// Print the changes and make none.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the changes as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

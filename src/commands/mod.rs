@@ -5,6 +5,7 @@ mod audit;
 mod connectors;
 mod dlq;
 mod grants;
+mod jsm;
 mod output;
 mod simulate;
 
@@ -37,6 +38,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(cmd) => audit::run(&config, cmd).await,
         Command::Grants(cmd) => grants::run(&config, cmd).await,
         Command::Connectors(cmd) => connectors::run(&config, cmd).await,
+        Command::Jsm(cmd) => jsm::run(&config, cmd).await,
     }
 }
 

@@ -4,6 +4,7 @@
 //! - [`JsmClient::approval_state`]: the live status and JSM approvals of a request, for
 //!   `[jsm] verify_approval`; [`confirms`] is the pure check of an event against it.
 //! - [`JsmClient::comment`] and [`JsmClient::transition`]: write-back.
+//! - [`setup`]: the reads and option writes of `accessgov jsm check` and `accessgov jsm sync-options`.
 //!
 //! Authentication is `Authorization: Basic base64(email:api_token)` on every call (Atlassian API tokens;
 //! scoped tokens need `https://api.atlassian.com/ex/jira/{cloudId}` as the base URL, which works because
@@ -15,6 +16,7 @@
 //! the API token, the email or the `Authorization` header.
 
 mod routing;
+pub mod setup;
 
 use crate::config::AppStatus;
 use crate::event::AccessEvent;

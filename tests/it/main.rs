@@ -12,6 +12,7 @@ mod hardening;
 mod helpers;
 mod ingress;
 mod jsm_flow;
+mod jsm_setup;
 mod operator;
 mod pipeline;
 mod routing;
