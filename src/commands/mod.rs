@@ -66,11 +66,21 @@ fn config_check(path: &std::path::Path, config: &Config) -> ExitCode {
                 "warning: rules name group: approvers but JSM credentials (jsm.email_env, jsm.api_token_env) are not set: such entries match nobody"
             );
         }
+        if config.rules.iter().any(|r| !r.stages.is_empty()) {
+            eprintln!(
+                "warning: rules have approval stages but JSM credentials are not set: stages are checked against the live JSM approvals, so such rules grant nothing"
+            );
+        }
         if wb.comment || wb.transition_on_success.is_some() || wb.transition_on_failure.is_some() {
             eprintln!(
                 "warning: [jsm.write_back] is configured but JSM credentials are not set: nothing will be written back to tickets"
             );
         }
+    }
+    if config.jsm.projects.is_empty() {
+        eprintln!(
+            "warning: [jsm] projects is empty: events from every project whose request type has a mapped name are acted on; list your access project's key (projects = [\"ACC\"])"
+        );
     }
     print!("{}", config.summary());
     println!("ok: {} is valid", path.display());

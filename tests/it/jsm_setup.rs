@@ -24,11 +24,12 @@ fn ok(body: Value) -> ResponseTemplate {
     ResponseTemplate::new(200).set_body_json(body)
 }
 
-/// The example config pointed at the mock, serving project ACC, with `edit` applied to the text.
+/// The example config (serving project ACC) pointed at the mock, with `edit` applied to the text.
 fn write_config(dir: &tempfile::TempDir, server: &MockServer, edit: impl FnOnce(String) -> String) -> String {
+    assert!(EXAMPLE_CONFIG.contains("\nprojects = [\"ACC\"]\n"), "the example serves project ACC");
     let text = EXAMPLE_CONFIG.replacen(
         "base_url = \"https://example.atlassian.net\"",
-        &format!("base_url = \"{}\"\nprojects = [\"ACC\"]", server.uri()),
+        &format!("base_url = \"{}\"", server.uri()),
         1,
     );
     let path = dir.path().join("accessgov.toml");
