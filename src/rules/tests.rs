@@ -441,3 +441,105 @@ mod no_panic {
         }
     }
 }
+
+/// The example config with the Confluence/Write rule changed by `edit`.
+fn with_rule(edit: impl FnOnce(&mut crate::config::RuleConfig)) -> Config {
+    let mut c = config();
+    edit(c.rules.iter_mut().find(|r| r.application == "Confluence").expect("the Confluence rule"));
+    c
+}
+
+#[test]
+fn a_requester_the_rule_does_not_list_is_refused_even_when_approved() {
+    let c = with_rule(|r| r.requesters = vec!["group:engineering".into(), "field:customfield_10200".into()]);
+    let e = event(RequestAction::Grant, AppStatus::Approved);
+    assert_eq!(refusal(decide(&e, &c, &none())).code(), "requester_not_allowed");
+    // By group membership...
+    assert!(matches!(decide(&e, &c, &groups(REQUESTER, &["Engineering"])), Decision::Grant { .. }));
+    // ...or named by the ticket field the rule points at.
+    let mut named = e.clone();
+    named.raw_fields.insert("customfield_10200".into(), serde_json::json!({"accountId": REQUESTER}));
+    assert!(matches!(decide(&named, &c, &none()), Decision::Grant { .. }));
+    // Removing access is never gated on who asks.
+    let removal = event(RequestAction::Revoke, AppStatus::Approved);
+    assert!(matches!(decide(&removal, &c, &none()), Decision::Revoke { .. }));
+}
+
+#[test]
+fn a_field_approver_is_the_user_in_that_ticket_field() {
+    let c = with_rule(|r| r.approvers = vec!["field:customfield_10200".into()]);
+    let mut e = event(RequestAction::Grant, AppStatus::Approved);
+    assert_eq!(refusal(decide(&e, &c, &none())).code(), "approver_not_allowed");
+    e.raw_fields.insert("customfield_10200".into(), serde_json::json!({"accountId": APPROVER}));
+    assert!(matches!(decide(&e, &c, &none()), Decision::Grant { .. }));
+}
+
+#[test]
+fn without_rule_approvers_the_applications_owner_approves() {
+    let mut c = with_rule(|r| r.approvers.clear());
+    c.applications.get_mut("Confluence").unwrap().owner = Some(APPROVER.into());
+    let e = event(RequestAction::Grant, AppStatus::Approved);
+    assert!(matches!(decide(&e, &c, &none()), Decision::Grant { .. }));
+    c.applications.get_mut("Confluence").unwrap().owner = Some("someone-else".into());
+    assert_eq!(refusal(decide(&e, &c, &none())).code(), "approver_not_allowed");
+}
+
+fn live(name: &str, decision: &str, approvers: &[(&str, &str)], done_ms: i64) -> crate::jsm::Approval {
+    crate::jsm::Approval {
+        id: name.into(),
+        name: name.into(),
+        final_decision: decision.into(),
+        approvers: approvers.iter().map(|(a, d)| ((*a).to_owned(), (*d).to_owned())).collect(),
+        completed_epoch_ms: Some(done_ms),
+    }
+}
+
+#[test]
+fn a_staged_rule_grants_only_when_every_stage_has_enough_allowed_approvals() {
+    use crate::config::StageConfig;
+    let c = with_rule(|r| {
+        r.approvers.clear();
+        r.stages = vec![
+            StageConfig { status: "Manager approval".into(), approvers: vec!["mgr".into()], min_approvals: 1 },
+            StageConfig {
+                status: "Security approval".into(),
+                approvers: vec!["group:security".into(), REQUESTER.into()],
+                min_approvals: 2,
+            },
+        ];
+    });
+    let e = event(RequestAction::Grant, AppStatus::Approved);
+    let facts = |approvals: Vec<crate::jsm::Approval>| Facts {
+        approver_groups: [("sec-1".to_owned(), vec!["security".to_owned()]), ("sec-2".into(), vec!["security".into()])]
+            .into_iter()
+            .collect(),
+        live_approvals: Some(approvals),
+        ..Facts::default()
+    };
+    // Not read (no JSM credentials): never granted.
+    assert_eq!(refusal(decide(&e, &c, &none())).code(), "approval_not_confirmed");
+    let manager = live("Manager approval", "approved", &[("mgr", "approved")], 1_000);
+    // The first stage alone.
+    match refusal(decide(&e, &c, &facts(vec![manager.clone()]))) {
+        Refusal::StageNotApproved { stage, needed, approved_by } => {
+            assert_eq!((stage.as_str(), needed, approved_by.len()), ("Security approval", 2, 0));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Two approvers, but one is the requester (distinct approvers required): one short.
+    let with_requester =
+        live("Security approval", "approved", &[("sec-1", "approved"), (REQUESTER, "approved")], 2_000);
+    assert_eq!(refusal(decide(&e, &c, &facts(vec![manager.clone(), with_requester]))).code(), "stage_not_approved");
+    // A declined approval of the stage does not count, whoever approved in it.
+    let declined = live("Security approval", "declined", &[("sec-1", "approved"), ("sec-2", "approved")], 2_000);
+    assert_eq!(refusal(decide(&e, &c, &facts(vec![manager.clone(), declined]))).code(), "stage_not_approved");
+    let both = live("Security approval", "approved", &[("sec-1", "approved"), ("sec-2", "approved")], 2_000);
+    match decide(&e, &c, &facts(vec![manager.clone(), both.clone()])) {
+        Decision::Grant { approver, .. } => assert_eq!(approver.account_id, "sec-1"),
+        other => panic!("{other:?}"),
+    }
+    // Approvals completed before the ticket's last revoke are spent.
+    let mut spent = facts(vec![manager, both]);
+    spent.last_revoke_at = Some(chrono::DateTime::from_timestamp_millis(1_500).unwrap());
+    assert_eq!(refusal(decide(&e, &c, &spent)).code(), "stage_not_approved");
+}

@@ -437,3 +437,18 @@ async fn assert_cut_off_mid_headers(addr: std::net::SocketAddr, partial: &[u8]) 
         .expect("the listener closes the connection instead of waiting for the headers forever");
     assert!(read.map_or(true, |n| n == 0), "{:?}", String::from_utf8_lossy(&buf));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_of_another_project_is_ignored_as_other_project_and_counted() {
+    let app = spawn_app().await;
+    assert_eq!(app.config.jsm.projects, vec!["ACC".to_owned()]);
+    // The same approval, in a project with the same request type names that accessgov does not serve.
+    let mut v: serde_json::Value = serde_json::from_slice(&fixture(APPROVED)).unwrap();
+    v["issue"]["fields"]["project"]["key"] = "HR".into();
+    let resp = app.post_signed(&serde_json::to_vec(&v).unwrap(), None).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<serde_json::Value>().await.unwrap(), serde_json::json!({"ignored": "other_project"}));
+    let text = metrics(&app).await;
+    assert!(text.contains("accessgov_ingress_ignored_total{reason=\"other_project\"} 1"), "{text}");
+    assert_eq!(app.post_signed(&fixture(APPROVED), None).await.status(), 202, "the ACC ticket is accepted");
+}
