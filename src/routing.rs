@@ -124,6 +124,28 @@ fn validate<'a>(
     Ok((application, app, rule, subject, lasts))
 }
 
+/// The routing as `simulate` shows it (offline: no groups read, so a rule whose
+/// `requesters` are only groups shows as refusing the requester).
+pub fn summary(event: &AccessEvent, config: &Config) -> serde_json::Value {
+    match route(event, config, &[]) {
+        Routing::Route(r) => serde_json::json!({
+            "route": r.step,
+            "application": r.application,
+            "access_level": r.rule.access_level,
+            "stage": r.stage.map(|i| r.rule.stages[i].status.clone()),
+            "approvers": r.approvers,
+            "plan": r.rule.plan,
+            "lasts": r.lasts.map(crate::config::duration::format),
+        }),
+        Routing::Invalid(refusal) => serde_json::json!({
+            "invalid": refusal.code(),
+            "reason": refusal.message(),
+            "comment": invalid_comment(&refusal),
+        }),
+        Routing::Skip(reason) => serde_json::json!({"skip": reason}),
+    }
+}
+
 /// Whether the rule lists `group:` requesters (the worker then reads the requester's groups).
 pub fn needs_requester_groups(event: &AccessEvent, config: &Config) -> bool {
     let (Some(app), Some(level)) = (&event.application, &event.access_level) else { return false };

@@ -50,7 +50,9 @@ pub fn run(config: &Config, args: &SimulateArgs) -> anyhow::Result<ExitCode> {
                 ..rules::Facts::default()
             };
             let decision = rules::decide(&event, config, &facts);
-            json!({"outcome": "accepted", "ignore_reason": null, "event": event, "decision": decision})
+            // A new ticket (or an approval stage) is routed, not decided: show the routing.
+            let routing = event.app_status.is_routing().then(|| crate::routing::summary(&event, config));
+            json!({"outcome": "accepted", "ignore_reason": null, "event": event, "decision": decision, "routing": routing})
         }
     };
     print_json(&out)?;

@@ -144,6 +144,31 @@ fn simulate_prints_the_event_and_decision_and_checks_given_headers() {
     assert!(v["event"].is_null() && v["decision"].is_null(), "{v}");
 }
 
+#[test]
+fn simulate_shows_how_a_new_ticket_would_be_routed_or_why_it_is_invalid() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, EXAMPLE_CONFIG);
+    let mut body: serde_json::Value =
+        serde_json::from_slice(&fixture("webhook-approved-confluence-write.json")).unwrap();
+    body["webhookEvent"] = "jira:issue_created".into();
+    body["timestamp"] = chrono::Utc::now().timestamp_millis().into();
+    let event = dir.path().join("created.json");
+    std::fs::write(&event, serde_json::to_vec(&body).unwrap()).unwrap();
+    let out = accessgov(&["simulate", "--config", &path, "--event", &event.display().to_string()], SECRETS);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["event"]["app_status"], "created");
+    assert_eq!(v["decision"]["decision"], "no_action", "a creation never grants");
+    assert_eq!(v["routing"]["route"], "created");
+    assert_eq!(v["routing"]["approvers"], serde_json::json!(["group:confluence-admins", "5f8e1b2c3d4a5b6c7d8e9f01"]));
+
+    body["issue"]["fields"]["customfield_10051"]["value"] = "Superuser".into();
+    std::fs::write(&event, serde_json::to_vec(&body).unwrap()).unwrap();
+    let out = accessgov(&["simulate", "--config", &path, "--event", &event.display().to_string()], SECRETS);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["routing"]["invalid"], "no_rule_for_access_level", "{v}");
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
