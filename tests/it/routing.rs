@@ -283,8 +283,29 @@ async fn a_two_stage_rule_grants_only_after_both_stages() {
         .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": "1"})))
         .mount(&server)
         .await;
+    // Entering the security stage sets that stage's approvers: its group, in the groups field.
+    Mock::given(method("GET"))
+        .and(path("/rest/api/3/issue/ACC-42"))
+        .and(query_param("fields", "customfield_10003,customfield_10004"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"key": "ACC-42", "fields": {"customfield_10003": [{"accountId": "mgr-1"}], "customfield_10004": null}}),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path("/rest/api/3/issue/ACC-42"))
+        .and(header("authorization", basic().as_str()))
+        .and(body_json(json!({"fields": {"customfield_10003": [], "customfield_10004": [{"name": "security"}]}})))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&server)
+        .await;
     let (app, provider) = spawn_live_app(|c| {
         use_jsm(c, &server, &dir);
+        c.jsm.fields.approvers = Some("customfield_10003".into());
+        c.jsm.fields.approver_groups = Some("customfield_10004".into());
+        c.jsm.stage_statuses = vec!["Manager approval".into(), "Security approval".into()];
         c.jsm.verify_approval = Some(true);
         let rule = c.rules.iter_mut().find(|r| r.application == LIVE_APP).unwrap();
         rule.approvers.clear();
@@ -300,6 +321,16 @@ async fn a_two_stage_rule_grants_only_after_both_stages() {
     .await;
 
     let first = fixture("webhook-approved-confluence-write.json");
+    let mut entered: Value = serde_json::from_slice(&first).unwrap();
+    entered["changelog"]["id"] = json!("20070");
+    let status_item =
+        entered["changelog"]["items"].as_array_mut().unwrap().iter_mut().find(|i| i["fieldId"] == "status").unwrap();
+    status_item["toString"] = json!("Security approval");
+    let stage = post(&app, &serde_json::to_vec(&entered).unwrap()).await;
+    let actions = actions_when(&app, stage, "routed").await;
+    assert_eq!(actions, ["received", "routed"]);
+    assert!(provider.calls().is_empty(), "entering a stage grants nothing");
+
     let id = post(&app, &first).await;
     actions_when(&app, id, "denied_by_policy").await;
     let reason: String =
