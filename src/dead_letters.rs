@@ -365,7 +365,8 @@ pub struct Preview {
     pub ticket: Option<String>,
     /// `not_replayable`, `closed` (needs --force), `duplicate`, `no_action`,
     /// `denied_by_policy`, `superseded`, `dry_run` (application in dry-run
-    /// mode: audited, no provider call) or `apply`.
+    /// mode: audited, no provider call), `route` (a new ticket or an approval
+    /// stage: approvers and plan, no provider call) or `apply`.
     pub would: &'static str,
     pub decision: Option<Decision>,
     /// The provider calls the worker would make (or, in dry-run mode, record).
@@ -445,6 +446,21 @@ pub async fn preview(
     }
     if verify_approval && matches!(decision, Decision::Grant { .. } | Decision::Change { .. }) {
         p.remarks.push("verify_approval is on: the worker will first confirm the approval on the live ticket".into());
+    }
+    if event.app_status.is_routing() {
+        // A routing event grants nothing: the replay routes the ticket (approvers, plan), once.
+        p.would = if p.would == "apply" { "route" } else { p.would };
+        p.remarks.push(format!(
+            "a {} event: the worker would route the ticket ({}), writing only what the ticket does not show yet",
+            if event.app_status == crate::config::AppStatus::Created { "created" } else { "stage" },
+            match crate::routing::route(&event, config, &[]) {
+                crate::routing::Routing::Route(r) => format!("approvers {}", r.approvers.join(", ")),
+                crate::routing::Routing::Invalid(refusal) => format!("invalid: {}", refusal.message()),
+                crate::routing::Routing::Skip(reason) => format!("skipped: {reason}"),
+            }
+        ));
+        p.decision = Some(decision);
+        return Ok(p);
     }
 
     let mut tx = pool.begin().await?;

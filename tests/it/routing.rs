@@ -351,3 +351,46 @@ async fn a_two_stage_rule_grants_only_after_both_stages() {
     assert_eq!(actions[..3], ["received", "decided", "granted"]);
     assert_eq!(provider.calls().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routing_jira_refuses_is_dead_lettered_and_its_replay_preview_routes_without_provider_calls() {
+    use accessgov::dead_letters::{self, Filter, StateFilter};
+    let server = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    mount_group(&server, &["admin-1"]).await;
+    mount_issue(&server, &[]).await;
+    // The Approvers field is not on the edit screen: a permanent error.
+    Mock::given(method("PUT"))
+        .and(path("/rest/api/3/issue/ACC-42"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(
+            json!({"errorMessages": [], "errors": {APPROVERS_FIELD: "Field cannot be set. It is not on the appropriate screen"}}),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/rest/servicedeskapi/request/ACC-42/comment"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": "1"})))
+        .mount(&server)
+        .await;
+    let (app, provider) = spawn_live_app(|c| routing_config(c, &server, &dir)).await;
+
+    let id = post(&app, &creation()).await;
+    let actions = actions_when(&app, id, "dead_lettered").await;
+    assert!(actions.starts_with(&["received".to_owned(), "provider_error".to_owned()]), "{actions:?}");
+    assert!(!actions.contains(&"routed".to_owned()), "nothing was recorded as routed: {actions:?}");
+    let routed: i64 = sqlx::query_scalar("SELECT count(*) FROM routings").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(routed, 0, "a failed routing is not marked done, so a replay routes it");
+
+    let open = Filter { state: StateFilter::Open, ..Default::default() };
+    let letter = eventually("the dead letter", WAIT, || async {
+        dead_letters::list(&app.pool, &open).await.unwrap().into_iter().find(|d| d.event_id == Some(id))
+    })
+    .await;
+    let preview = dead_letters::preview(&app.pool, &app.config, &letter, None).await.unwrap();
+    assert_eq!(preview.would, "route");
+    assert!(preview.provider_calls.is_empty());
+    assert!(preview.remarks.iter().any(|r| r.contains("approvers group:confluence-admins")), "{:?}", preview.remarks);
+    assert!(provider.calls().is_empty());
+    server.verify().await;
+}
