@@ -105,6 +105,13 @@ pub async fn route(ctx: &WorkerContext, event: &AccessEvent, attempt: u32) -> Re
                         "approvers": resolved,
                         "plan": record,
                         "written": wrote,
+                        "note": if route.app.dry_run {
+                            Some("dry-run application: nothing read from or written to JSM")
+                        } else if ctx.jsm.is_none() {
+                            Some("no JSM credentials ([jsm] email_env, api_token_env): nothing written to the ticket")
+                        } else {
+                            None
+                        },
                     });
                     rows.push(e);
                     let plan_json = serde_json::to_value(&record).unwrap_or_default();

@@ -394,3 +394,64 @@ async fn a_routing_jira_refuses_is_dead_lettered_and_its_replay_preview_routes_w
     assert!(provider.calls().is_empty());
     server.verify().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_applied_comment_says_what_changed_since_the_plan() {
+    use wiremock::matchers::path_regex;
+    let server = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    mount_group(&server, &["admin-1"]).await;
+    mount_issue(&server, &[]).await;
+    mount_comments(&server, &[]).await;
+    Mock::given(method("GET"))
+        .and(path("/rest/api/3/user/groups"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path("/rest/api/3/issue/ACC-42"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/rest/servicedeskapi/request/ACC-4[23]/comment$"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": "1"})))
+        .mount(&server)
+        .await;
+    let (app, provider) = spawn_live_app(|c| routing_config(c, &server, &dir)).await;
+
+    // ACC-42 is created: the plan adds Dana to confluence-developers.
+    let created = post(&app, &creation()).await;
+    actions_when(&app, created, "routed").await;
+    // Before it is approved, another ticket of Dana's gets the same group.
+    let mut other: Value = serde_json::from_slice(&fixture("webhook-approved-confluence-write.json")).unwrap();
+    other["issue"]["id"] = json!("10043");
+    other["issue"]["key"] = json!("ACC-43");
+    other["changelog"]["id"] = json!("20099");
+    let other = post(&app, &serde_json::to_vec(&other).unwrap()).await;
+    actions_when(&app, other, "written_back").await;
+    assert_eq!(provider.calls().len(), 1);
+    // ACC-42 is approved: nothing left to add, and its comment says the plan changed.
+    let approved = post(&app, &fixture("webhook-approved-confluence-write.json")).await;
+    let actions = actions_when(&app, approved, "written_back").await;
+    assert!(actions.contains(&"hold_added".to_owned()), "{actions:?}");
+    assert_eq!(provider.calls().len(), 1, "no second provider call");
+    let all = server.received_requests().await.unwrap();
+    let bodies: Vec<String> = requests_to(&all, "POST", "/rest/servicedeskapi/request/ACC-42/comment")
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["body"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(bodies.len(), 2, "the plan, then the outcome: {bodies:?}");
+    assert!(
+        bodies[1].contains(
+            "Changed since the plan posted when this request was routed: planned but no longer needed or \
+             configured: grant:confluence-developers."
+        ),
+        "{}",
+        bodies[1]
+    );
+    // ACC-43 was never routed: its comment has no such line.
+    let other_bodies = requests_to(&all, "POST", "/rest/servicedeskapi/request/ACC-43/comment");
+    let text: Value = serde_json::from_slice(&other_bodies[0].body).unwrap();
+    assert!(!text["body"].as_str().unwrap().contains("Changed since the plan"), "{text}");
+}
