@@ -78,7 +78,7 @@ pub fn route<'a>(event: &'a AccessEvent, config: &'a Config, requester_groups: &
     } else if let Some(first) = rule.stages.first() {
         (Some(0), first.approvers.clone())
     } else {
-        (None, rule.effective_approvers(Some(app)))
+        (None, rule.effective_approvers(Some(app)).into_owned())
     };
     Routing::Route(Route { application, app, rule, subject, step, stage, approvers, lasts })
 }

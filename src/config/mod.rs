@@ -592,11 +592,11 @@ fn one() -> usize {
 impl RuleConfig {
     /// Who may approve (single-stage rules): the rule's approvers, else the
     /// application's owner.
-    pub fn effective_approvers(&self, app: Option<&ApplicationConfig>) -> Vec<String> {
+    pub fn effective_approvers(&self, app: Option<&ApplicationConfig>) -> std::borrow::Cow<'_, [String]> {
         if !self.approvers.is_empty() {
-            return self.approvers.clone();
+            return std::borrow::Cow::Borrowed(&self.approvers);
         }
-        app.and_then(|a| a.owner.clone()).into_iter().collect()
+        std::borrow::Cow::Owned(app.and_then(|a| a.owner.clone()).into_iter().collect())
     }
 
     /// Targets this rule grants: the groups, or the permission level.
