@@ -196,6 +196,31 @@ impl ConnectorError {
     }
 }
 
+/// A member of a managed target, as the provider lists it (read-back).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The provider's own id of the user (Okta user id, Entra object id, GitHub
+    /// login, Atlassian account id, Identity Center user id, ...).
+    pub id: String,
+    /// Every identifier the provider shows for the user that a subject could be
+    /// addressed by (email, login, user name, account id), lowercased where the
+    /// provider compares them case-insensitively. Reconcile matches a hold's
+    /// [`Connector::identity`] against these.
+    pub keys: Vec<String>,
+    /// A name for people (display name or login), never used for matching.
+    pub display: Option<String>,
+}
+
+/// Whether a user exists at the provider and may sign in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserState {
+    Active,
+    /// Exists but suspended, deactivated, blocked or disabled.
+    Inactive,
+    NotFound,
+}
+
 /// One provider integration.
 pub trait Connector: Send + Sync {
     /// The provider kind (`okta`, `entra`, ...), for logs and audit rows.
@@ -214,13 +239,101 @@ pub trait Connector: Send + Sync {
     ) -> BoxFuture<'a, Result<RevokeOutcome, ConnectorError>>;
     /// Authenticates and makes the provider's cheapest read call.
     fn test_connection(&self) -> BoxFuture<'_, Result<(), ConnectorError>>;
+
+    // --- Read-back (drift, offboarding) ---------------------------------------------------
+
+    /// The identifier this connector addresses `subject` by (what `grant` looks the
+    /// user up with: email, login, user name or account id), in the form
+    /// [`Member::keys`] uses. Pure: no I/O. `Err` when the subject lacks it.
+    fn identity(&self, subject: &Subject) -> Result<String, ConnectorError> {
+        let _ = subject;
+        Err(ConnectorError::Permanent { reason: format!("{}: read-back is not implemented yet", self.kind()) })
+    }
+
+    /// Every member of `target` (every page, within the application's rate limit
+    /// and concurrency). For a permission-level target, every user holding exactly
+    /// that level. A target that does not exist is [`ConnectorError::NotFound`].
+    fn members<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<Vec<Member>, ConnectorError>> {
+        let _ = target;
+        Box::pin(async move {
+            Err(ConnectorError::Permanent { reason: format!("{}: read-back is not implemented yet", self.kind()) })
+        })
+    }
+
+    /// The names of the `targets` the subject is a member of (holds, for
+    /// permission-level targets), through the provider's per-user read where it
+    /// has one. A subject unknown to the provider holds none.
+    fn memberships<'a>(
+        &'a self,
+        subject: &'a Subject,
+        targets: &'a [Target],
+    ) -> BoxFuture<'a, Result<Vec<String>, ConnectorError>> {
+        let _ = (subject, targets);
+        Box::pin(async move {
+            Err(ConnectorError::Permanent { reason: format!("{}: read-back is not implemented yet", self.kind()) })
+        })
+    }
+
+    /// Whether the subject exists at the provider and is active.
+    fn user_state<'a>(&'a self, subject: &'a Subject) -> BoxFuture<'a, Result<UserState, ConnectorError>> {
+        let _ = subject;
+        Box::pin(async move {
+            Err(ConnectorError::Permanent { reason: format!("{}: read-back is not implemented yet", self.kind()) })
+        })
+    }
 }
 
 /// Implements [`Connector`] for a provider type from its inherent async
 /// methods, so that each provider file holds only its logic.
 macro_rules! connector_impl {
     ($ty:ty, $kind:expr, grant: $grant:ident, revoke: $revoke:ident, test: $test:ident) => {
+        $crate::connectors::connector_impl!(@impl $ty, $kind, $grant, $revoke, $test, {});
+    };
+    (
+        $ty:ty, $kind:expr, grant: $grant:ident, revoke: $revoke:ident, test: $test:ident,
+        identity: $identity:ident, members: $members:ident, memberships: $memberships:ident, user_state: $state:ident
+    ) => {
+        $crate::connectors::connector_impl!(@impl $ty, $kind, $grant, $revoke, $test, {
+            fn identity(
+                &self,
+                subject: &$crate::connectors::Subject,
+            ) -> Result<String, $crate::connectors::ConnectorError> {
+                self.$identity(subject)
+            }
+
+            fn members<'a>(
+                &'a self,
+                target: &'a $crate::connectors::Target,
+            ) -> futures_util::future::BoxFuture<
+                'a,
+                Result<Vec<$crate::connectors::Member>, $crate::connectors::ConnectorError>,
+            > {
+                Box::pin(self.$members(target))
+            }
+
+            fn memberships<'a>(
+                &'a self,
+                subject: &'a $crate::connectors::Subject,
+                targets: &'a [$crate::connectors::Target],
+            ) -> futures_util::future::BoxFuture<'a, Result<Vec<String>, $crate::connectors::ConnectorError>> {
+                Box::pin(self.$memberships(subject, targets))
+            }
+
+            fn user_state<'a>(
+                &'a self,
+                subject: &'a $crate::connectors::Subject,
+            ) -> futures_util::future::BoxFuture<
+                'a,
+                Result<$crate::connectors::UserState, $crate::connectors::ConnectorError>,
+            > {
+                Box::pin(self.$state(subject))
+            }
+        });
+    };
+    (@impl $ty:ty, $kind:expr, $grant:ident, $revoke:ident, $test:ident, { $($read:tt)* }) => {
         impl $crate::connectors::Connector for $ty {
+            $($read)*
+
             fn kind(&self) -> &'static str {
                 $kind
             }
