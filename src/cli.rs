@@ -339,6 +339,27 @@ pub enum GrantsCommand {
     /// The ledger: who holds what, through which tickets, since when, until when
     /// (one table line per ticket hold), or JSON.
     List(GrantsListArgs),
+    /// Drift: read back every managed target of every live application (its rules'
+    /// groups or permission levels, and anything the ledger holds) and compare it
+    /// with the ledger. `missing`: a ticket holds the access but the provider does
+    /// not list the user (removed by hand, undone by an IdP sync); `unmanaged`: a
+    /// member no ticket accounts for. Reads only: nothing is granted or removed.
+    /// Prints a table (or --json), with progress on stderr, and audits the run
+    /// (`reconciled`, with its counts and the operator). Exits 0 when everything is
+    /// in sync, 1 when drift was found or a target could not be read.
+    Reconcile(ReconcileArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReconcileArgs {
+    /// Only this application (a key of [applications]; dry-run applications are never read).
+    #[arg(long)]
+    pub application: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub operator: OperatorArg,
 }
 
 #[derive(Debug, clap::Args)]

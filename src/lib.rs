@@ -46,6 +46,7 @@ pub mod operator;
 pub mod ops;
 pub mod pipeline;
 pub mod progress;
+pub mod reconcile;
 pub mod routing;
 pub mod rules;
 pub mod shutdown;

@@ -1,7 +1,7 @@
 //! `accessgov grants list`: the ledger.
 
 use super::output::{self, Table};
-use crate::cli::{GrantsCommand, GrantsListArgs};
+use crate::cli::{GrantsCommand, GrantsListArgs, ReconcileArgs};
 use crate::config::Config;
 use crate::db;
 use crate::grants::list::{self, Filter};
@@ -12,6 +12,7 @@ pub async fn run(config: &Config, cmd: GrantsCommand) -> anyhow::Result<ExitCode
     let pool = db::pool(&config.database.url, 2, &config.database.timeouts())?;
     let result = match cmd {
         GrantsCommand::List(args) => list(&pool, &args).await,
+        GrantsCommand::Reconcile(args) => reconcile(&pool, config, &args).await,
     };
     pool.close().await;
     result
@@ -86,4 +87,91 @@ async fn list(pool: &sqlx::PgPool, args: &GrantsListArgs) -> anyhow::Result<Exit
     print!("{}", t.render());
     eprintln!("{} grant(s)", grants.len());
     Ok(ExitCode::SUCCESS)
+}
+
+async fn reconcile(pool: &sqlx::PgPool, config: &Config, args: &ReconcileArgs) -> anyhow::Result<ExitCode> {
+    use crate::reconcile::{self, Finding};
+    use std::io::IsTerminal;
+    let operator = crate::operator::Operator::from_cli(args.operator.operator.as_deref(), &crate::config::process_env)
+        .map_err(anyhow::Error::msg)?;
+    if let Some(app) = &args.application {
+        match config.applications.get(app) {
+            None => anyhow::bail!("--application {app:?} is not configured under [applications]"),
+            Some(a) if a.dry_run => anyhow::bail!("--application {app:?} is dry_run: accessgov never reads it"),
+            Some(_) => {}
+        }
+    }
+    let connectors = match crate::connectors::build(config) {
+        Ok(c) => c,
+        Err(problems) => {
+            for p in problems {
+                eprintln!("error: {p}");
+            }
+            return Ok(ExitCode::from(super::EXIT_CONFIG));
+        }
+    };
+    if connectors.is_empty() {
+        eprintln!("no live application: every application is dry_run, so there is nothing to read back");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let terminal = std::io::stderr().is_terminal();
+    let mut progress = |i: usize, n: usize, app: &str, target: &str| {
+        if terminal {
+            eprint!("\rreading {i}/{n}: {app} / {target}\x1b[K");
+        } else {
+            eprintln!("reading {i}/{n}: {app} / {target}");
+        }
+    };
+    let reports = reconcile::run(pool, config, &connectors, args.application.as_deref(), &operator, &mut progress)
+        .await
+        .context("reading the ledger")?;
+    if terminal {
+        eprintln!();
+    }
+    let missing = reconcile::count(&reports, |f| matches!(f, Finding::Missing { .. }));
+    let unmanaged = reconcile::count(&reports, |f| matches!(f, Finding::Unmanaged { .. }));
+    let unaddressable = reconcile::count(&reports, |f| matches!(f, Finding::Unaddressable { .. }));
+    let unreadable = reports.iter().filter(|r| r.error.is_some()).count();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        let mut t = Table::new(&["APPLICATION", "TARGET", "STATE", "USER", "DETAIL"]);
+        for r in &reports {
+            if let Some(e) = &r.error {
+                t.row(vec![r.application.clone(), r.target.clone(), "unreadable".into(), "-".into(), e.clone()]);
+                continue;
+            }
+            if r.findings.is_empty() {
+                t.row(vec![
+                    r.application.clone(),
+                    r.target.clone(),
+                    "in sync".into(),
+                    "-".into(),
+                    format!("{} member(s)", r.in_sync),
+                ]);
+            }
+            for f in &r.findings {
+                let (state, user, detail) = match f {
+                    Finding::Missing { subject, identity, tickets } => (
+                        "missing",
+                        subject.clone(),
+                        format!("{identity} is held through {} but not a member", tickets.join(", ")),
+                    ),
+                    Finding::Unmanaged { member, keys, display } => (
+                        "unmanaged",
+                        display.clone().unwrap_or_else(|| member.clone()),
+                        format!("a member no ticket accounts for ({})", keys.join(", ")),
+                    ),
+                    Finding::Unaddressable { subject, reason } => ("unaddressable", subject.clone(), reason.clone()),
+                };
+                t.row(vec![r.application.clone(), r.target.clone(), state.into(), user, detail]);
+            }
+        }
+        print!("{}", t.render());
+    }
+    eprintln!(
+        "{} target(s): {missing} missing, {unmanaged} unmanaged, {unaddressable} unaddressable, {unreadable} unreadable",
+        reports.len()
+    );
+    Ok(if missing + unmanaged + unaddressable + unreadable == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

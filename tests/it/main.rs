@@ -15,5 +15,6 @@ mod jsm_flow;
 mod jsm_setup;
 mod operator;
 mod pipeline;
+mod reconcile;
 mod routing;
 mod worker;

@@ -1,7 +1,9 @@
 //! A fake provider behind the `Connector` trait (tests only): it keeps a set of
 //! memberships, records every call, and fails on a script.
 
-use accessgov::connectors::{Connector, ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
+use accessgov::connectors::{
+    Connector, ConnectorError, GrantOutcome, Member, RevokeOutcome, Subject, Target, UserState,
+};
 use futures_util::future::BoxFuture;
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Mutex;
@@ -116,5 +118,41 @@ impl Connector for FakeConnector {
 
     fn test_connection(&self) -> BoxFuture<'_, Result<(), ConnectorError>> {
         Box::pin(async { Ok(()) })
+    }
+
+    /// The fake knows users by their JSM account id.
+    fn identity(&self, subject: &Subject) -> Result<String, ConnectorError> {
+        Ok(subject.account_id.clone())
+    }
+
+    fn members<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<Vec<Member>, ConnectorError>> {
+        Box::pin(async move {
+            Ok(self
+                .0
+                .members()
+                .into_iter()
+                .filter(|(_, t)| t == &target.name)
+                .map(|(user, _)| Member { id: user.clone(), keys: vec![user], display: None })
+                .collect())
+        })
+    }
+
+    fn memberships<'a>(
+        &'a self,
+        subject: &'a Subject,
+        targets: &'a [Target],
+    ) -> BoxFuture<'a, Result<Vec<String>, ConnectorError>> {
+        Box::pin(async move {
+            let held = self.0.members();
+            Ok(targets
+                .iter()
+                .filter(|t| held.contains(&(subject.account_id.clone(), t.name.clone())))
+                .map(|t| t.name.clone())
+                .collect())
+        })
+    }
+
+    fn user_state<'a>(&'a self, _subject: &'a Subject) -> BoxFuture<'a, Result<UserState, ConnectorError>> {
+        Box::pin(async { Ok(UserState::Active) })
     }
 }

@@ -1,0 +1,274 @@
+//! Drift: what the providers really hold, against the ledger (`accessgov grants
+//! reconcile`). Every managed target of every live application is read back
+//! ([`Connector::members`]) and compared with the ledger's active memberships:
+//!
+//! - `missing`: the ledger says the subject holds the target (a ticket holds it),
+//!   the provider does not list them: removed by hand, or undone by an IdP sync;
+//! - `unmanaged`: the provider lists a member that no hold accounts for.
+//!
+//! A membership is matched by the identifier the connector addresses the
+//! subject by ([`Connector::identity`], from the identity the hold recorded)
+//! against the keys the provider lists for each member. [`compare`] is pure;
+//! [`run`] reads and records one `reconciled` audit row with the counts.
+
+use crate::audit::{self, AuditEntry};
+use crate::config::Config;
+use crate::connectors::{Connector, Connectors, Member, Subject, Target};
+use serde::Serialize;
+use sqlx::PgPool;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// One active membership of the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// The JSM account id.
+    pub subject: String,
+    /// The identity the membership was granted to.
+    pub identity: Subject,
+    /// The tickets that hold it.
+    pub tickets: Vec<String>,
+}
+
+/// A difference between the ledger and a provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Finding {
+    /// Held in the ledger, absent at the provider.
+    Missing { subject: String, identity: String, tickets: Vec<String> },
+    /// A member at the provider that no hold accounts for.
+    Unmanaged { member: String, keys: Vec<String>, display: Option<String> },
+    /// The ledger's identity cannot be addressed by this connector.
+    Unaddressable { subject: String, reason: String },
+}
+
+/// One target read back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TargetReport {
+    pub application: String,
+    pub target: String,
+    /// Memberships both sides agree on.
+    pub in_sync: usize,
+    pub findings: Vec<Finding>,
+    /// The target could not be read (the error); nothing is concluded about it.
+    pub error: Option<String>,
+}
+
+/// Compares one target's ledger memberships with its members at the provider.
+/// Pure. `identity` is the connector's [`Connector::identity`].
+pub fn compare(
+    held: &[Held],
+    members: &[Member],
+    identity: impl Fn(&Subject) -> Result<String, String>,
+) -> (usize, Vec<Finding>) {
+    let listed: BTreeSet<&str> = members.iter().flat_map(|m| m.keys.iter().map(String::as_str)).collect();
+    let mut accounted: BTreeSet<String> = BTreeSet::new();
+    let mut in_sync = 0;
+    let mut findings = Vec::new();
+    for h in held {
+        match identity(&h.identity) {
+            Ok(key) if listed.contains(key.as_str()) => {
+                in_sync += 1;
+                accounted.insert(key);
+            }
+            Ok(key) => findings.push(Finding::Missing {
+                subject: h.subject.clone(),
+                identity: key,
+                tickets: h.tickets.clone(),
+            }),
+            Err(reason) => findings.push(Finding::Unaddressable { subject: h.subject.clone(), reason }),
+        }
+    }
+    for m in members {
+        if !m.keys.iter().any(|k| accounted.contains(k)) {
+            findings.push(Finding::Unmanaged {
+                member: m.id.clone(),
+                keys: m.keys.clone(),
+                display: m.display.clone(),
+            });
+        }
+    }
+    (in_sync, findings)
+}
+
+/// The managed targets of each live application: its rules' targets and any
+/// target its ledger holds.
+pub async fn targets(
+    pool: &PgPool,
+    config: &Config,
+    connectors: &Connectors,
+    only: Option<&str>,
+) -> Result<BTreeMap<String, BTreeSet<String>>, sqlx::Error> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for name in connectors.keys().filter(|n| only.is_none_or(|o| o == n.as_str())) {
+        let entry = out.entry(name.clone()).or_default();
+        entry.extend(config.rules.iter().filter(|r| &r.application == name).flat_map(|r| r.targets()));
+    }
+    let apps: Vec<String> = out.keys().cloned().collect();
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT DISTINCT application, target FROM access_grants WHERE state = 'active' AND application = ANY($1)",
+    )
+    .bind(&apps)
+    .fetch_all(pool)
+    .await?;
+    for (app, target) in rows {
+        out.entry(app).or_default().insert(target);
+    }
+    Ok(out)
+}
+
+/// The ledger's active memberships of one target.
+pub async fn held(pool: &PgPool, application: &str, target: &str) -> Result<Vec<Held>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        subject: String,
+        subject_info: Option<serde_json::Value>,
+        tickets: Vec<String>,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT g.subject, g.subject_info, \
+                COALESCE(array_agg(h.ticket ORDER BY h.ticket) FILTER (WHERE h.ticket IS NOT NULL), '{}') AS tickets \
+         FROM access_grants g LEFT JOIN grant_holds h ON h.grant_id = g.id \
+         WHERE g.application = $1 AND g.target = $2 AND g.state = 'active' \
+         GROUP BY g.id ORDER BY g.subject",
+    )
+    .bind(application)
+    .bind(target)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Held {
+            identity: r.subject_info.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_else(|| Subject {
+                account_id: r.subject.clone(),
+                email: None,
+                display_name: None,
+                fields: BTreeMap::new(),
+            }),
+            subject: r.subject,
+            tickets: r.tickets,
+        })
+        .collect())
+}
+
+/// Reads back every managed target (of `only`, or of every live application),
+/// compares, and audits one `reconciled` row with the counts. `progress` is
+/// told each target as it is read.
+pub async fn run(
+    pool: &PgPool,
+    config: &Config,
+    connectors: &Connectors,
+    only: Option<&str>,
+    operator: &crate::operator::Operator,
+    progress: &mut dyn FnMut(usize, usize, &str, &str),
+) -> Result<Vec<TargetReport>, sqlx::Error> {
+    let all = targets(pool, config, connectors, only).await?;
+    let total: usize = all.values().map(BTreeSet::len).sum();
+    let mut reports = Vec::new();
+    for (app, targets) in &all {
+        let Some(connector) = connectors.get(app) else { continue };
+        for target in targets {
+            progress(reports.len() + 1, total, app, target);
+            reports.push(one(pool, config, connector.as_ref(), app, target).await?);
+        }
+    }
+    let mut row =
+        AuditEntry::new("reconciled", if reports.iter().all(|r| r.error.is_none()) { "ok" } else { "failed" });
+    row.actor = Some(operator.name.clone());
+    row.application = only.map(str::to_owned);
+    row.detail = serde_json::json!({
+        "via": operator.via.as_str(),
+        "targets": reports.len(),
+        "in_sync": reports.iter().map(|r| r.in_sync).sum::<usize>(),
+        "missing": count(&reports, |f| matches!(f, Finding::Missing { .. })),
+        "unmanaged": count(&reports, |f| matches!(f, Finding::Unmanaged { .. })),
+        "unaddressable": count(&reports, |f| matches!(f, Finding::Unaddressable { .. })),
+        "unreadable": reports.iter().filter(|r| r.error.is_some()).map(|r| format!("{}/{}", r.application, r.target)).collect::<Vec<_>>(),
+    });
+    let mut tx = pool.begin().await?;
+    audit::append(&mut tx, &[row]).await?;
+    tx.commit().await?;
+    Ok(reports)
+}
+
+async fn one(
+    pool: &PgPool,
+    config: &Config,
+    connector: &dyn Connector,
+    app: &str,
+    target: &str,
+) -> Result<TargetReport, sqlx::Error> {
+    let held = held(pool, app, target).await?;
+    let role = config.rules.iter().find(|r| r.application == app && r.targets().iter().any(|t| t == target));
+    let t = Target { name: target.to_owned(), role: role.and_then(|r| r.role.clone()) };
+    let mut report = TargetReport {
+        application: app.to_owned(),
+        target: target.to_owned(),
+        in_sync: 0,
+        findings: vec![],
+        error: None,
+    };
+    match connector.members(&t).await {
+        Ok(members) => {
+            let (in_sync, findings) = compare(&held, &members, |s| connector.identity(s).map_err(|e| e.to_string()));
+            report.in_sync = in_sync;
+            report.findings = findings;
+        }
+        Err(e) => report.error = Some(e.to_string()),
+    }
+    Ok(report)
+}
+
+/// How many findings of all reports match.
+pub fn count(reports: &[TargetReport], f: impl Fn(&Finding) -> bool) -> usize {
+    reports.iter().flat_map(|r| &r.findings).filter(|x| f(x)).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subject(id: &str, email: &str) -> Subject {
+        Subject { account_id: id.into(), email: Some(email.into()), display_name: None, fields: BTreeMap::new() }
+    }
+
+    fn member(id: &str, keys: &[&str]) -> Member {
+        Member { id: id.into(), keys: keys.iter().map(|k| (*k).to_owned()).collect(), display: None }
+    }
+
+    fn by_email(s: &Subject) -> Result<String, String> {
+        s.email.as_deref().map(str::to_lowercase).ok_or_else(|| format!("{} has no email", s.account_id))
+    }
+
+    #[test]
+    fn held_and_listed_memberships_are_in_sync_and_each_side_alone_is_a_finding() {
+        let held = vec![
+            Held { subject: "a".into(), identity: subject("a", "Ann@example.com"), tickets: vec!["ACC-1".into()] },
+            Held { subject: "b".into(), identity: subject("b", "bob@example.com"), tickets: vec!["ACC-2".into()] },
+            Held {
+                subject: "c".into(),
+                identity: Subject { email: None, ..subject("c", "") },
+                tickets: vec!["ACC-3".into()],
+            },
+        ];
+        let members = vec![member("u1", &["ann@example.com", "ann"]), member("u9", &["mallory@example.com"])];
+        let (in_sync, findings) = compare(&held, &members, by_email);
+        assert_eq!(in_sync, 1);
+        assert_eq!(
+            findings,
+            vec![
+                Finding::Missing {
+                    subject: "b".into(),
+                    identity: "bob@example.com".into(),
+                    tickets: vec!["ACC-2".into()]
+                },
+                Finding::Unaddressable { subject: "c".into(), reason: "c has no email".into() },
+                Finding::Unmanaged { member: "u9".into(), keys: vec!["mallory@example.com".into()], display: None },
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_target_with_an_empty_ledger_is_in_sync() {
+        assert_eq!(compare(&[], &[], by_email), (0, vec![]));
+    }
+}

@@ -1,0 +1,65 @@
+//! `grants reconcile` on the real database: the ledger against what the provider
+//! (a fake behind the connector contract) really lists.
+
+use crate::helpers::{LIVE_APP, eventually, fake_connectors, fixture, spawn_live_app};
+use accessgov::operator::{Operator, Via};
+use accessgov::reconcile::{self, Finding};
+use std::time::Duration;
+
+const REQUESTER: &str = "712020:0e4b6a43-1f7c-4d5e-9a3b-2c1d0e9f8a7b";
+const GROUP: &str = "confluence-developers";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_reports_a_membership_removed_behind_our_back_and_a_member_no_ticket_accounts_for() {
+    let (app, provider) = spawn_live_app(|_| {}).await;
+    let resp = app.post_signed(&fixture("webhook-approved-confluence-write.json"), None).await;
+    assert_eq!(resp.status(), 202);
+    eventually("the grant", Duration::from_secs(20), || async {
+        provider.members().contains(&(REQUESTER.to_owned(), GROUP.to_owned())).then_some(())
+    })
+    .await;
+    let connectors = fake_connectors(&provider);
+    let operator = Operator::new("auditor", Via::Cli).unwrap();
+    let mut seen = Vec::new();
+    let reports = reconcile::run(&app.pool, &app.config, &connectors, None, &operator, &mut |i, n, a, t| {
+        seen.push(format!("{i}/{n} {a}/{t}"));
+    })
+    .await
+    .unwrap();
+    let developers = reports.iter().find(|r| r.target == GROUP).expect("the rule's group is read back");
+    assert_eq!((developers.in_sync, developers.findings.len()), (1, 0), "{developers:?}");
+    assert!(seen.iter().any(|s| s.ends_with(&format!("{LIVE_APP}/{GROUP}"))), "{seen:?}");
+
+    // Behind our back: the requester is removed at the provider, someone else is added.
+    {
+        let mut members = provider.members.lock().unwrap();
+        members.remove(&(REQUESTER.to_owned(), GROUP.to_owned()));
+        members.insert(("intruder".to_owned(), GROUP.to_owned()));
+    }
+    let reports = reconcile::run(&app.pool, &app.config, &connectors, Some(LIVE_APP), &operator, &mut |_, _, _, _| {})
+        .await
+        .unwrap();
+    let developers = reports.iter().find(|r| r.target == GROUP).unwrap();
+    assert_eq!(developers.in_sync, 0);
+    assert_eq!(
+        developers.findings,
+        vec![
+            Finding::Missing { subject: REQUESTER.into(), identity: REQUESTER.into(), tickets: vec!["ACC-42".into()] },
+            Finding::Unmanaged { member: "intruder".into(), keys: vec!["intruder".into()], display: None },
+        ]
+    );
+    // Read only: nothing was granted or removed.
+    assert!(provider.members().contains(&("intruder".to_owned(), GROUP.to_owned())));
+    assert_eq!(provider.calls().len(), 1, "only the original grant");
+
+    // Each run is audited with its counts and the operator.
+    let rows: Vec<(Option<String>, serde_json::Value)> =
+        sqlx::query_as("SELECT actor, detail FROM audit_log WHERE action = 'reconciled' ORDER BY seq")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1].0.as_deref(), Some("auditor"));
+    assert_eq!((rows[0].1["missing"].as_u64(), rows[0].1["unmanaged"].as_u64()), (Some(0), Some(0)));
+    assert_eq!((rows[1].1["missing"].as_u64(), rows[1].1["unmanaged"].as_u64()), (Some(1), Some(1)));
+}
