@@ -283,3 +283,24 @@ async fn with_jsm_credentials_verification_is_on_by_default_and_only_a_confirmed
         assert!(asked.iter().any(|r| r.url.path() == "/rest/servicedeskapi/request/ACC-118/approval"), "{decision}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_role_can_mark_an_expiry_enqueued_so_a_sweep_never_stops_at_its_first_due_hold() {
+    // The sweeper runs once at start (before the grant) and then not for an hour:
+    // this test drives the sweep's two statements itself, as the services' role.
+    let (app, _provider) = spawn_live_app(|c| {
+        c.rules[0].max_duration = Some(Duration::from_secs(1));
+        c.worker.expiry_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let id = post(&app, &fixture("webhook-approved-confluence-write.json")).await;
+    actions_when(&app, id, "granted").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let runtime = sqlx::PgPool::connect(&app.config.database.url).await.unwrap();
+    let live = vec![crate::helpers::LIVE_APP.to_owned()];
+    let due = accessgov::grants::due_expiries(&runtime, &live, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    accessgov::grants::mark_expiry_enqueued(&runtime, &due[0]).await.expect("the services' role marks it");
+    assert!(accessgov::grants::due_expiries(&runtime, &live, 10).await.unwrap().is_empty());
+    runtime.close().await;
+}
