@@ -560,6 +560,63 @@ pub async fn due_expiries(
     .await
 }
 
+/// A ticket whose time-bound holds expire soon, to be told once.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Notice {
+    pub ticket: String,
+    pub application: String,
+    pub targets: Vec<String>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Claims the (ticket, application) groups of live applications with a hold
+/// that expires within `within` and was not noticed yet: marks them noticed and
+/// returns them, so that concurrent sweepers never tell a ticket twice. A
+/// notice that could not be posted is given back with [`unclaim_notice`].
+pub async fn claim_notices(
+    pool: &sqlx::PgPool,
+    live_applications: &[String],
+    within: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<Notice>, sqlx::Error> {
+    let within = chrono::Duration::from_std(within).unwrap_or(chrono::Duration::MAX);
+    let until = Utc::now().checked_add_signed(within).unwrap_or(DateTime::<Utc>::MAX_UTC);
+    sqlx::query_as(
+        "WITH due AS ( \
+           SELECT h.grant_id, h.ticket FROM grant_holds h JOIN access_grants g ON g.id = h.grant_id \
+           WHERE h.expires_at > now() AND h.expires_at <= $2 AND h.expiry_notice_at IS NULL \
+             AND g.application = ANY($1) \
+           ORDER BY h.expires_at LIMIT $3 FOR UPDATE OF h SKIP LOCKED), \
+         marked AS ( \
+           UPDATE grant_holds h SET expiry_notice_at = now() FROM due \
+           WHERE h.grant_id = due.grant_id AND h.ticket = due.ticket \
+           RETURNING h.ticket, h.grant_id, h.expires_at) \
+         SELECT m.ticket, g.application, array_agg(g.target ORDER BY g.target) AS targets, \
+                min(m.expires_at) AS expires_at \
+         FROM marked m JOIN access_grants g ON g.id = m.grant_id \
+         GROUP BY m.ticket, g.application ORDER BY min(m.expires_at), m.ticket",
+    )
+    .bind(live_applications)
+    .bind(until)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Gives a claimed notice back (its comment could not be posted): the next sweep tries again.
+pub async fn unclaim_notice(pool: &sqlx::PgPool, n: &Notice) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE grant_holds h SET expiry_notice_at = NULL FROM access_grants g \
+         WHERE h.grant_id = g.id AND h.ticket = $1 AND g.application = $2 AND g.target = ANY($3)",
+    )
+    .bind(&n.ticket)
+    .bind(&n.application)
+    .bind(&n.targets)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Marks the expired holds of `d` as handed to the pipeline (its expiry event
 /// is published), so that the next sweep does not publish it again.
 pub async fn mark_expiry_enqueued(pool: &sqlx::PgPool, d: &Due) -> Result<(), sqlx::Error> {

@@ -400,6 +400,10 @@ pub struct WriteBackConfig {
     /// or access level, missing field, requester not allowed), after telling the
     /// requester why (by transition or status name).
     pub transition_on_invalid: Option<String>,
+    /// Comment on the granting ticket this long before a time-bound hold expires,
+    /// once (e.g. `"3d"`); the expiry itself comments when it revokes.
+    #[serde(default, deserialize_with = "duration::de_opt")]
+    pub expiry_notice: Option<Duration>,
 }
 
 /// What a request type asks for.

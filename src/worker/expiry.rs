@@ -33,6 +33,11 @@ pub async fn run(ctx: Arc<WorkerContext>, shutdown: CancellationToken, every: Du
             Ok(n) => tracing::info!(enqueued = n, "expired access enqueued for revocation"),
             Err(e) => tracing::warn!(error = %e, "expiry sweep failed; trying again next round"),
         }
+        match notify_once(&ctx).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(tickets = n, "told tickets of access expiring soon"),
+            Err(e) => tracing::warn!(error = %e, "expiry notices failed; trying again next round"),
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
@@ -59,6 +64,47 @@ pub async fn sweep_once(ctx: &WorkerContext) -> anyhow::Result<usize> {
         enqueued += 1;
     }
     Ok(enqueued)
+}
+
+/// `[jsm.write_back] expiry_notice`: tells each granting ticket, once, that
+/// its time-bound access expires soon (one public comment per ticket and
+/// application), and audits it (`expiry_notice`). Returns how many were told.
+pub async fn notify_once(ctx: &WorkerContext) -> anyhow::Result<usize> {
+    let (Some(within), Some(jsm)) = (ctx.config.jsm.write_back.expiry_notice, ctx.jsm.as_ref()) else {
+        return Ok(0);
+    };
+    let live: Vec<String> =
+        ctx.config.applications.iter().filter(|(_, a)| !a.dry_run).map(|(name, _)| name.clone()).collect();
+    if live.is_empty() {
+        return Ok(0);
+    }
+    let mut told = 0;
+    for n in crate::grants::claim_notices(&ctx.pool, &live, within, BATCH).await? {
+        let left = (n.expires_at - Utc::now()).to_std().unwrap_or_default();
+        let text = format!(
+            "The access granted through this request expires at {} (in about {}): {} in {}. accessgov will \
+             remove it then; raise a new request to keep it.",
+            n.expires_at.format("%Y-%m-%d %H:%M UTC"),
+            crate::config::duration::format(Duration::from_secs(left.as_secs().max(60) / 60 * 60)),
+            n.targets.join(", "),
+            n.application
+        );
+        if let Err(e) = jsm.comment(&n.ticket, &text, true).await {
+            // Not audited per attempt (a JSM outage would add a row every sweep): logged, and tried again.
+            tracing::warn!(ticket = %n.ticket, error = %e, "could not post the expiry notice; trying again next round");
+            crate::grants::unclaim_notice(&ctx.pool, &n).await?;
+            continue;
+        }
+        let mut row = crate::audit::AuditEntry::new("expiry_notice", "ok");
+        row.ticket = Some(n.ticket.clone());
+        row.application = Some(n.application.clone());
+        row.detail = serde_json::json!({"targets": n.targets, "expires_at": n.expires_at});
+        let mut tx = ctx.pool.begin().await?;
+        crate::audit::append(&mut tx, &[row]).await?;
+        tx.commit().await?;
+        told += 1;
+    }
+    Ok(told)
 }
 
 /// The event that revokes a ticket's expired holds through the normal pipeline.

@@ -304,3 +304,62 @@ async fn the_runtime_role_can_mark_an_expiry_enqueued_so_a_sweep_never_stops_at_
     assert!(accessgov::grants::due_expiries(&runtime, &live, 10).await.unwrap().is_empty());
     runtime.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_is_told_once_before_its_time_bound_access_expires() {
+    let server = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    Mock::given(method("GET"))
+        .and(path("/rest/api/3/user/groups"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .mount(&server)
+        .await;
+    // The first notice fails (JSM down): it is tried again on the next sweep, and posted once.
+    Mock::given(method("POST"))
+        .and(path("/rest/servicedeskapi/request/ACC-42/comment"))
+        .and(wiremock::matchers::body_string_contains("expires at"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/rest/servicedeskapi/request/ACC-42/comment"))
+        .and(header("authorization", basic().as_str()))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": "1"})))
+        .mount(&server)
+        .await;
+    let (app, provider) = spawn_live_app(|c| {
+        use_jsm(c, &server, &dir);
+        // The rule grants for 90 days; a 100-day notice window makes it due at once.
+        c.jsm.write_back.expiry_notice = Some(Duration::from_secs(100 * 86_400));
+        c.worker.expiry_interval = Duration::from_millis(100);
+    })
+    .await;
+    let id = post(&app, &fixture("webhook-approved-confluence-write.json")).await;
+    actions_when(&app, id, "granted").await;
+    let notice: Value = eventually("the notice", WAIT, || async {
+        sqlx::query_scalar("SELECT detail FROM audit_log WHERE action = 'expiry_notice'")
+            .fetch_optional(&app.pool)
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(notice["targets"], json!(["confluence-developers"]));
+    // Several more sweeps: no second notice.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let all = server.received_requests().await.unwrap();
+    let notices: Vec<String> = all
+        .iter()
+        .filter(|r| r.method.as_str() == "POST" && r.url.path().ends_with("/comment"))
+        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["body"].as_str().unwrap().to_owned())
+        .filter(|b| b.contains("expires at"))
+        .collect();
+    assert_eq!(notices.len(), 2, "one refused by JSM, then one posted: {notices:?}");
+    assert!(notices[1].contains("confluence-developers in Confluence"), "{}", notices[1]);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'expiry_notice'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+    assert_eq!(provider.members().len(), 1, "a notice revokes nothing");
+}
