@@ -37,6 +37,9 @@ pub enum Source {
     AutomationCustom,
     /// The worker's own expiry sweeper: the ticket's time-bound holds ran out.
     Expiry,
+    /// An approved offboarding: one event per (granting ticket, application) of
+    /// the leaver's holds, each revoking that ticket's holds.
+    Offboard,
 }
 
 /// A person, as JSM identifies them.
@@ -170,6 +173,7 @@ impl AccessEvent {
             RequestAction::Grant => "grant",
             RequestAction::Revoke => "revoke",
             RequestAction::Change => "change",
+            RequestAction::Offboard => "offboard",
         };
         format!("access.{action}")
     }

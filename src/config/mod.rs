@@ -322,7 +322,7 @@ pub struct JsmConfig {
     /// ingress accepts a transition into one as a `stage` event.
     #[serde(skip)]
     pub stage_statuses: Vec<String>,
-    /// Request type name -> action.
+    /// Request type name -> action (`grant`, `revoke`, `change`, `offboard`).
     pub request_types: BTreeMap<String, RequestAction>,
     /// Status name -> meaning. Statuses not listed are ignored.
     pub statuses: BTreeMap<String, AppStatus>,
@@ -413,6 +413,9 @@ pub enum RequestAction {
     Grant,
     Revoke,
     Change,
+    /// A leaver: once approved, every active hold of the subject, in every live
+    /// application and whatever ticket took it, is revoked.
+    Offboard,
 }
 
 /// What a ticket status means to accessgov. `[jsm.statuses]` maps status names

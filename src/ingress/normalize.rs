@@ -341,8 +341,12 @@ fn build(
     let f = &jsm.fields;
     let fields = parts.fields;
     let mut errors = Vec::new();
-    let application = required("application", fields.get(&f.application), &mut errors);
-    let access_level = required("access_level", fields.get(&f.access_level), &mut errors);
+    // An offboarding names a person, not an application.
+    let needs_app = parts.action != crate::config::RequestAction::Offboard;
+    let mut ignored = Vec::new();
+    let sink = if needs_app { &mut errors } else { &mut ignored };
+    let application = required("application", fields.get(&f.application), sink);
+    let access_level = required("access_level", fields.get(&f.access_level), sink);
     let optional = |id: &Option<String>| id.as_ref().and_then(|id| single_value(fields.get(id)).ok());
 
     let requester_field = if f.requester == "reporter" { "reporter" } else { f.requester.as_str() };
@@ -477,8 +481,11 @@ fn automation_custom(body: &Map<String, Value>, meta: &Meta, jsm: &JsmConfig, no
         .unwrap_or(now);
 
     let mut errors = Vec::new();
-    let application = required("application", body.get("application"), &mut errors);
-    let access_level = required("access_level", body.get("access_level"), &mut errors);
+    let needs_app = action != crate::config::RequestAction::Offboard;
+    let mut ignored = Vec::new();
+    let sink = if needs_app { &mut errors } else { &mut ignored };
+    let application = required("application", body.get("application"), sink);
+    let access_level = required("access_level", body.get("access_level"), sink);
     let optional = |name: &str| single_value(body.get(name)).ok();
     let raw_fields: Map<String, Value> = ["request_type", "application", "access_level", "duration", "department"]
         .into_iter()

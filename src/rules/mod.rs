@@ -268,6 +268,14 @@ pub fn decide(event: &AccessEvent, config: &Config, facts: &Facts) -> Decision {
         }
         AppStatus::Approved | AppStatus::Revoked => {}
     }
+    if event.action == RequestAction::Offboard && event.source != Source::Offboard {
+        return Decision::NoAction {
+            reason: format!(
+                "ticket {} is an offboarding: its subject's holds are revoked one by one",
+                event.ticket.key
+            ),
+        };
+    }
     if !event.errors.is_empty() {
         return refuse(Refusal::MissingFields { errors: event.errors.clone() });
     }
@@ -277,9 +285,9 @@ pub fn decide(event: &AccessEvent, config: &Config, facts: &Facts) -> Decision {
     if !config.applications.contains_key(application) {
         return refuse(Refusal::UnknownApplication { application: application.clone() });
     }
-    // Expired access is taken back whatever the rules say now: the holds it
-    // releases are in the ledger, not in the config.
-    if event.source == Source::Expiry
+    // Expired access, and a leaver's, is taken back whatever the rules say now:
+    // the holds it releases are in the ledger, not in the config.
+    if matches!(event.source, Source::Expiry | Source::Offboard)
         && let Some(subject) = event.requester.clone()
     {
         return Decision::Revoke {

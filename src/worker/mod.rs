@@ -8,6 +8,7 @@
 
 pub mod dead;
 pub mod expiry;
+pub mod offboard;
 pub mod process;
 pub mod retry;
 pub mod route;

@@ -133,6 +133,13 @@ pub async fn prepare_decoded(
     if event.app_status.is_routing() {
         return Ok(Staged::Done(super::route::route(ctx, &event, attempt).await?));
     }
+    // An approved offboarding fans out into one revoke event per granting ticket and application.
+    if event.action == crate::config::RequestAction::Offboard
+        && event.source != crate::event::Source::Offboard
+        && event.app_status == crate::config::AppStatus::Approved
+    {
+        return Ok(Staged::Done(super::offboard::start(ctx, &event, attempt).await?));
+    }
     // Its decision is committed already (a crash, a retry): finish its intents.
     if running {
         return Ok(Staged::Done(execute(ctx, &event, attempt).await?));
@@ -716,6 +723,28 @@ async fn execute_unique(ctx: &WorkerContext, events: &[(&AccessEvent, u32)]) -> 
     Ok(runs.into_iter().map(|r| r.outcome.expect("every run ends with an outcome")).collect())
 }
 
+/// Completes an event handled outside the batch pipeline (a routing, an
+/// offboarding) in its own transaction: its dedupe row, its audit rows, COMMIT.
+pub(super) async fn record_alone(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    event: &AccessEvent,
+    rows: Vec<AuditEntry>,
+    label: &'static str,
+) -> Result<Outcome, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO processed_events (event_id, dedupe_key, ticket, outcome) VALUES ($1, $2, $3, 'processed') \
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(event.event_id)
+    .bind(&event.dedupe_key)
+    .bind(&event.ticket.key)
+    .execute(&mut *tx)
+    .await?;
+    audit::append(&mut tx, &rows).await?;
+    tx.commit().await?;
+    Ok(Outcome::Recorded(label))
+}
+
 /// The write-back of a completed event.
 fn done_note(event: &AccessEvent, ops: &[ProviderOp], notes: &[Note]) -> WriteBack {
     let summary = summary(ops, notes);
@@ -1021,7 +1050,10 @@ impl WorkerContext {
                 accounts.extend(approval.approvers.iter().map(|(id, _)| id.as_str()));
             }
         }
-        if requester_groups {
+        // Only a grant or change is gated on who asks.
+        let asks = matches!(event.action, crate::config::RequestAction::Grant | crate::config::RequestAction::Change)
+            && !matches!(event.source, crate::event::Source::Expiry | crate::event::Source::Offboard);
+        if requester_groups && asks {
             accounts.extend(event.requester.as_ref().map(|p| p.account_id.as_str()));
         }
         for account in accounts {
@@ -1097,6 +1129,10 @@ impl WorkerContext {
     /// (the effect it reports is already committed).
     pub async fn write_back(&self, event: &AccessEvent, note: WriteBack) {
         let Some(jsm) = &self.jsm else { return };
+        // An offboarding's revokes are listed on the offboarding ticket, not on each granting ticket.
+        if event.source == crate::event::Source::Offboard {
+            return;
+        }
         // A dry-run application calls nothing outside accessgov, JSM included.
         let dry_run =
             event.application.as_ref().and_then(|a| self.config.applications.get(a)).is_some_and(|a| a.dry_run);

@@ -56,7 +56,7 @@ pub async fn route(ctx: &WorkerContext, event: &AccessEvent, attempt: u32) -> Re
         let mut e = super::process::entry(event, "already_routed", "skipped");
         e.detail = json!({"step": step, "routed_by_event": by, "outcome": outcome});
         rows.push(e);
-        return finish(tx, event, rows, "already_routed").await;
+        return super::process::record_alone(tx, event, rows, "already_routed").await;
     }
 
     let requester_groups = match requester_groups(ctx, event).await {
@@ -122,28 +122,7 @@ pub async fn route(ctx: &WorkerContext, event: &AccessEvent, attempt: u32) -> Re
             }
         }
     };
-    finish(tx, event, rows, outcome).await
-}
-
-/// Marks the event processed, appends its rows, commits.
-async fn finish(
-    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
-    event: &AccessEvent,
-    rows: Vec<AuditEntry>,
-    label: &'static str,
-) -> Result<Outcome, sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO processed_events (event_id, dedupe_key, ticket, outcome) VALUES ($1, $2, $3, 'processed') \
-         ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(event.event_id)
-    .bind(&event.dedupe_key)
-    .bind(&event.ticket.key)
-    .execute(&mut *tx)
-    .await?;
-    audit::append(&mut tx, &rows).await?;
-    tx.commit().await?;
-    Ok(Outcome::Recorded(label))
+    super::process::record_alone(tx, event, rows, outcome).await
 }
 
 async fn insert(
