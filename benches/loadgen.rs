@@ -69,6 +69,10 @@ const TARGET_INGRESS_P99_MS: f64 = 10.0;
 const TARGET_INGRESS_RPS: usize = 1000;
 /// Worker peak RSS with `memory::EVENTS` in flight.
 const TARGET_WORKER_RSS_MIB: f64 = 64.0;
+/// The offboarding scenario (issue 13): a leaver with this many holds, one granting ticket each,
+/// spread over this many live applications behind the mock at [`LIVE100_LATENCY`].
+const OFFBOARD_HOLDS: usize = 50;
+const OFFBOARD_APPLICATIONS: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scenario {
@@ -77,9 +81,11 @@ enum Scenario {
     Live100,
     Ingress,
     Memory,
+    Offboard,
 }
 
-const ALL: [Scenario; 5] = [Scenario::DryRun, Scenario::Live0, Scenario::Live100, Scenario::Ingress, Scenario::Memory];
+const ALL: [Scenario; 6] =
+    [Scenario::DryRun, Scenario::Live0, Scenario::Live100, Scenario::Ingress, Scenario::Memory, Scenario::Offboard];
 
 impl Scenario {
     fn parse(s: &str) -> anyhow::Result<Vec<Self>> {
@@ -90,7 +96,10 @@ impl Scenario {
             "live100" => vec![Self::Live100],
             "ingress" => vec![Self::Ingress],
             "memory" => vec![Self::Memory],
-            other => anyhow::bail!("unknown scenario {other:?}: dry_run, live0, live100, ingress, memory or all"),
+            "offboard" => vec![Self::Offboard],
+            other => {
+                anyhow::bail!("unknown scenario {other:?}: dry_run, live0, live100, ingress, memory, offboard or all")
+            }
         })
     }
 }
@@ -100,7 +109,7 @@ struct Args {
     scenarios: Vec<Scenario>,
 }
 
-const USAGE: &str = "usage: loadgen [--baseline] [--scenario dry_run|live0|live100|ingress|memory|all[,...]]";
+const USAGE: &str = "usage: loadgen [--baseline] [--scenario dry_run|live0|live100|ingress|memory|offboard|all[,...]]";
 
 /// `None`: nothing to run (`--list`, `--help`).
 fn parse_args() -> anyhow::Result<Option<Args>> {
@@ -448,6 +457,39 @@ async fn main() -> anyhow::Result<()> {
                         sanity_rows(&mut report, &name, &t, true);
                     }
                     Err(e) => report.push(Row::error(&name, &e)),
+                }
+            }
+            Scenario::Offboard => {
+                let (holds, apps) = (OFFBOARD_HOLDS, OFFBOARD_APPLICATIONS);
+                match pipeline::offboard(&env, holds, apps, LIVE100_LATENCY).await {
+                    Ok(o) => {
+                        println!(
+                            "offboard: {} holds across {} applications (mock at {} ms): all revoked {:.2}s after the 202; \
+                             {} provider calls, at most {} at once",
+                            o.holds,
+                            o.applications,
+                            LIVE100_LATENCY.as_millis(),
+                            o.end_to_end.as_secs_f64(),
+                            o.calls,
+                            o.max_in_flight
+                        );
+                        println!("offboard: {}", o.cpu);
+                        report.push(Row::new(
+                            "offboard",
+                            &format!("{holds} holds / {apps} apps revoked"),
+                            format!("{:.2} s", o.end_to_end.as_secs_f64()),
+                            "a figure (no target)".into(),
+                            Verdict::Unchecked("reported".into()),
+                        ));
+                        report.push(Row::new(
+                            "offboard",
+                            "provider calls",
+                            o.calls.to_string(),
+                            format!("= {holds} holds"),
+                            Verdict::of(o.calls == holds),
+                        ));
+                    }
+                    Err(e) => report.push(Row::error("offboard", &e)),
                 }
             }
             Scenario::Ingress => match pipeline::ingress(&env).await {

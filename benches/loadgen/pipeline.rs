@@ -229,3 +229,130 @@ async fn measure_ingress(env: &Env, app: &App, config: &Config) -> anyhow::Resul
         .await?;
     Ok(Ingress { open_loop, cpu, queued: queue.message_count() })
 }
+
+/// The offboarding scenario's figures.
+pub struct Offboard {
+    pub holds: usize,
+    pub applications: usize,
+    /// From the offboarding webhook's 202 to the last revoke event completed.
+    pub end_to_end: Duration,
+    pub calls: usize,
+    pub max_in_flight: usize,
+    pub cpu: CpuUse,
+}
+
+/// A leaver with `holds` holds (one granting ticket each) spread over
+/// `applications` live applications behind the mock provider at `latency`:
+/// one approved offboarding webhook, timed until every revoke has completed.
+pub async fn offboard(env: &Env, holds: usize, applications: usize, latency: Duration) -> anyhow::Result<Offboard> {
+    let tag = common::tag();
+    let mut config = config(env, &tag)?;
+    let mock = MockProvider::start(latency).await?;
+    let template = config.applications.get(LIVE_APP).expect("the example configures Confluence").clone();
+    let names: Vec<String> = (0..applications).map(|i| format!("App{i}")).collect();
+    let mut connectors = Connectors::new();
+    for name in &names {
+        let mut app = template.clone();
+        app.dry_run = false;
+        connectors.insert(
+            name.clone(),
+            Arc::new(MockConnector::new(&app, mock.base_url()).map_err(anyhow::Error::msg)?)
+                as Arc<dyn accessgov::connectors::Connector>,
+        );
+        config.applications.insert(name.clone(), app);
+    }
+    config.jsm.request_types.insert("Offboard User".into(), accessgov::config::RequestAction::Offboard);
+    let config = Arc::new(config);
+    let token = CancellationToken::new();
+    let started = App::start(config.clone(), Role::All, Some(verifier()), connectors, true, token.clone()).await;
+    let result = match started {
+        Ok(app) => {
+            let measured = measure_offboard(&app, &config, &names, holds, &mock).await;
+            token.cancel();
+            let stopped = app.wait().await;
+            measured.and_then(|m| stopped.map(|()| m))
+        }
+        Err(e) => Err(e),
+    };
+    mock.stop();
+    cleanup(env, &config, &tag).await?;
+    result
+}
+
+const LEAVER: &str = "leaver-0001";
+
+async fn measure_offboard(
+    app: &App,
+    config: &Config,
+    apps: &[String],
+    holds: usize,
+    mock: &MockProvider,
+) -> anyhow::Result<Offboard> {
+    // The ledger as grants would have left it: one hold per ticket, round robin over the applications.
+    let pool = sqlx::PgPool::connect(config.database.migrate_url()).await?;
+    let identity =
+        serde_json::json!({"account_id": LEAVER, "email": "leaver@example.com", "display_name": null, "fields": {}});
+    for i in 0..holds {
+        let application = &apps[i % apps.len()];
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO access_grants (application, subject, subject_info, target, state, granted_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 'active', now(), now()) RETURNING id",
+        )
+        .bind(application)
+        .bind(LEAVER)
+        .bind(&identity)
+        .bind(format!("group-{i}"))
+        .fetch_one(&pool)
+        .await?;
+        sqlx::query(
+            "INSERT INTO grant_holds (grant_id, ticket, access_level, event_id, event_at, identity) \
+             VALUES ($1, $2, 'Write', $3, now() - interval '1 day', $4)",
+        )
+        .bind(id)
+        .bind(format!("OLD-{i}"))
+        .bind(uuid::Uuid::new_v4())
+        .bind(&identity)
+        .execute(&pool)
+        .await?;
+    }
+    let mut v: serde_json::Value =
+        serde_json::from_str(include_str!("../../tests/fixtures/jsm/webhook-approved-confluence-write.json"))?;
+    v["issue"]["key"] = serde_json::json!("OFF-1");
+    v["issue"]["id"] = serde_json::json!("700001");
+    v["issue"]["fields"]["reporter"]["accountId"] = serde_json::json!(LEAVER);
+    v["issue"]["fields"]["customfield_10010"]["requestType"]["name"] = serde_json::json!("Offboard User");
+    v["issue"]["fields"]["customfield_10050"] = serde_json::Value::Null;
+    v["issue"]["fields"]["customfield_10051"] = serde_json::Value::Null;
+    v["timestamp"] = serde_json::json!(chrono::Utc::now().timestamp_millis());
+    let body = serde_json::to_vec(&v)?;
+    let url = format!("http://{}/webhooks/jsm", app.ingress_addr.expect("ingress runs"));
+    let cpu = CpuSnapshot::take();
+    let start = Instant::now();
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("X-Hub-Signature", accessgov::ingress::auth::sign(SECRET, &body))
+        .body(body)
+        .send()
+        .await?;
+    anyhow::ensure!(resp.status() == 202, "the offboarding webhook was answered {}", resp.status());
+    // The offboarding itself and one revoke event per granting ticket.
+    let end_to_end = common::wait_for_count(&pool, "processed_events", holds + 1, start).await?;
+    let cpu = cpu.since();
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM grant_holds h JOIN access_grants g ON g.id = h.grant_id WHERE g.subject = $1",
+    )
+    .bind(LEAVER)
+    .fetch_one(&pool)
+    .await?;
+    anyhow::ensure!(left == 0, "{left} hold(s) of the leaver left");
+    pool.close().await;
+    Ok(Offboard {
+        holds,
+        applications: apps.len(),
+        end_to_end,
+        calls: mock.calls(),
+        max_in_flight: mock.max_in_flight(),
+        cpu,
+    })
+}
