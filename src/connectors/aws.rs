@@ -25,9 +25,16 @@
 //! "already absent" (the user and the group were resolved just before).
 //! `ThrottlingException` is transient with its `RetryAfterSeconds` (or the
 //! `Retry-After` header) as the hint.
+//!
+//! Read-back: `identity` is the `subject_field` value (a userName) or the email,
+//! lowercased. `members`: `ListGroupMemberships` (MaxResults 100, `NextToken`), then
+//! `DescribeUser` per member for its `UserName` and `Emails` (keys: user id, user name,
+//! every email, lowercased). `memberships`: `GetUserId`, the targets' group ids, then
+//! `IsMemberInGroups`. `user_state`: `GetUserId` + `DescribeUser`; the model's
+//! `UserStatus` DISABLED is inactive, ENABLED or absent active, a missing user not found.
 
 use super::http::{Common, RateLimiter};
-use super::{ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
+use super::{ConnectorError, GrantOutcome, Member, RevokeOutcome, Subject, Target, UserState};
 use crate::config::ApplicationConfig;
 use aws_config::sts::AssumeRoleProvider;
 use aws_config::{BehaviorVersion, ConfigLoader, Region};
@@ -38,8 +45,9 @@ use aws_sdk_identitystore::config::timeout::TimeoutConfig;
 use aws_sdk_identitystore::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_identitystore::types::error::{ConflictException, ResourceNotFoundException};
 use aws_sdk_identitystore::types::{
-    AlternateIdentifier, ConflictExceptionReason, MemberId, ResourceType, UniqueAttribute,
+    AlternateIdentifier, ConflictExceptionReason, MemberId, ResourceType, UniqueAttribute, UserStatus,
 };
+use futures_util::StreamExt;
 use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,12 +59,20 @@ mod tests;
 /// The IAM actions the connector calls (named in "access denied" errors).
 pub const PERMISSIONS: &str = "identitystore:GetUserId, identitystore:GetGroupId, identitystore:DescribeGroup, \
                                identitystore:CreateGroupMembership, identitystore:GetGroupMembershipId, \
-                               identitystore:DeleteGroupMembership and identitystore:ListGroups";
+                               identitystore:DeleteGroupMembership, identitystore:ListGroups and, for \
+                               read-back, identitystore:ListGroupMemberships, identitystore:DescribeUser and \
+                               identitystore:IsMemberInGroups";
 /// The STS session name used with `role_arn` (visible in CloudTrail).
 pub const SESSION_NAME: &str = "accessgov";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The wait suggested for a throttled call that carries no hint.
 const DEFAULT_THROTTLE_WAIT: Duration = Duration::from_secs(1);
+/// `MaxResults` of `ListGroupMemberships` (the model's maximum).
+const PAGE_SIZE: i32 = 100;
+/// Pages of a group's memberships followed at most (100 a page).
+const MAX_PAGES: usize = 2000;
+/// Group ids per `IsMemberInGroups` call (the model's maximum).
+const GROUPS_PER_CHECK: usize = 100;
 /// Error codes of AWS's common authentication failures (not in the service model).
 const AUTH_CODES: &[&str] = &[
     "UnrecognizedClientException",
@@ -79,6 +95,8 @@ pub struct Aws {
     subject_field: Option<String>,
     timeout: Duration,
     limiter: Option<Arc<RateLimiter>>,
+    /// `max_concurrent_calls`: the read-back's `DescribeUser` calls in flight at once.
+    max_concurrent_calls: usize,
     /// Built on first use: loading the credential chain is async.
     client: OnceCell<Client>,
 }
@@ -194,6 +212,7 @@ impl Aws {
             subject_field: common.subject_field,
             timeout: common.timeout,
             limiter: common.rate_limit_per_second.map(|r| Arc::new(RateLimiter::new(r))),
+            max_concurrent_calls: common.max_concurrent_calls.max(1),
             client: OnceCell::new(),
         })
     }
@@ -445,6 +464,155 @@ impl Aws {
             .map_err(|e| self.error(failure("ListGroups", e)))
     }
 
+    /// The identifier `grant` looks the user up by: the `subject_field` value (matched
+    /// against `userName`) or the requester's email (`emails.value`), lowercased.
+    fn do_identity(&self, subject: &Subject) -> Result<String, ConnectorError> {
+        self.user_key(subject).map(|k| k.value.trim().to_lowercase())
+    }
+
+    /// `DescribeUser`: `None` when the user does not exist.
+    async fn describe_user(
+        &self,
+        user_id: &str,
+    ) -> Result<Option<aws_sdk_identitystore::operation::describe_user::DescribeUserOutput>, ConnectorError> {
+        let client = self.ready().await.map_err(|f| self.error(f))?;
+        let answer = client
+            .describe_user()
+            .identity_store_id(&self.identity_store_id)
+            .user_id(user_id)
+            .send()
+            .await
+            .map_err(|e| failure("DescribeUser", e));
+        match answer {
+            Ok(out) => Ok(Some(out)),
+            Err(f) if f.missing_resource() => Ok(None),
+            Err(f) => Err(self.error(f)),
+        }
+    }
+
+    /// Every member of the group: `ListGroupMemberships` (following `NextToken`), then
+    /// `DescribeUser` per member (at most `max_concurrent_calls` at once) for the user name
+    /// and emails the keys hold. Members that are not users are left out.
+    async fn do_members(&self, target: &Target) -> Result<Vec<Member>, ConnectorError> {
+        let group_id = self.group_id(&target.name).await?;
+        let mut user_ids = Vec::new();
+        let mut token: Option<String> = None;
+        for page in 0.. {
+            if page == MAX_PAGES {
+                return Err(ConnectorError::Permanent {
+                    reason: format!("aws: the members of group {group_id} span more than {MAX_PAGES} pages; giving up"),
+                });
+            }
+            let client = self.ready().await.map_err(|f| self.error(f))?;
+            let answer = client
+                .list_group_memberships()
+                .identity_store_id(&self.identity_store_id)
+                .group_id(&group_id)
+                .max_results(PAGE_SIZE)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(|e| failure("ListGroupMemberships", e));
+            let out = match answer {
+                Ok(out) => out,
+                Err(f) if f.missing_resource() => {
+                    return Err(ConnectorError::NotFound {
+                        what: format!(
+                            "IAM Identity Center group {group_id} in identity store {}",
+                            self.identity_store_id
+                        ),
+                    });
+                }
+                Err(f) => return Err(self.error(f)),
+            };
+            user_ids.extend(out.group_memberships().iter().filter_map(|m| match m.member_id() {
+                Some(MemberId::UserId(id)) => Some(id.clone()),
+                _ => None,
+            }));
+            match out.next_token().filter(|t| !t.is_empty()) {
+                Some(t) => token = Some(t.to_owned()),
+                None => break,
+            }
+        }
+        let described: Vec<Result<Member, ConnectorError>> = futures_util::stream::iter(user_ids)
+            .map(|id| async move {
+                Ok(match self.describe_user(&id).await? {
+                    // Deleted since the listing: the membership is all there is.
+                    None => Member { keys: vec![id.to_lowercase()], id, display: None },
+                    Some(u) => {
+                        let mut keys = vec![id.to_lowercase()];
+                        let names = u.user_name().into_iter().chain(u.emails().iter().filter_map(|e| e.value()));
+                        for k in names.map(|k| k.trim().to_lowercase()).filter(|k| !k.is_empty()) {
+                            if !keys.contains(&k) {
+                                keys.push(k);
+                            }
+                        }
+                        let display = u.display_name().or(u.user_name()).map(str::to_owned);
+                        Member { id, keys, display }
+                    }
+                })
+            })
+            .buffered(self.max_concurrent_calls)
+            .collect()
+            .await;
+        described.into_iter().collect()
+    }
+
+    /// The targets the user is in: `GetUserId` (an unknown user is in none), each target's
+    /// group id (a target that does not exist holds no one), then `IsMemberInGroups`
+    /// (100 groups a call).
+    async fn do_memberships(&self, subject: &Subject, targets: &[Target]) -> Result<Vec<String>, ConnectorError> {
+        let user_id = match self.user_id(subject).await {
+            Ok(id) => id,
+            Err(ConnectorError::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut groups: Vec<(String, &Target)> = Vec::new();
+        for t in targets {
+            match self.group_id(&t.name).await {
+                Ok(id) => groups.push((id, t)),
+                Err(ConnectorError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut held = Vec::new();
+        for chunk in groups.chunks(GROUPS_PER_CHECK) {
+            let mut ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let client = self.ready().await.map_err(|f| self.error(f))?;
+            let out = client
+                .is_member_in_groups()
+                .identity_store_id(&self.identity_store_id)
+                .member_id(MemberId::UserId(user_id.clone()))
+                .set_group_ids(Some(ids))
+                .send()
+                .await
+                .map_err(|e| self.error(failure("IsMemberInGroups", e)))?;
+            for (id, t) in chunk {
+                if out.results().iter().any(|r| r.membership_exists() && r.group_id() == Some(id.as_str())) {
+                    held.push(t.name.clone());
+                }
+            }
+        }
+        Ok(held)
+    }
+
+    /// `GetUserId`, then `DescribeUser`: `UserStatus` DISABLED is inactive; ENABLED, or
+    /// no status (stores and SDKs from before the attribute), is active.
+    async fn do_user_state(&self, subject: &Subject) -> Result<UserState, ConnectorError> {
+        let user_id = match self.user_id(subject).await {
+            Ok(id) => id,
+            Err(ConnectorError::NotFound { .. }) => return Ok(UserState::NotFound),
+            Err(e) => return Err(e),
+        };
+        Ok(match self.describe_user(&user_id).await? {
+            None => UserState::NotFound,
+            Some(u) if u.user_status() == Some(&UserStatus::Disabled) => UserState::Inactive,
+            Some(_) => UserState::Active,
+        })
+    }
+
     fn region_text(&self) -> &str {
         self.region.as_deref().unwrap_or("the default chain's region")
     }
@@ -629,4 +797,7 @@ fn valid_identity_store_id(s: &str) -> bool {
     }
 }
 
-super::connector_impl!(Aws, "aws", grant: do_grant, revoke: do_revoke, test: do_test);
+super::connector_impl!(
+    Aws, "aws", grant: do_grant, revoke: do_revoke, test: do_test,
+    identity: do_identity, members: do_members, memberships: do_memberships, user_state: do_user_state
+);

@@ -21,10 +21,17 @@
 //! `DELETE /groups/{id}/members/{uid}/$ref` (never without `/$ref`: that form
 //! deletes the user object itself); a 404 is "already absent" only after the
 //! group and the user are read again and both exist.
+//!
+//! Read-back: `identity` is the `subject_field` value or the email, lowercased.
+//! `members`: `GET /groups/{id}/members?$select=id,userPrincipalName,mail,displayName&$top=999`,
+//! following `@odata.nextLink`; only `#microsoft.graph.user` objects, keyed by object id,
+//! userPrincipalName and mail (lowercased). `memberships`: `GET /users/{id}/memberOf`
+//! (direct memberships, paged) matched against the targets by group id or displayName.
+//! `user_state`: `accountEnabled` (false is inactive).
 
 use super::http::Failure;
 use super::http::{self, Common, Http};
-use super::{ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
+use super::{ConnectorError, GrantOutcome, Member, RevokeOutcome, Subject, Target, UserState};
 use crate::config::ApplicationConfig;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -51,6 +58,14 @@ const GRAPH_HOSTS: [&str; 4] =
 const USER_FIELDS: &str = "id,userPrincipalName,mail,accountEnabled";
 const GROUP_FIELDS: &str =
     "id,displayName,groupTypes,securityEnabled,mailEnabled,onPremisesSyncEnabled,isAssignableToRole";
+/// What `members` reads of each member (`@odata.type` comes with every directoryObject).
+const MEMBER_FIELDS: &str = "id,userPrincipalName,mail,displayName";
+/// What `memberships` reads of each group the user is in.
+const MEMBER_OF_FIELDS: &str = "id,displayName";
+/// Page size of the read-back lists (Graph's maximum for directory objects).
+const PAGE_SIZE: &str = "999";
+/// Pages followed at most (999 objects a page).
+const MAX_PAGES: usize = 1000;
 /// Lifetime of a certificate client assertion (Microsoft: 5-10 minutes).
 const ASSERTION_LIFETIME: u64 = 600;
 /// The wait suggested when Graph has not yet replicated a just-created user or group.
@@ -108,6 +123,30 @@ struct User {
     upn: Option<String>,
     #[serde(default)]
     mail: Option<String>,
+    #[serde(default, rename = "accountEnabled")]
+    account_enabled: Option<bool>,
+}
+
+/// A directoryObject of a members / memberOf list (users, groups, devices, service principals...).
+#[derive(Debug, Deserialize)]
+struct DirectoryObject {
+    #[serde(default, rename = "@odata.type")]
+    odata_type: Option<String>,
+    id: String,
+    #[serde(default, rename = "userPrincipalName")]
+    upn: Option<String>,
+    #[serde(default)]
+    mail: Option<String>,
+    #[serde(default, rename = "displayName")]
+    display_name: Option<String>,
+}
+
+/// One page of a Graph collection.
+#[derive(Debug, Deserialize)]
+struct Page<T> {
+    value: Vec<T>,
+    #[serde(default, rename = "@odata.nextLink")]
+    next_link: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -590,6 +629,113 @@ impl Entra {
         Ok(RevokeOutcome::AlreadyAbsent)
     }
 
+    /// Every object of a Graph collection, following `@odata.nextLink` verbatim (only to
+    /// the Graph origin of `base_url`, which gets the bearer token). A 404 is `Ok(None)`.
+    async fn collection(&self, first: Url, what: &str) -> Result<Option<Vec<DirectoryObject>>, ConnectorError> {
+        let mut url = first;
+        let mut all = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let resp = self.call(Method::GET, url, None).await?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            if !resp.status().is_success() {
+                return Err(self.fail(&Failure::read(resp).await, None));
+            }
+            let page: Page<DirectoryObject> = Self::json(resp, what).await?;
+            all.extend(page.value);
+            let Some(next) = page.next_link else { return Ok(Some(all)) };
+            let next = Url::parse(&next).map_err(|e| ConnectorError::Permanent {
+                reason: format!("entra: the {what} answer's @odata.nextLink is not a URL: {e}"),
+            })?;
+            if next.origin() != self.base.origin() {
+                return Err(ConnectorError::Permanent {
+                    reason: format!(
+                        "entra: the {what} answer's @odata.nextLink points to {}, not to Graph at {}; not following it",
+                        next.origin().ascii_serialization(),
+                        self.base.origin().ascii_serialization()
+                    ),
+                });
+            }
+            url = next;
+        }
+        Err(ConnectorError::Permanent {
+            reason: format!("entra: the {what} span more than {MAX_PAGES} pages; giving up"),
+        })
+    }
+
+    /// The identifier `grant` looks the user up by: the `subject_field` value (object id
+    /// or userPrincipalName) when the application has one, else the requester's email
+    /// (a userPrincipalName or mail); lowercased, as Entra compares them case-insensitively.
+    fn do_identity(&self, subject: &Subject) -> Result<String, ConnectorError> {
+        if let Some(field) = &self.subject_field {
+            return subject.field(field).map(|v| v.trim().to_lowercase()).ok_or_else(|| ConnectorError::Permanent {
+                reason: format!(
+                    "the ticket has no value in field {field} (the application's subject_field), so the \
+                     Entra user cannot be identified"
+                ),
+            });
+        }
+        subject.email.as_deref().map(str::trim).filter(|e| !e.is_empty()).map(str::to_lowercase).ok_or_else(|| {
+            ConnectorError::Permanent {
+                reason: "the requester has no email address in the ticket; set the application's subject_field \
+                         to a ticket field holding the userPrincipalName"
+                    .into(),
+            }
+        })
+    }
+
+    /// The group's user members: `GET /groups/{id}/members?$select=...&$top=999`, every
+    /// page; devices, service principals and nested groups are left out.
+    async fn do_members(&self, target: &Target) -> Result<Vec<Member>, ConnectorError> {
+        Self::check_role(target)?;
+        let group = self.group(target).await?;
+        let url = self.url(&["groups", &group.id, "members"], &[("$select", MEMBER_FIELDS), ("$top", PAGE_SIZE)]);
+        let objects = self
+            .collection(url, "group members")
+            .await?
+            .ok_or_else(|| ConnectorError::NotFound { what: format!("Entra group {}", group.id) })?;
+        Ok(objects.into_iter().filter(is_user).map(member).collect())
+    }
+
+    /// The targets (group object ids or displayNames) among the groups the user is a
+    /// direct member of: `GET /users/{id}/memberOf?$select=id,displayName&$top=999`, every
+    /// page. An unknown user is in none.
+    async fn do_memberships(&self, subject: &Subject, targets: &[Target]) -> Result<Vec<String>, ConnectorError> {
+        let user = match self.user(subject).await {
+            Ok(user) => user,
+            Err(ConnectorError::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let url = self.url(&["users", &user.id, "memberOf"], &[("$select", MEMBER_OF_FIELDS), ("$top", PAGE_SIZE)]);
+        let Some(objects) = self.collection(url, "user's groups").await? else { return Ok(Vec::new()) };
+        let groups: Vec<&DirectoryObject> =
+            objects.iter().filter(|o| o.odata_type.as_deref() == Some("#microsoft.graph.group")).collect();
+        Ok(targets
+            .iter()
+            .filter(|t| {
+                let name = t.name.trim();
+                if is_guid(name) {
+                    groups.iter().any(|g| g.id.eq_ignore_ascii_case(name))
+                } else {
+                    // As the group lookup: displayName compared case-insensitively.
+                    groups.iter().any(|g| g.display_name.as_deref().is_some_and(|d| d.eq_ignore_ascii_case(name)))
+                }
+            })
+            .map(|t| t.name.clone())
+            .collect())
+    }
+
+    /// `accountEnabled` of the user: false is inactive (sign-in blocked).
+    async fn do_user_state(&self, subject: &Subject) -> Result<UserState, ConnectorError> {
+        match self.user(subject).await {
+            Ok(User { account_enabled: Some(false), .. }) => Ok(UserState::Inactive),
+            Ok(_) => Ok(UserState::Active),
+            Err(ConnectorError::NotFound { .. }) => Ok(UserState::NotFound),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn do_test(&self) -> Result<(), ConnectorError> {
         let resp = self.call(Method::GET, self.url(&["groups"], &[("$top", "1"), ("$select", "id")]), None).await?;
         if resp.status().is_success() {
@@ -605,7 +751,31 @@ impl Entra {
     }
 }
 
-super::connector_impl!(Entra, "entra", grant: do_grant, revoke: do_revoke, test: do_test);
+super::connector_impl!(
+    Entra, "entra", grant: do_grant, revoke: do_revoke, test: do_test,
+    identity: do_identity, members: do_members, memberships: do_memberships, user_state: do_user_state
+);
+
+/// A user among a collection's directoryObjects (Graph tags each with `@odata.type`;
+/// one without it counts as a user only if it has a userPrincipalName).
+fn is_user(o: &DirectoryObject) -> bool {
+    match o.odata_type.as_deref() {
+        Some(t) => t == "#microsoft.graph.user",
+        None => o.upn.is_some(),
+    }
+}
+
+/// A group member as read back: object id, userPrincipalName and mail, lowercased.
+fn member(o: DirectoryObject) -> Member {
+    let mut keys = vec![o.id.to_lowercase()];
+    for k in [&o.upn, &o.mail].into_iter().flatten() {
+        let k = k.trim().to_lowercase();
+        if !k.is_empty() && !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    Member { id: o.id, keys, display: o.display_name.or(o.upn) }
+}
 
 /// Object ids are GUIDs: 8-4-4-4-12 hex digits.
 fn is_guid(s: &str) -> bool {

@@ -15,10 +15,18 @@
 //! "already granted" (a lower existing role is raised with `members.patch`).
 //! Revoke: `members.delete`; a 404 is "already absent" only after `groups.get`
 //! and `users.get` confirm that both still exist.
+//!
+//! Read-back: `identity` is the address grant adds (subject_field or email), lowercased.
+//! `members`: `members.list` (`maxResults=200`, `pageToken` from `nextPageToken`), USER
+//! members holding at least the target's role, keyed by their lowercased email (the
+//! primary address: a subject known by an alias does not match). `memberships`:
+//! `users.get`, then `groups.list?userKey=` (direct memberships, paged) matched by group
+//! email, alias or id (`members.get` for a role above MEMBER). `user_state`: `users.get`;
+//! `suspended` or `archived` is inactive.
 
 use super::http::Failure;
 use super::http::{self, Common, Http};
-use super::{ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
+use super::{ConnectorError, GrantOutcome, Member, RevokeOutcome, Subject, Target, UserState};
 use crate::config::ApplicationConfig;
 use gcp_auth::{CustomServiceAccount, TokenProvider};
 use reqwest::{Method, Response, StatusCode, Url};
@@ -44,6 +52,75 @@ pub const SCOPES: [&str; 3] = [
 /// Error reasons Google uses for rate limits and quota (403 or 429): retry later.
 const RATE_LIMIT_REASONS: [&str; 3] = ["userRateLimitExceeded", "rateLimitExceeded", "quotaExceeded"];
 const ROLES: [&str; 3] = ["MEMBER", "MANAGER", "OWNER"];
+/// Page size of the read-back lists (the Directory API's maximum for members and groups).
+const PAGE_SIZE: &str = "200";
+/// Pages followed at most (200 a page).
+const MAX_PAGES: usize = 2000;
+
+/// A Workspace user as `users.get` shows it.
+struct DirUser {
+    primary: String,
+    suspended: bool,
+    archived: bool,
+}
+
+/// One page of `members.list`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MembersPage {
+    #[serde(default)]
+    members: Vec<GroupMember>,
+    #[serde(default)]
+    next_page_token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct GroupMember {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+}
+
+/// One page of `groups.list`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GroupsPage {
+    #[serde(default)]
+    groups: Vec<GroupEntry>,
+    #[serde(default)]
+    next_page_token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GroupEntry {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    aliases: Vec<String>,
+    #[serde(default)]
+    non_editable_aliases: Vec<String>,
+}
+
+impl GroupEntry {
+    /// Whether `key` (a group email, alias or id, as rules name groups) names this group.
+    fn is(&self, key: &str) -> bool {
+        self.id.as_deref() == Some(key)
+            || [&self.email]
+                .into_iter()
+                .flatten()
+                .chain(&self.aliases)
+                .chain(&self.non_editable_aliases)
+                .any(|e| e.eq_ignore_ascii_case(key))
+    }
+}
 
 /// The Google Workspace connector.
 pub struct Google {
@@ -330,8 +407,8 @@ impl Google {
         }
     }
 
-    /// `users.get`: the user's primary email and whether it is suspended; `None` if it does not exist.
-    async fn user(&self, key: &str) -> Result<Option<(String, bool)>, ConnectorError> {
+    /// `users.get`: the user's primary email and whether it is suspended or archived; `None` if it does not exist.
+    async fn user(&self, key: &str) -> Result<Option<DirUser>, ConnectorError> {
         let resp = self.send(Method::GET, &["users", key], &[], None).await?;
         match resp.status() {
             s if s.is_success() => {
@@ -340,7 +417,8 @@ impl Google {
                     retry_after: None,
                 })?;
                 let primary = v.get("primaryEmail").and_then(Value::as_str).unwrap_or(key).to_owned();
-                Ok(Some((primary, v.get("suspended").and_then(Value::as_bool).unwrap_or(false))))
+                let flag = |k: &str| v.get(k).and_then(Value::as_bool).unwrap_or(false);
+                Ok(Some(DirUser { primary, suspended: flag("suspended"), archived: flag("archived") }))
             }
             StatusCode::NOT_FOUND => Ok(None),
             _ => match self.error(&Failure::read(resp).await) {
@@ -390,7 +468,7 @@ impl Google {
         let email = self.subject_email(subject)?;
         let group = group_key(target)?;
         let role = role(target)?;
-        let Some((primary, suspended)) = self.user(email).await? else {
+        let Some(DirUser { primary, suspended, .. }) = self.user(email).await? else {
             return Err(ConnectorError::NotFound {
                 what: format!("google: user {email} is not a user of this Workspace"),
             });
@@ -436,6 +514,133 @@ impl Google {
             });
         }
         Ok(RevokeOutcome::AlreadyAbsent)
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(resp: Response, what: &str) -> Result<T, ConnectorError> {
+        resp.json().await.map_err(|e| ConnectorError::Transient {
+            reason: format!("google: unreadable {what} answer: {e}"),
+            retry_after: None,
+        })
+    }
+
+    /// The address `grant` adds: the `subject_field` value or the requester's email,
+    /// lowercased (Workspace addresses are case-insensitive).
+    fn do_identity(&self, subject: &Subject) -> Result<String, ConnectorError> {
+        self.subject_email(subject).map(str::to_lowercase)
+    }
+
+    /// `members.list` (`GET groups/{groupKey}/members?maxResults=200`, then `pageToken` =
+    /// the answer's `nextPageToken`): the group's user members holding at least the
+    /// target's role, keyed by their (lowercased) email.
+    async fn do_members(&self, target: &Target) -> Result<Vec<Member>, ConnectorError> {
+        let group = group_key(target)?;
+        let wanted = role(target)?;
+        let mut token: Option<String> = None;
+        let mut out = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let mut query = vec![("maxResults", PAGE_SIZE)];
+            if let Some(t) = &token {
+                query.push(("pageToken", t));
+            }
+            let resp = self.send(Method::GET, &["groups", group, "members"], &query, None).await?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Err(ConnectorError::NotFound { what: format!("google: group {group}") });
+            }
+            if !resp.status().is_success() {
+                return Err(self.error(&Failure::read(resp).await));
+            }
+            let page: MembersPage = Self::json(resp, "members.list").await?;
+            for m in page.members {
+                // Nested groups and the whole-customer member are not users.
+                if m.kind.as_deref().is_some_and(|k| k != "USER") {
+                    continue;
+                }
+                let role = m.role.as_deref().unwrap_or("MEMBER").to_ascii_uppercase();
+                let Some(email) = m.email.map(|e| e.trim().to_lowercase()).filter(|e| !e.is_empty()) else { continue };
+                if rank(&role) < rank(wanted) {
+                    continue;
+                }
+                out.push(Member {
+                    id: m.id.unwrap_or_else(|| email.clone()),
+                    keys: vec![email.clone()],
+                    display: Some(email),
+                });
+            }
+            match page.next_page_token.filter(|t| !t.is_empty()) {
+                Some(t) => token = Some(t),
+                None => return Ok(out),
+            }
+        }
+        Err(ConnectorError::Permanent {
+            reason: format!("google: the members of {group} span more than {MAX_PAGES} pages; giving up the read"),
+        })
+    }
+
+    /// The targets among the user's groups: `users.get` (an unknown user is in none), then
+    /// `groups.list?userKey=` (direct memberships, every page), matched by group email, alias
+    /// or id; a target with a role above MEMBER is also checked with `members.get`.
+    async fn do_memberships(&self, subject: &Subject, targets: &[Target]) -> Result<Vec<String>, ConnectorError> {
+        let email = self.subject_email(subject)?;
+        let Some(user) = self.user(email).await? else { return Ok(Vec::new()) };
+        let mut groups: Vec<GroupEntry> = Vec::new();
+        let mut token: Option<String> = None;
+        for page_no in 0.. {
+            if page_no == MAX_PAGES {
+                return Err(ConnectorError::Permanent {
+                    reason: format!(
+                        "google: the groups of {} span more than {MAX_PAGES} pages; giving up",
+                        user.primary
+                    ),
+                });
+            }
+            let mut query = vec![("userKey", user.primary.as_str()), ("maxResults", PAGE_SIZE)];
+            if let Some(t) = &token {
+                query.push(("pageToken", t));
+            }
+            let resp = self.send(Method::GET, &["groups"], &query, None).await?;
+            if !resp.status().is_success() {
+                return Err(self.error(&Failure::read(resp).await));
+            }
+            let page: GroupsPage = Self::json(resp, "groups.list").await?;
+            groups.extend(page.groups);
+            match page.next_page_token.filter(|t| !t.is_empty()) {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        let mut held = Vec::new();
+        for t in targets {
+            let Ok(key) = group_key(t) else { continue };
+            if !groups.iter().any(|g| g.is(key)) {
+                continue;
+            }
+            let wanted = role(t)?;
+            if wanted != "MEMBER" && rank(&self.member_role(key, &user.primary).await?) < rank(wanted) {
+                continue;
+            }
+            held.push(t.name.clone());
+        }
+        Ok(held)
+    }
+
+    /// `members.get`: the member's role (MEMBER if the answer names none).
+    async fn member_role(&self, group: &str, member: &str) -> Result<String, ConnectorError> {
+        let resp = self.send(Method::GET, &["groups", group, "members", member], &[], None).await?;
+        if !resp.status().is_success() {
+            return Err(self.error(&Failure::read(resp).await));
+        }
+        let v: Value = Self::json(resp, "members.get").await?;
+        Ok(v.get("role").and_then(Value::as_str).unwrap_or("MEMBER").to_ascii_uppercase())
+    }
+
+    /// `users.get`: suspended or archived users are inactive.
+    async fn do_user_state(&self, subject: &Subject) -> Result<UserState, ConnectorError> {
+        let email = self.subject_email(subject)?;
+        Ok(match self.user(email).await? {
+            None => UserState::NotFound,
+            Some(u) if u.suspended || u.archived => UserState::Inactive,
+            Some(_) => UserState::Active,
+        })
     }
 
     async fn do_test(&self) -> Result<(), ConnectorError> {
@@ -486,4 +691,7 @@ fn rank(role: &str) -> usize {
     ROLES.iter().position(|r| *r == role).unwrap_or(0)
 }
 
-super::connector_impl!(Google, "google", grant: do_grant, revoke: do_revoke, test: do_test);
+super::connector_impl!(
+    Google, "google", grant: do_grant, revoke: do_revoke, test: do_test,
+    identity: do_identity, members: do_members, memberships: do_memberships, user_state: do_user_state
+);

@@ -19,9 +19,17 @@
 //! Revoke: check, then `DELETE` the same path; a 404 is "already absent" only
 //! after the user and the group are read again and both still exist.
 //! A 429 carries `X-Rate-Limit-Reset` (epoch seconds), surfaced as the retry hint.
+//!
+//! Read-back: `identity` is the `subject_field` value or the email, lowercased.
+//! `members`: `GET /api/v1/groups/{groupId}/users?limit=200`, following `Link: rel="next"`;
+//! keys are the user id, `profile.login` and `profile.email`, lowercased.
+//! `memberships`: the user's groups (`GET /api/v1/users/{id}/groups`, paged), matched
+//! against the targets by group id or exact OKTA_GROUP name. `user_state`: the user's
+//! `status`; SUSPENDED and DEPROVISIONED are inactive, every other status (STAGED,
+//! PROVISIONED, ACTIVE, RECOVERY, PASSWORD_EXPIRED, LOCKED_OUT) is a live account.
 
 use super::http::{self, Common, Http};
-use super::{ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
+use super::{ConnectorError, GrantOutcome, Member, RevokeOutcome, Subject, Target, UserState};
 use crate::config::ApplicationConfig;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
@@ -41,6 +49,13 @@ const WRITABLE_TYPE: &str = "OKTA_GROUP";
 const ASSERTION_LIFETIME: u64 = 300;
 /// Pages of a user's groups followed at most (200 groups a page).
 const MAX_PAGES: usize = 50;
+/// Members asked for per page of a group's users (Okta recommends `limit=200`).
+const MEMBER_PAGE: &str = "200";
+/// Pages of a group's users followed at most (200 users a page: 400,000 members).
+const MAX_MEMBER_PAGES: usize = 2000;
+/// User statuses of an account an admin has taken away; every other status
+/// (ACTIVE, STAGED, PROVISIONED, RECOVERY, PASSWORD_EXPIRED, LOCKED_OUT) is a live account.
+const INACTIVE_STATUSES: [&str; 2] = ["SUSPENDED", "DEPROVISIONED"];
 
 /// The Okta connector.
 pub struct Okta {
@@ -89,6 +104,10 @@ struct UserProfile {
     login: Option<String>,
     #[serde(default)]
     email: Option<String>,
+    #[serde(default, rename = "firstName")]
+    first_name: Option<String>,
+    #[serde(default, rename = "lastName")]
+    last_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -468,6 +487,18 @@ impl Okta {
 
     /// Whether the user is a direct member of the group (the user's groups, paged).
     async fn is_member(&self, user: &User, group: &Group) -> Result<bool, ConnectorError> {
+        let mut found = false;
+        self.user_groups(user, |groups| {
+            found = groups.iter().any(|g| g.id == group.id);
+            found
+        })
+        .await?;
+        Ok(found)
+    }
+
+    /// Walks the user's groups (`GET /api/v1/users/{id}/groups`, following `Link: rel="next"`),
+    /// handing each page to `page` until it returns `true` or the pages end.
+    async fn user_groups(&self, user: &User, mut page: impl FnMut(Vec<Group>) -> bool) -> Result<(), ConnectorError> {
         let mut url = self.url(&["api", "v1", "users", &user.id, "groups"], &[]);
         for _ in 0..MAX_PAGES {
             let resp = self.call(Method::GET, url).await?;
@@ -476,17 +507,107 @@ impl Okta {
             }
             let next = next_link(resp.headers()).filter(|n| n.origin() == self.base.origin());
             let groups: Vec<Group> = Self::json(resp, "user groups").await?;
-            if groups.iter().any(|g| g.id == group.id) {
-                return Ok(true);
+            if page(groups) {
+                return Ok(());
             }
             match next {
                 Some(n) => url = n,
-                None => return Ok(false),
+                None => return Ok(()),
             }
         }
         Err(ConnectorError::Permanent {
             reason: format!("okta: the user's groups span more than {MAX_PAGES} pages; giving up the membership check"),
         })
+    }
+
+    /// The identifier `grant` looks the user up by: the `subject_field` value (an Okta
+    /// user id or login) when the application has one, else the requester's email;
+    /// lowercased, as Okta compares logins and emails case-insensitively.
+    fn do_identity(&self, subject: &Subject) -> Result<String, ConnectorError> {
+        if let Some(field) = &self.subject_field {
+            return subject.field(field).map(|v| v.trim().to_lowercase()).ok_or_else(|| ConnectorError::Permanent {
+                reason: format!(
+                    "the ticket has no value in field {field} (the application's subject_field), so the \
+                     Okta user cannot be identified"
+                ),
+            });
+        }
+        subject.email.as_deref().map(str::trim).filter(|e| !e.is_empty()).map(str::to_lowercase).ok_or_else(|| {
+            ConnectorError::Permanent {
+                reason: "the requester has no email address in the ticket; set the application's subject_field \
+                         to a ticket field holding the Okta login"
+                    .into(),
+            }
+        })
+    }
+
+    /// Every user of the group: `GET /api/v1/groups/{groupId}/users?limit=200`, following
+    /// `Link: rel="next"` (same origin only).
+    async fn do_members(&self, target: &Target) -> Result<Vec<Member>, ConnectorError> {
+        Self::check_role(target)?;
+        let group = self.group(target).await?;
+        let mut url = self.url(&["api", "v1", "groups", &group.id, "users"], &[("limit", MEMBER_PAGE)]);
+        let mut members = Vec::new();
+        for _ in 0..MAX_MEMBER_PAGES {
+            let resp = self.call(Method::GET, url).await?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Err(ConnectorError::NotFound { what: format!("Okta group {}", group.id) });
+            }
+            if !resp.status().is_success() {
+                return Err(self.fail(resp).await);
+            }
+            let next = next_link(resp.headers()).filter(|n| n.origin() == self.base.origin());
+            let users: Vec<User> = Self::json(resp, "group users").await?;
+            members.extend(users.into_iter().map(member));
+            match next {
+                Some(n) => url = n,
+                None => return Ok(members),
+            }
+        }
+        Err(ConnectorError::Permanent {
+            reason: format!(
+                "okta: the members of group {} span more than {MAX_MEMBER_PAGES} pages; giving up the read",
+                group.id
+            ),
+        })
+    }
+
+    /// The targets (group ids, or exact names of OKTA_GROUP groups) among the user's
+    /// groups (`GET /api/v1/users/{id}/groups`, paged). An unknown user is in none.
+    async fn do_memberships(&self, subject: &Subject, targets: &[Target]) -> Result<Vec<String>, ConnectorError> {
+        let user = match self.user(subject).await {
+            Ok(user) => user,
+            Err(ConnectorError::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut held = vec![false; targets.len()];
+        self.user_groups(&user, |groups| {
+            for (i, t) in targets.iter().enumerate() {
+                let name = t.name.trim();
+                held[i] |= groups.iter().any(|g| {
+                    if looks_like_group_id(name) {
+                        g.id == name
+                    } else {
+                        g.profile.name == name && g.kind.as_deref() == Some(WRITABLE_TYPE)
+                    }
+                });
+            }
+            held.iter().all(|h| *h)
+        })
+        .await?;
+        Ok(targets.iter().zip(held).filter(|(_, h)| *h).map(|(t, _)| t.name.clone()).collect())
+    }
+
+    /// The user's `status`: SUSPENDED and DEPROVISIONED are inactive, every other status a live account.
+    async fn do_user_state(&self, subject: &Subject) -> Result<UserState, ConnectorError> {
+        match self.user(subject).await {
+            Ok(user) if user.status.as_deref().is_some_and(|s| INACTIVE_STATUSES.contains(&s)) => {
+                Ok(UserState::Inactive)
+            }
+            Ok(_) => Ok(UserState::Active),
+            Err(ConnectorError::NotFound { .. }) => Ok(UserState::NotFound),
+            Err(e) => Err(e),
+        }
     }
 
     fn check_role(target: &Target) -> Result<(), ConnectorError> {
@@ -561,7 +682,31 @@ impl Okta {
     }
 }
 
-super::connector_impl!(Okta, "okta", grant: do_grant, revoke: do_revoke, test: do_test);
+super::connector_impl!(
+    Okta, "okta", grant: do_grant, revoke: do_revoke, test: do_test,
+    identity: do_identity, members: do_members, memberships: do_memberships, user_state: do_user_state
+);
+
+/// A group member as read back: its id, login and email (lowercased: Okta compares them
+/// case-insensitively), and its name for people.
+fn member(user: User) -> Member {
+    let mut keys = vec![user.id.to_lowercase()];
+    for k in [&user.profile.login, &user.profile.email].into_iter().flatten() {
+        let k = k.trim().to_lowercase();
+        if !k.is_empty() && !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    let name = [&user.profile.first_name, &user.profile.last_name]
+        .into_iter()
+        .flatten()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let display = if name.is_empty() { user.profile.login.clone() } else { Some(name) };
+    Member { id: user.id, keys, display }
+}
 
 fn dpop_error() -> ConnectorError {
     ConnectorError::Permanent {

@@ -582,13 +582,14 @@ fn a_request_the_model_does_not_document_fails_the_conformance_check() {
     };
     let good = request("AWSIdentityStore.GetGroupMembershipId", membership_body());
     // Not used by the connector, so not in the extract; and a body without a required member.
-    let unused = request("AWSIdentityStore.IsMemberInGroups", json!({"IdentityStoreId": STORE}));
+    // (IsMemberInGroups was the example here until read-back started using it.)
+    let unused = request("AWSIdentityStore.DeleteUser", json!({"IdentityStoreId": STORE, "UserId": USER_ID}));
     let missing =
         request("AWSIdentityStore.CreateGroupMembership", json!({"IdentityStoreId": STORE, "GroupId": GROUP_ID}));
     assert!(spec_check::violations(&ops, "", &[good]).is_empty());
     let v = spec_check::violations(&ops, "", &[unused, missing]);
     assert_eq!(v.len(), 2, "{v:#?}");
-    assert!(v[0].contains("IsMemberInGroups") && v[0].contains("no operation"), "{}", v[0]);
+    assert!(v[0].contains("DeleteUser") && v[0].contains("no operation"), "{}", v[0]);
     assert!(v[1].contains("\"MemberId\" is missing"), "{}", v[1]);
 }
 
@@ -623,4 +624,168 @@ fn group_ids_are_told_from_names() {
     assert!(!looks_like_group_id("Engineering"));
     assert!(!looks_like_group_id("eng-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"));
     assert!(!looks_like_group_id("1234567890-aaaaaaaa-bbbb-cccc-dddd"));
+}
+
+// --- Read-back ---------------------------------------------------------------------------
+
+fn user_json(id: &str, name: &str, emails: &[&str], status: Option<&str>) -> serde_json::Value {
+    let mut u = json!({
+        "IdentityStoreId": STORE, "UserId": id, "UserArn": format!("arn:aws:identitystore::123456789012:user/{id}"),
+        "Revision": "3", "UserName": name, "DisplayName": format!("{name} (display)"),
+        "Emails": emails.iter().enumerate().map(|(i, e)| json!({"Value": e, "Type": "work", "Primary": i == 0})).collect::<Vec<_>>()
+    });
+    if let Some(s) = status {
+        u["UserStatus"] = json!(s);
+    }
+    u
+}
+
+fn membership_of(user: &str) -> serde_json::Value {
+    json!({"IdentityStoreId": STORE, "MembershipId": format!("m-{user}"), "GroupId": GROUP_ID, "MemberId": {"UserId": user}})
+}
+
+async fn describe(server: &MockServer, id: &str, answer: ResponseTemplate) {
+    call("DescribeUser", json!({"IdentityStoreId": STORE, "UserId": id}))
+        .respond_with(answer)
+        .expect(1)
+        .mount(server)
+        .await;
+}
+
+#[tokio::test]
+async fn members_follow_next_token_and_are_keyed_by_user_name_and_emails() {
+    let f = fixture("").await;
+    group_found(&f.server).await;
+    call("ListGroupMemberships", json!({"IdentityStoreId": STORE, "GroupId": GROUP_ID, "MaxResults": 100}))
+        .respond_with(ok(json!({"GroupMemberships": [membership_of("u-1")], "NextToken": "page-2-token"})))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    call(
+        "ListGroupMemberships",
+        json!({"IdentityStoreId": STORE, "GroupId": GROUP_ID, "MaxResults": 100, "NextToken": "page-2-token"}),
+    )
+    .respond_with(ok(json!({"GroupMemberships": [membership_of("u-2")]})))
+    .expect(1)
+    .mount(&f.server)
+    .await;
+    describe(&f.server, "u-1", ok(user_json("u-1", "Alice", &["Alice@Example.com", "a.smith@example.com"], None)))
+        .await;
+    describe(&f.server, "u-2", ok(user_json("u-2", "bob", &[], Some("ENABLED")))).await;
+    assert_eq!(
+        f.aws.members(&target("Engineering")).await,
+        Ok(vec![
+            Member {
+                id: "u-1".into(),
+                keys: vec!["u-1".into(), "alice".into(), "alice@example.com".into(), "a.smith@example.com".into()],
+                display: Some("Alice (display)".into())
+            },
+            Member { id: "u-2".into(), keys: vec!["u-2".into(), "bob".into()], display: Some("bob (display)".into()) },
+        ])
+    );
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn members_of_an_empty_group_are_none_and_of_a_missing_group_not_found() {
+    let f = fixture("").await;
+    group_found(&f.server).await;
+    call("ListGroupMemberships", json!({"IdentityStoreId": STORE, "GroupId": GROUP_ID, "MaxResults": 100}))
+        .respond_with(ok(json!({"GroupMemberships": []})))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    assert_eq!(f.aws.members(&target("Engineering")).await, Ok(vec![]));
+    call("GetGroupId", user_lookup("displayName", "Nope"))
+        .respond_with(fault(400, "ResourceNotFoundException", json!({"ResourceType": "GROUP"})))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    let missing = "1234567890-00000000-0000-0000-0000-00000000dead";
+    call("DescribeGroup", json!({"IdentityStoreId": STORE, "GroupId": missing}))
+        .respond_with(fault(400, "ResourceNotFoundException", json!({"ResourceType": "GROUP"})))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    assert!(matches!(f.aws.members(&target("Nope")).await, Err(ConnectorError::NotFound { .. })));
+    assert!(matches!(f.aws.members(&target(missing)).await, Err(ConnectorError::NotFound { .. })));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn memberships_ask_is_member_in_groups_for_the_existing_targets() {
+    let f = fixture("").await;
+    user_found(&f.server).await;
+    group_found(&f.server).await;
+    let ops = "1234567890-0000aaaa-bbbb-cccc-dddd-eeeeeeeeeeee";
+    call("GetGroupId", user_lookup("displayName", "Ops"))
+        .respond_with(ok(json!({"GroupId": ops, "IdentityStoreId": STORE})))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    call("GetGroupId", user_lookup("displayName", "Gone"))
+        .respond_with(fault(400, "ResourceNotFoundException", json!({"ResourceType": "GROUP"})))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    let mut ids = vec![GROUP_ID, ops];
+    ids.sort_unstable();
+    call("IsMemberInGroups", json!({"IdentityStoreId": STORE, "MemberId": {"UserId": USER_ID}, "GroupIds": ids}))
+        .respond_with(ok(json!({"Results": [
+            {"GroupId": GROUP_ID, "MemberId": {"UserId": USER_ID}, "MembershipExists": true},
+            {"GroupId": ops, "MemberId": {"UserId": USER_ID}, "MembershipExists": false}
+        ]})))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    let targets = [target("Engineering"), target("Ops"), target("Gone")];
+    assert_eq!(f.aws.memberships(&subject(), &targets).await, Ok(vec!["Engineering".to_owned()]));
+    f.conforms().await;
+}
+
+async fn user_missing(server: &MockServer) {
+    call("GetUserId", user_lookup("emails.value", EMAIL))
+        .respond_with(fault(400, "ResourceNotFoundException", json!({"ResourceType": "USER"})))
+        .expect(1)
+        .mount(server)
+        .await;
+}
+
+#[tokio::test]
+async fn memberships_of_an_unknown_user_are_none() {
+    let f = fixture("").await;
+    user_missing(&f.server).await;
+    assert_eq!(f.aws.memberships(&subject(), &[target("Engineering")]).await, Ok(vec![]));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn user_state_reads_user_status() {
+    for (status, want) in
+        [(None, UserState::Active), (Some("ENABLED"), UserState::Active), (Some("DISABLED"), UserState::Inactive)]
+    {
+        let f = fixture("").await;
+        user_found(&f.server).await;
+        describe(&f.server, USER_ID, ok(user_json(USER_ID, "alice", &[EMAIL], status))).await;
+        assert_eq!(f.aws.user_state(&subject()).await, Ok(want), "{status:?}");
+        f.conforms().await;
+    }
+    let f = fixture("").await;
+    user_missing(&f.server).await;
+    assert_eq!(f.aws.user_state(&subject()).await, Ok(UserState::NotFound));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn identity_is_the_lowercased_email_or_user_name() {
+    let f = fixture("").await;
+    let mut s = subject();
+    s.email = Some("Alice@Example.COM".into());
+    assert_eq!(f.aws.identity(&s), Ok("alice@example.com".to_owned()));
+    s.email = None;
+    assert!(matches!(f.aws.identity(&s), Err(ConnectorError::Permanent { .. })));
+    let f = fixture("subject_field = \"customfield_10050\"").await;
+    assert!(matches!(f.aws.identity(&subject()), Err(ConnectorError::Permanent { .. })), "field empty");
+    s.fields.insert("customfield_10050".into(), "ASmith".into());
+    assert_eq!(f.aws.identity(&s), Ok("asmith".to_owned()));
 }

@@ -678,3 +678,207 @@ fn guids_are_recognised() {
     assert!(!is_guid("Engineering"));
     assert!(!is_guid("7c9e6679-7425-40de-944b-e07fc1f90ae"));
 }
+
+// --- Read-back ---------------------------------------------------------------------------
+
+/// The query `members` and `memberships` send on their first page.
+fn first_page(select: &'static str) -> impl Fn(wiremock::MockBuilder) -> wiremock::MockBuilder {
+    move |m| {
+        m.and(query_param("$select", select))
+            .and(query_param("$top", "999"))
+            .and(wiremock::matchers::query_param_is_missing("$skiptoken"))
+    }
+}
+
+async fn group_by_id(f: &Fixture) {
+    graph_call("GET", &format!("/groups/{GROUP_ID}"))
+        .and(query_param("$select", GROUP_FIELDS))
+        .respond_with(ResponseTemplate::new(200).set_body_json(group_json(json!({}))))
+        .expect(1)
+        .mount(&f.graph)
+        .await;
+}
+
+fn graph_user(id: &str, upn: &str, mail: Option<&str>) -> Value {
+    json!({"@odata.type": "#microsoft.graph.user", "id": id, "userPrincipalName": upn, "mail": mail, "displayName": "Some One"})
+}
+
+#[tokio::test]
+async fn members_follow_the_next_link_and_keep_only_users() {
+    let f = fixture("").await;
+    group_by_name(&f, group_json(json!({}))).await;
+    let members = format!("/groups/{GROUP_ID}/members");
+    // Graph's continuation: an opaque $skiptoken in a full URL, followed verbatim.
+    let next = format!("{}/v1.0{members}?$select={MEMBER_FIELDS}&$top=999&$skiptoken=RFNwdAIAAQAAAD", f.graph.uri());
+    first_page(MEMBER_FIELDS)(graph_call("GET", &members))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#directoryObjects(id,userPrincipalName,mail,displayName)",
+            "value": [
+                graph_user("u-1", "Alice@Contoso.com", Some("Alice.Smith@Example.com")),
+                {"@odata.type": "#microsoft.graph.device", "id": "d-1", "displayName": "laptop"},
+                {"@odata.type": "#microsoft.graph.group", "id": "g-1", "displayName": "Nested"}
+            ],
+            "@odata.nextLink": next
+        })))
+        .expect(1)
+        .mount(&f.graph)
+        .await;
+    graph_call("GET", &members)
+        .and(query_param("$skiptoken", "RFNwdAIAAQAAAD"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "value": [graph_user("u-2", "bob@contoso.com", None)]
+        })))
+        .expect(1)
+        .mount(&f.graph)
+        .await;
+    assert_eq!(
+        f.entra.members(&target("Engineering")).await,
+        Ok(vec![
+            Member {
+                id: "u-1".into(),
+                keys: vec!["u-1".into(), "alice@contoso.com".into(), "alice.smith@example.com".into()],
+                display: Some("Some One".into())
+            },
+            Member {
+                id: "u-2".into(),
+                keys: vec!["u-2".into(), "bob@contoso.com".into()],
+                display: Some("Some One".into())
+            },
+        ])
+    );
+    let requests = f.graph.received_requests().await.unwrap();
+    let (follow, own): (Vec<Request>, Vec<Request>) =
+        requests.into_iter().partition(|r| r.url.query().is_some_and(|q| q.contains("skiptoken")));
+    // The continuation is the server's URL, sent back exactly (its $skiptoken is not a documented parameter).
+    assert_eq!(follow.len(), 1);
+    let sent = follow[0].url.path().to_owned() + "?" + follow[0].url.query().unwrap_or("");
+    assert_eq!(format!("{}{sent}", f.graph.uri()), next);
+    spec_check::assert_conforms("entra", "/v1.0", &own);
+}
+
+#[tokio::test]
+async fn members_of_an_empty_group_are_none_and_of_a_missing_group_not_found() {
+    let f = fixture("").await;
+    group_by_id(&f).await;
+    first_page(MEMBER_FIELDS)(graph_call("GET", &format!("/groups/{GROUP_ID}/members")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"value": []})))
+        .expect(1)
+        .mount(&f.graph)
+        .await;
+    assert_eq!(f.entra.members(&target(GROUP_ID)).await, Ok(vec![]));
+    let missing = "00000000-0000-0000-0000-00000000dead";
+    graph_call("GET", &format!("/groups/{missing}"))
+        .respond_with(ResponseTemplate::new(404).set_body_json(
+            json!({"error": {"code": "Request_ResourceNotFound", "message": "Resource does not exist"}}),
+        ))
+        .expect(1)
+        .mount(&f.graph)
+        .await;
+    graph_call("GET", "/groups")
+        .and(query_param("$filter", "displayName eq 'Nope'"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"value": []})))
+        .expect(1)
+        .mount(&f.graph)
+        .await;
+    assert!(matches!(f.entra.members(&target(missing)).await, Err(ConnectorError::NotFound { .. })));
+    assert!(matches!(f.entra.members(&target("Nope")).await, Err(ConnectorError::NotFound { .. })));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn memberships_are_the_targets_among_the_users_direct_groups_on_every_page() {
+    let f = fixture("").await;
+    user_found(&f).await;
+    let member_of = format!("/users/{USER_ID}/memberOf");
+    let next = format!("{}/v1.0{member_of}?$select=id,displayName&$top=999&$skiptoken=X2", f.graph.uri());
+    first_page(MEMBER_OF_FIELDS)(graph_call("GET", &member_of))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "value": [
+                {"@odata.type": "#microsoft.graph.group", "id": GROUP_ID, "displayName": "Engineering"},
+                {"@odata.type": "#microsoft.graph.directoryRole", "id": "r-1", "displayName": "Sales"}
+            ],
+            "@odata.nextLink": next
+        })))
+        .expect(1)
+        .mount(&f.graph)
+        .await;
+    graph_call("GET", &member_of)
+        .and(query_param("$skiptoken", "X2"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "value": [{"@odata.type": "#microsoft.graph.group", "id": "g-ops", "displayName": "Ops"}]
+        })))
+        .expect(1)
+        .mount(&f.graph)
+        .await;
+    let targets = [target(GROUP_ID), target("Finance"), target("ops"), target("Sales")];
+    assert_eq!(f.entra.memberships(&subject(), &targets).await, Ok(vec![GROUP_ID.to_owned(), "ops".to_owned()]));
+    let own: Vec<Request> = f
+        .graph
+        .received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| !r.url.query().is_some_and(|q| q.contains("skiptoken")))
+        .collect();
+    spec_check::assert_conforms("entra", "/v1.0", &own);
+}
+
+async fn user_missing(f: &Fixture) {
+    graph_call("GET", "/users/alice@example.com")
+        .respond_with(ResponseTemplate::new(404).set_body_json(
+            json!({"error": {"code": "Request_ResourceNotFound", "message": "Resource does not exist"}}),
+        ))
+        .expect(1)
+        .mount(&f.graph)
+        .await;
+    graph_call("GET", "/users")
+        .and(query_param("$filter", "mail eq 'alice@example.com'"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"value": []})))
+        .expect(1)
+        .mount(&f.graph)
+        .await;
+}
+
+#[tokio::test]
+async fn memberships_of_an_unknown_user_are_none() {
+    let f = fixture("").await;
+    user_missing(&f).await;
+    assert_eq!(f.entra.memberships(&subject(), &[target("Engineering")]).await, Ok(vec![]));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn user_state_reads_account_enabled() {
+    for (enabled, want) in [(json!(true), UserState::Active), (json!(false), UserState::Inactive)] {
+        let f = fixture("").await;
+        graph_call("GET", "/users/alice@example.com")
+            .and(query_param("$select", USER_FIELDS))
+            .respond_with(ResponseTemplate::new(200).set_body_json(
+                json!({"id": USER_ID, "userPrincipalName": EMAIL, "mail": EMAIL, "accountEnabled": enabled}),
+            ))
+            .expect(1)
+            .mount(&f.graph)
+            .await;
+        assert_eq!(f.entra.user_state(&subject()).await, Ok(want), "{enabled}");
+        f.conforms().await;
+    }
+    let f = fixture("").await;
+    user_missing(&f).await;
+    assert_eq!(f.entra.user_state(&subject()).await, Ok(UserState::NotFound));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn identity_is_the_lowercased_email_or_subject_field() {
+    let secret = "client_secret_file = \"{dir}/secret\"";
+    let f = fixture_with(secret, "").await;
+    let mut s = subject();
+    s.email = Some("Alice@Example.COM".into());
+    assert_eq!(f.entra.identity(&s), Ok("alice@example.com".to_owned()));
+    s.email = None;
+    assert!(matches!(f.entra.identity(&s), Err(ConnectorError::Permanent { .. })));
+    let f = fixture_with(secret, "subject_field = \"customfield_10050\"").await;
+    assert!(matches!(f.entra.identity(&subject()), Err(ConnectorError::Permanent { .. })), "field empty");
+    s.fields.insert("customfield_10050".into(), "A.Smith@Contoso.onmicrosoft.com".into());
+    assert_eq!(f.entra.identity(&s), Ok("a.smith@contoso.onmicrosoft.com".to_owned()));
+}

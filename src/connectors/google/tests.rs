@@ -635,3 +635,179 @@ fn build_one_makes_a_google_connector() {
     let c = crate::connectors::build_one("g", &app(&text)).unwrap();
     assert_eq!(c.kind(), "google");
 }
+
+// --- Read-back ---------------------------------------------------------------------------
+
+/// A Directory API GET with the bearer token.
+fn api_get(p: &str) -> wiremock::MockBuilder {
+    Mock::given(method("GET")).and(path(format!("{DIR}{p}"))).and(header("authorization", BEARER_1))
+}
+
+fn named(name: &str, role: Option<&str>) -> Target {
+    Target { name: name.into(), role: role.map(str::to_owned) }
+}
+
+#[tokio::test]
+async fn members_follow_next_page_token_and_keep_users_with_the_role() {
+    let f = Fixture::new("").await;
+    f.token("ya29.test-token-1", None).await;
+    let members = format!("/groups/{GROUP}/members");
+    api_get(&members)
+        .and(query_param("maxResults", "200"))
+        .and(wiremock::matchers::query_param_is_missing("pageToken"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "kind": "admin#directory#members",
+            "members": [
+                {"kind": "admin#directory#member", "id": "1001", "email": "Alice@Example.com", "role": "OWNER", "type": "USER", "status": "ACTIVE"},
+                {"kind": "admin#directory#member", "id": "2002", "email": "sub-team@example.com", "role": "MEMBER", "type": "GROUP"},
+                {"kind": "admin#directory#member", "id": "C01abc", "role": "MEMBER", "type": "CUSTOMER"}
+            ],
+            "nextPageToken": "tok/2+=="
+        })))
+        .expect(2)
+        .mount(&f.api)
+        .await;
+    api_get(&members)
+        .and(query_param("maxResults", "200"))
+        .and(query_param("pageToken", "tok/2+=="))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "kind": "admin#directory#members",
+            "members": [{"id": "1003", "email": "bob@example.com", "role": "MEMBER", "type": "USER"}]
+        })))
+        .expect(2)
+        .mount(&f.api)
+        .await;
+    let alice =
+        Member { id: "1001".into(), keys: vec!["alice@example.com".into()], display: Some("alice@example.com".into()) };
+    let bob =
+        Member { id: "1003".into(), keys: vec!["bob@example.com".into()], display: Some("bob@example.com".into()) };
+    assert_eq!(f.google.members(&target(None)).await, Ok(vec![alice.clone(), bob]));
+    // A MANAGER target is held by managers and owners only.
+    assert_eq!(f.google.members(&target(Some("manager"))).await, Ok(vec![alice]));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn members_of_an_empty_group_are_none_and_of_a_missing_group_not_found() {
+    let f = Fixture::new("").await;
+    f.token("ya29.test-token-1", None).await;
+    api_get(&format!("/groups/{GROUP}/members"))
+        .and(query_param("maxResults", "200"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"kind": "admin#directory#members"})))
+        .expect(1)
+        .mount(&f.api)
+        .await;
+    api_get("/groups/nope@example.com/members")
+        .respond_with(error(404, "notFound", "Resource Not Found: groupKey"))
+        .expect(1)
+        .mount(&f.api)
+        .await;
+    assert_eq!(f.google.members(&target(None)).await, Ok(vec![]));
+    assert!(matches!(f.google.members(&named("nope@example.com", None)).await, Err(ConnectorError::NotFound { .. })));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn memberships_are_the_targets_among_the_users_groups_on_every_page() {
+    let f = Fixture::new("").await;
+    f.token("ya29.test-token-1", None).await;
+    f.user_exists().await;
+    api_get("/groups")
+        .and(query_param("userKey", EMAIL))
+        .and(query_param("maxResults", "200"))
+        .and(wiremock::matchers::query_param_is_missing("pageToken"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "kind": "admin#directory#groups",
+            "groups": [{"id": "03x1", "email": GROUP, "aliases": ["engineering@example.com"], "name": "Eng"}],
+            "nextPageToken": "p2"
+        })))
+        .expect(1)
+        .mount(&f.api)
+        .await;
+    api_get("/groups")
+        .and(query_param("userKey", EMAIL))
+        .and(query_param("pageToken", "p2"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "groups": [{"id": "03x2", "email": "ops@example.com", "name": "Ops"}]
+        })))
+        .expect(1)
+        .mount(&f.api)
+        .await;
+    // The OWNER target is checked with members.get: alice is a MEMBER of ops only.
+    api_get("/groups/ops@example.com/members/alice@example.com")
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"email": EMAIL, "role": "MEMBER", "type": "USER"})),
+        )
+        .expect(1)
+        .mount(&f.api)
+        .await;
+    let targets = [
+        named("Engineering@example.com", None),
+        named("finance@example.com", None),
+        named("03x2", None),
+        named("ops@example.com", Some("OWNER")),
+    ];
+    assert_eq!(
+        f.google.memberships(&subject(), &targets).await,
+        Ok(vec!["Engineering@example.com".to_owned(), "03x2".to_owned()])
+    );
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn memberships_of_an_unknown_user_are_none() {
+    let f = Fixture::new("").await;
+    f.token("ya29.test-token-1", None).await;
+    api_get(&format!("/users/{EMAIL}"))
+        .respond_with(error(404, "notFound", "Resource Not Found: userKey"))
+        .expect(1)
+        .mount(&f.api)
+        .await;
+    assert_eq!(f.google.memberships(&subject(), &[target(None)]).await, Ok(vec![]));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn user_state_reads_suspended_and_archived() {
+    for (user, want) in [
+        (json!({"suspended": false, "archived": false}), UserState::Active),
+        (json!({"suspended": true}), UserState::Inactive),
+        (json!({"suspended": false, "archived": true}), UserState::Inactive),
+    ] {
+        let f = Fixture::new("").await;
+        f.token("ya29.test-token-1", None).await;
+        let mut body = json!({"id": "1001", "primaryEmail": EMAIL});
+        body.as_object_mut().unwrap().extend(user.as_object().unwrap().clone());
+        api_get(&format!("/users/{EMAIL}"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(body))
+            .expect(1)
+            .mount(&f.api)
+            .await;
+        assert_eq!(f.google.user_state(&subject()).await, Ok(want), "{user}");
+        f.conforms().await;
+    }
+    let f = Fixture::new("").await;
+    f.token("ya29.test-token-1", None).await;
+    api_get(&format!("/users/{EMAIL}"))
+        .respond_with(error(404, "notFound", "Resource Not Found: userKey"))
+        .expect(1)
+        .mount(&f.api)
+        .await;
+    assert_eq!(f.google.user_state(&subject()).await, Ok(UserState::NotFound));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn identity_is_the_lowercased_address_grant_adds() {
+    let f = Fixture::new("").await;
+    let mut s = subject();
+    s.email = Some("Alice@Example.COM".into());
+    assert_eq!(f.google.identity(&s), Ok("alice@example.com".to_owned()));
+    s.email = None;
+    assert!(matches!(f.google.identity(&s), Err(ConnectorError::Permanent { .. })));
+    let f = Fixture::new("subject_field = \"customfield_10050\"").await;
+    s.fields.insert("customfield_10050".into(), "not-an-address".into());
+    assert!(matches!(f.google.identity(&s), Err(ConnectorError::Permanent { .. })));
+    s.fields.insert("customfield_10050".into(), "A.Smith@Example.com".into());
+    assert_eq!(f.google.identity(&s), Ok("a.smith@example.com".to_owned()));
+}

@@ -649,3 +649,180 @@ fn link_headers_and_group_ids_parse() {
     assert!(!looks_like_group_id("Engineering"));
     assert!(!looks_like_group_id(USER_ID));
 }
+
+// --- Read-back ---------------------------------------------------------------------------
+
+fn member_json(id: &str, login: &str, email: &str) -> serde_json::Value {
+    json!({"id": id, "status": "ACTIVE", "profile": {"login": login, "email": email, "firstName": "A", "lastName": "B"}})
+}
+
+#[tokio::test]
+async fn members_follow_the_link_header_to_every_page_with_login_email_and_id_as_keys() {
+    let f = ssws("").await;
+    group_by_name(&f.server, "OKTA_GROUP").await;
+    let users = format!("/api/v1/groups/{GROUP_ID}/users");
+    let next = format!("<{}{users}?after=00u2&limit=200>; rel=\"next\"", f.server.uri());
+    ssws_call("GET", &users)
+        .and(query_param("limit", "200"))
+        .and(wiremock::matchers::query_param_is_missing("after"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!([member_json("00uA", "Alice@Example.com", "alice@example.com")]))
+                .insert_header("link", format!("<{}{users}?limit=200>; rel=\"self\"", f.server.uri()).as_str())
+                .append_header("link", next.as_str()),
+        )
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    ssws_call("GET", &users)
+        .and(query_param("limit", "200"))
+        .and(query_param("after", "00u2"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!([member_json("00uB", "bob", "Bob@Example.com")]))
+                .insert_header(
+                    "link",
+                    format!("<{}{users}?after=00u2&limit=200>; rel=\"self\"", f.server.uri()).as_str(),
+                ),
+        )
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    let members = f.okta.members(&target("Engineering")).await.unwrap();
+    assert_eq!(
+        members,
+        vec![
+            Member {
+                id: "00uA".into(),
+                keys: vec!["00ua".into(), "alice@example.com".into()],
+                display: Some("A B".into())
+            },
+            Member {
+                id: "00uB".into(),
+                keys: vec!["00ub".into(), "bob".into(), "bob@example.com".into()],
+                display: Some("A B".into())
+            },
+        ]
+    );
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn members_of_an_empty_group_are_none_and_of_a_missing_group_not_found() {
+    let f = ssws("").await;
+    ssws_call("GET", &format!("/api/v1/groups/{GROUP_ID}"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(group_json("OKTA_GROUP")))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    ssws_call("GET", &format!("/api/v1/groups/{GROUP_ID}/users"))
+        .and(query_param("limit", "200"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    assert_eq!(f.okta.members(&target(GROUP_ID)).await, Ok(vec![]));
+    let missing = "00g9missingmissing00";
+    ssws_call("GET", &format!("/api/v1/groups/{missing}"))
+        .respond_with(ResponseTemplate::new(404).set_body_json(json!({"errorCode": "E0000007"})))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    ssws_call("GET", "/api/v1/groups")
+        .and(query_param("search", "profile.name eq \"Nope\""))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    assert!(matches!(f.okta.members(&target(missing)).await, Err(ConnectorError::NotFound { .. })));
+    assert!(matches!(f.okta.members(&target("Nope")).await, Err(ConnectorError::NotFound { .. })));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn memberships_are_the_targets_among_the_users_groups() {
+    let f = ssws("").await;
+    user_found(&f.server).await;
+    let ops = json!({"id": "00g2opsopsopsopsops0", "type": "OKTA_GROUP", "profile": {"name": "Ops"}});
+    let app = json!({"id": "00g3appappappappapp0", "type": "APP_GROUP", "profile": {"name": "Sales"}});
+    ssws_call("GET", &format!("/api/v1/users/{USER_ID}/groups"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([group_json("OKTA_GROUP"), ops, app])))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    let targets = [target("Engineering"), target("Finance"), target("00g2opsopsopsopsops0"), target("Sales")];
+    assert_eq!(
+        f.okta.memberships(&subject(), &targets).await,
+        Ok(vec!["Engineering".to_owned(), "00g2opsopsopsopsops0".to_owned()])
+    );
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn memberships_of_an_unknown_user_are_none() {
+    let f = ssws("").await;
+    ssws_call("GET", "/api/v1/users/alice@example.com")
+        .respond_with(ResponseTemplate::new(404).set_body_json(json!({"errorCode": "E0000007"})))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    ssws_call("GET", "/api/v1/users")
+        .and(query_param("search", "profile.email eq \"alice@example.com\""))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    assert_eq!(f.okta.memberships(&subject(), &[target("Engineering")]).await, Ok(vec![]));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn user_state_reads_the_status() {
+    for (status, want) in [
+        ("ACTIVE", UserState::Active),
+        ("PASSWORD_EXPIRED", UserState::Active),
+        ("SUSPENDED", UserState::Inactive),
+        ("DEPROVISIONED", UserState::Inactive),
+    ] {
+        let f = ssws("").await;
+        ssws_call("GET", "/api/v1/users/alice@example.com")
+            .respond_with(
+                ResponseTemplate::new(200).set_body_json(
+                    json!({"id": USER_ID, "status": status, "profile": {"login": EMAIL, "email": EMAIL}}),
+                ),
+            )
+            .expect(1)
+            .mount(&f.server)
+            .await;
+        assert_eq!(f.okta.user_state(&subject()).await, Ok(want), "{status}");
+        f.conforms().await;
+    }
+}
+
+#[tokio::test]
+async fn user_state_of_an_unknown_user_is_not_found() {
+    let f = ssws("subject_field = \"customfield_10050\"").await;
+    ssws_call("GET", "/api/v1/users/nobody")
+        .respond_with(ResponseTemplate::new(404).set_body_json(json!({"errorCode": "E0000007"})))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    let mut s = subject();
+    s.fields.insert("customfield_10050".into(), "nobody".into());
+    assert_eq!(f.okta.user_state(&s).await, Ok(UserState::NotFound));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn identity_is_the_lowercased_email_or_subject_field() {
+    let f = ssws("").await;
+    let mut s = subject();
+    s.email = Some("Alice@Example.COM".into());
+    assert_eq!(f.okta.identity(&s), Ok("alice@example.com".to_owned()));
+    s.email = None;
+    assert!(matches!(f.okta.identity(&s), Err(ConnectorError::Permanent { .. })));
+    let f = ssws("subject_field = \"customfield_10050\"").await;
+    assert!(matches!(f.okta.identity(&subject()), Err(ConnectorError::Permanent { .. })), "field empty");
+    s.fields.insert("customfield_10050".into(), "A.Smith".into());
+    assert_eq!(f.okta.identity(&s), Ok("a.smith".to_owned()));
+}
