@@ -19,7 +19,7 @@
 
 use super::atlassian::{checked_base, json, seg};
 use super::http::{self, Common, Http};
-use super::{ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
+use super::{ConnectorError, GrantOutcome, Member, RevokeOutcome, Subject, Target, UserState};
 use crate::config::ApplicationConfig;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
@@ -89,7 +89,27 @@ struct Membership {
 #[derive(Deserialize)]
 struct User {
     account_id: Option<String>,
+    uuid: Option<String>,
+    display_name: Option<String>,
 }
+
+/// One entry of `…/permissions-config/users` (repository or project user permission).
+#[derive(Deserialize)]
+struct UserPermission {
+    permission: Option<String>,
+    user: Option<User>,
+}
+
+/// A page of `…/permissions-config/users`; `next` is the opaque link to the next page.
+#[derive(Deserialize)]
+struct PermissionPage {
+    #[serde(default)]
+    values: Vec<UserPermission>,
+    next: Option<String>,
+}
+
+/// Most permission pages read (a runaway guard).
+const MAX_PAGES: usize = 1000;
 
 #[derive(Deserialize)]
 struct Members {
@@ -343,7 +363,122 @@ impl Bitbucket {
     }
 }
 
-super::connector_impl!(Bitbucket, PROVIDER, grant: add, revoke: remove, test: check);
+impl Bitbucket {
+    // ---- read-back ----
+
+    /// The Atlassian accountId `grant` uses for the requester (`selected_user_id`).
+    /// When the ticket's accountId is not a workspace member, `grant` falls back to the
+    /// workspace member with the ticket's email; that account id is only known after a
+    /// lookup, so it is not this (pure) identity.
+    fn identity(&self, subject: &Subject) -> Result<String, ConnectorError> {
+        let account = subject.account_id.trim();
+        if account.is_empty() {
+            return Err(ConnectorError::Permanent {
+                reason: "the ticket names no requester accountId, which Bitbucket identifies users by".into(),
+            });
+        }
+        Ok(account.to_owned())
+    }
+
+    /// Every user whose explicit permission on the repository or project is exactly the
+    /// target's level: `GET {scope}/permissions-config/users`, following each page's `next`.
+    async fn members(&self, target: &Target) -> Result<Vec<Member>, ConnectorError> {
+        let level = self.level(target)?;
+        let first = format!("{}{}/permissions-config/users", self.base, self.scope_path());
+        let mut url = self.same_origin(&first)?;
+        let mut out = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let resp = self.http.send(self.request_to(Method::GET, url)).await?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Err(ConnectorError::NotFound {
+                    what: format!("bitbucket {}", self.scope.describe(&self.workspace)),
+                });
+            }
+            if !resp.status().is_success() {
+                return Err(self.fail(resp).await);
+            }
+            let page: PermissionPage = json(resp).await?;
+            for p in page.values {
+                if p.permission.as_deref() != Some(level) {
+                    continue;
+                }
+                let Some(user) = p.user else { continue };
+                let account = user.account_id.map(|a| a.trim().to_owned()).filter(|a| !a.is_empty());
+                let uuid = user.uuid.map(|u| u.trim().to_owned()).filter(|u| !u.is_empty());
+                let Some(id) = account.clone().or_else(|| uuid.clone()) else {
+                    return Err(ConnectorError::Permanent {
+                        reason: format!(
+                            "bitbucket listed a {level} permission on {} without a user id",
+                            self.scope.describe(&self.workspace)
+                        ),
+                    });
+                };
+                let keys = account.into_iter().chain(uuid).collect();
+                out.push(Member { id, keys, display: user.display_name });
+            }
+            match page.next {
+                None => return Ok(out),
+                Some(next) => url = self.same_origin(&next)?,
+            }
+        }
+        Err(ConnectorError::Permanent {
+            reason: format!(
+                "bitbucket permissions-config/users of {}: more than {MAX_PAGES} pages (gave up paging)",
+                self.scope.describe(&self.workspace)
+            ),
+        })
+    }
+
+    /// A URL on the configured API host (credentials are never sent elsewhere).
+    fn same_origin(&self, link: &str) -> Result<reqwest::Url, ConnectorError> {
+        let base = reqwest::Url::parse(&self.base)
+            .map_err(|e| ConnectorError::Permanent { reason: format!("bad bitbucket URL {}: {e}", self.base) })?;
+        match reqwest::Url::parse(link) {
+            Ok(u) if u.origin() == base.origin() => Ok(u),
+            _ => Err(ConnectorError::Permanent {
+                reason: format!(
+                    "bitbucket: the next-page link {link:?} is not on {}",
+                    base.origin().ascii_serialization()
+                ),
+            }),
+        }
+    }
+
+    /// The targets whose level is exactly the user's explicit permission, from one
+    /// `GET {scope}/permissions-config/users/{selected_user_id}`. The user is found as
+    /// `grant` finds them; one unknown to the workspace holds nothing.
+    async fn memberships(&self, subject: &Subject, targets: &[Target]) -> Result<Vec<String>, ConnectorError> {
+        let user = match self.user(subject).await {
+            Ok(u) => u,
+            Err(ConnectorError::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let Some(held) = self.current(&user).await? else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for t in targets {
+            if self.level(t)? == held {
+                out.push(t.name.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Active when the requester is a member of the workspace (found as `grant` finds
+    /// them: `GET /workspaces/{workspace}/members/{accountId}`, then by email), else
+    /// `NotFound`. Bitbucket shows no deactivated state, so `Inactive` is never returned.
+    async fn user_state(&self, subject: &Subject) -> Result<UserState, ConnectorError> {
+        match self.user(subject).await {
+            Ok(_) => Ok(UserState::Active),
+            Err(ConnectorError::NotFound { .. }) => Ok(UserState::NotFound),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+super::connector_impl!(
+    Bitbucket, PROVIDER, grant: add, revoke: remove, test: check,
+    identity: identity, members: members, memberships: memberships, user_state: user_state
+);
 
 #[cfg(test)]
 mod tests;

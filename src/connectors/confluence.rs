@@ -21,7 +21,7 @@
 
 use super::atlassian::{account_id, checked_base, json, looks_like_uuid, seg};
 use super::http::{self, Common, Http};
-use super::{ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
+use super::{ConnectorError, GrantOutcome, Member, RevokeOutcome, Subject, Target, UserState};
 use crate::config::ApplicationConfig;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
@@ -106,7 +106,50 @@ struct AdminUser {
     #[serde(rename = "accountId")]
     account_id: String,
     email: Option<String>,
+    name: Option<String>,
+    nickname: Option<String>,
+    #[serde(rename = "accountStatus")]
+    account_status: Option<String>,
+    #[serde(rename = "membershipStatus")]
+    membership_status: Option<String>,
 }
+
+/// A user as the site API lists it (`User`).
+#[derive(Deserialize)]
+struct SiteUser {
+    #[serde(rename = "accountId")]
+    account_id: Option<String>,
+    email: Option<String>,
+    #[serde(rename = "displayName")]
+    display_name: Option<String>,
+    #[serde(rename = "publicName")]
+    public_name: Option<String>,
+}
+
+/// A page of `membersByGroupId` / `user/memberof`: more follow while `_links.next` is set.
+#[derive(Deserialize)]
+struct SitePage<T> {
+    #[serde(default = "Vec::new")]
+    results: Vec<T>,
+    #[serde(rename = "_links", default)]
+    links: serde_json::Map<String, serde_json::Value>,
+}
+
+/// An Admin API page with its cursor (`links.next`).
+#[derive(Deserialize)]
+struct CursorPage<T> {
+    #[serde(default = "Vec::new")]
+    data: Vec<T>,
+    links: Option<CursorLinks>,
+}
+
+#[derive(Deserialize)]
+struct CursorLinks {
+    next: Option<String>,
+}
+
+/// Page size of read-back lists (site API `limit`, Admin API `limit`).
+const READ_LIMIT: usize = 100;
 
 #[derive(Deserialize)]
 struct Directory {
@@ -473,7 +516,13 @@ impl Confluence {
         Ok(json::<Page<T>>(resp).await?.data)
     }
 
-    async fn admin_group(&self, admin: &Admin, directory: &str, target: &Target) -> Result<AdminGroup, ConnectorError> {
+    /// The directory group a target names (by id or name), synced or not.
+    async fn admin_find_group(
+        &self,
+        admin: &Admin,
+        directory: &str,
+        target: &Target,
+    ) -> Result<AdminGroup, ConnectorError> {
         let wanted = target.name.trim();
         if wanted.is_empty() {
             return Err(ConnectorError::Permanent { reason: "the rule names an empty group".into() });
@@ -486,6 +535,13 @@ impl Confluence {
             .into_iter()
             .find(|g| g.id == wanted || g.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(wanted)))
             .ok_or_else(|| ConnectorError::NotFound { what: format!("group {wanted:?} in directory {directory}") })?;
+        Ok(group)
+    }
+
+    /// [`Self::admin_find_group`], refusing groups an identity provider manages (for writes).
+    async fn admin_group(&self, admin: &Admin, directory: &str, target: &Target) -> Result<AdminGroup, ConnectorError> {
+        let wanted = target.name.trim();
+        let group = self.admin_find_group(admin, directory, target).await?;
         if group.external_synced || group.managed_by.as_deref() == Some("external") {
             return Err(ConnectorError::Permanent {
                 reason: format!(
@@ -603,6 +659,223 @@ impl Confluence {
     }
 }
 
+impl Confluence {
+    // ---- read-back ----
+
+    /// The accountId `grant` adds (with `api = "admin"`, grant falls back to the
+    /// ticket's email when the accountId is not in the directory; that needs a lookup).
+    fn identity(&self, subject: &Subject) -> Result<String, ConnectorError> {
+        account_id(subject).map(str::to_owned)
+    }
+
+    async fn members(&self, target: &Target) -> Result<Vec<Member>, ConnectorError> {
+        match &self.api {
+            Api::Site(site) => self.site_members(site, target).await,
+            Api::Admin(admin) => self.admin_members(admin, target).await,
+        }
+    }
+
+    async fn memberships(&self, subject: &Subject, targets: &[Target]) -> Result<Vec<String>, ConnectorError> {
+        match &self.api {
+            Api::Site(site) => self.site_memberships(site, subject, targets).await,
+            Api::Admin(admin) => self.admin_memberships(admin, subject, targets).await,
+        }
+    }
+
+    async fn user_state(&self, subject: &Subject) -> Result<UserState, ConnectorError> {
+        match &self.api {
+            Api::Site(site) => self.site_user_state(site, subject).await,
+            Api::Admin(admin) => self.admin_user_state(admin, subject).await,
+        }
+    }
+
+    /// `GET /wiki/rest/api/group/{groupId}/membersByGroupId?start=&limit=`, while `_links.next` is set.
+    async fn site_members(&self, site: &Site, target: &Target) -> Result<Vec<Member>, ConnectorError> {
+        let group = self.site_group(site, target).await?;
+        let id = group.id.as_deref().unwrap_or_default();
+        let path = format!("/wiki/rest/api/group/{}/membersByGroupId", seg(id));
+        let limit = READ_LIMIT.to_string();
+        let mut out = Vec::new();
+        let mut start = 0usize;
+        for _ in 0..MAX_PAGES * 20 {
+            let req = site
+                .request(&self.http, Method::GET, &path)
+                .query(&[("start", start.to_string().as_str()), ("limit", limit.as_str())]);
+            let resp = self.http.send(req).await?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Err(ConnectorError::NotFound { what: format!("confluence group {:?}", group.name) });
+            }
+            if !resp.status().is_success() {
+                return Err(self.fail(resp).await);
+            }
+            let page: SitePage<SiteUser> = json(resp).await?;
+            let n = page.results.len();
+            for u in page.results {
+                let Some(id) = u.account_id.map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()) else { continue };
+                let mut keys = vec![id.clone()];
+                keys.extend(u.email.map(|e| e.trim().to_ascii_lowercase()).filter(|e| !e.is_empty()));
+                out.push(Member { id, keys, display: u.display_name.or(u.public_name) });
+            }
+            if !page.links.contains_key("next") || n == 0 {
+                return Ok(out);
+            }
+            start += n;
+        }
+        Err(ConnectorError::Permanent {
+            reason: format!(
+                "confluence membersByGroupId: group {:?} has too many members (gave up paging)",
+                group.name
+            ),
+        })
+    }
+
+    /// Every group of the account (`GET /wiki/rest/api/user/memberof`, paged), matched to `targets`.
+    async fn site_memberships(
+        &self,
+        site: &Site,
+        subject: &Subject,
+        targets: &[Target],
+    ) -> Result<Vec<String>, ConnectorError> {
+        let account = account_id(subject)?;
+        let limit = MEMBEROF_LIMIT.to_string();
+        let mut groups: Vec<SiteGroup> = Vec::new();
+        let mut start = 0usize;
+        let mut done = false;
+        for _ in 0..MAX_PAGES {
+            let req = site.request(&self.http, Method::GET, "/wiki/rest/api/user/memberof").query(&[
+                ("accountId", account),
+                ("start", &start.to_string()),
+                ("limit", &limit),
+            ]);
+            let resp = self.http.send(req).await?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Ok(Vec::new()); // an unknown account holds nothing
+            }
+            if !resp.status().is_success() {
+                return Err(self.fail(resp).await);
+            }
+            let page: SitePage<SiteGroup> = json(resp).await?;
+            let n = page.results.len();
+            groups.extend(page.results);
+            if !page.links.contains_key("next") || n == 0 {
+                done = true;
+                break;
+            }
+            start += n;
+        }
+        if !done {
+            return Err(ConnectorError::Permanent {
+                reason: format!("user {account} is in more than {} confluence groups", MAX_PAGES * MEMBEROF_LIMIT),
+            });
+        }
+        Ok(held(targets, groups.iter().map(|g| (g.id.as_deref(), g.name.as_str()))))
+    }
+
+    /// `GET /wiki/rest/api/user?accountId=`: 200 is Active (the site API shows no deactivated state), 404 NotFound.
+    async fn site_user_state(&self, site: &Site, subject: &Subject) -> Result<UserState, ConnectorError> {
+        let account = account_id(subject)?;
+        let req = site.request(&self.http, Method::GET, "/wiki/rest/api/user").query(&[("accountId", account)]);
+        let resp = self.http.send(req).await?;
+        match resp.status() {
+            s if s.is_success() => Ok(UserState::Active),
+            StatusCode::NOT_FOUND => Ok(UserState::NotFound),
+            _ => Err(self.fail(resp).await),
+        }
+    }
+
+    /// An Admin API search, every page (the body's `cursor` from `links.next`).
+    async fn admin_search_all<T: serde::de::DeserializeOwned>(
+        &self,
+        admin: &Admin,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<Vec<T>, ConnectorError> {
+        let mut out = Vec::new();
+        let mut body = body;
+        for _ in 0..MAX_PAGES * 20 {
+            let resp = self.http.send(admin.request(&self.http, Method::POST, path).json(&body)).await?;
+            if !resp.status().is_success() {
+                return Err(self.fail(resp).await);
+            }
+            let page: CursorPage<T> = json(resp).await?;
+            let n = page.data.len();
+            out.extend(page.data);
+            match page.links.and_then(|l| l.next).filter(|c| !c.is_empty()) {
+                Some(cursor) if n > 0 => body["cursor"] = cursor.into(),
+                _ => return Ok(out),
+            }
+        }
+        Err(ConnectorError::Permanent { reason: format!("confluence admin {path}: too many pages (gave up paging)") })
+    }
+
+    /// `POST …/directories/{directoryId}/users/search` `{"groupIds": [id]}`, every page.
+    async fn admin_members(&self, admin: &Admin, target: &Target) -> Result<Vec<Member>, ConnectorError> {
+        let directory = self.directory(admin).await?;
+        let group = self.admin_find_group(admin, directory, target).await?;
+        let path = Self::admin_path(admin, directory, "/users/search");
+        let users: Vec<AdminUser> =
+            self.admin_search_all(admin, &path, json!({ "groupIds": [group.id], "limit": READ_LIMIT })).await?;
+        Ok(users
+            .into_iter()
+            .map(|u| {
+                let mut keys = vec![u.account_id.clone()];
+                keys.extend(u.email.map(|e| e.trim().to_ascii_lowercase()).filter(|e| !e.is_empty()));
+                Member { id: u.account_id, keys, display: u.name.or(u.nickname) }
+            })
+            .collect())
+    }
+
+    /// The user found as `grant` finds them; their groups from
+    /// `POST …/groups/search` `{"accountIds": [id]}`, every page.
+    async fn admin_memberships(
+        &self,
+        admin: &Admin,
+        subject: &Subject,
+        targets: &[Target],
+    ) -> Result<Vec<String>, ConnectorError> {
+        let directory = self.directory(admin).await?;
+        let account = match self.admin_user(admin, directory, subject).await {
+            Ok(a) => a,
+            Err(ConnectorError::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let path = Self::admin_path(admin, directory, "/groups/search");
+        let groups: Vec<AdminGroup> =
+            self.admin_search_all(admin, &path, json!({ "accountIds": [account], "limit": READ_LIMIT })).await?;
+        Ok(held(targets, groups.iter().map(|g| (Some(g.id.as_str()), g.name.as_deref().unwrap_or_default()))))
+    }
+
+    /// The directory user's `accountStatus` and `membershipStatus`: both active is Active,
+    /// otherwise (deactivated, closed, suspended) Inactive; not in the directory is NotFound.
+    async fn admin_user_state(&self, admin: &Admin, subject: &Subject) -> Result<UserState, ConnectorError> {
+        let account = account_id(subject)?;
+        let directory = self.directory(admin).await?;
+        let path = Self::admin_path(admin, directory, "/users/search");
+        let users: Vec<AdminUser> =
+            self.admin_search(admin, &path, json!({ "accountIds": [account], "limit": 1 })).await?;
+        let Some(u) = users.into_iter().find(|u| u.account_id == account) else { return Ok(UserState::NotFound) };
+        let active = |s: &Option<String>| s.as_deref().is_none_or(|s| s.eq_ignore_ascii_case("active"));
+        Ok(if active(&u.account_status) && active(&u.membership_status) {
+            UserState::Active
+        } else {
+            UserState::Inactive
+        })
+    }
+}
+
+/// The names of `targets` among `groups` (`(id, name)`): by id, or by name case-insensitively.
+fn held<'a>(targets: &[Target], groups: impl Iterator<Item = (Option<&'a str>, &'a str)>) -> Vec<String> {
+    let groups: Vec<(Option<&str>, &str)> = groups.collect();
+    targets
+        .iter()
+        .filter(|t| {
+            let wanted = t.name.trim();
+            groups.iter().any(|(id, name)| *id == Some(wanted) || name.eq_ignore_ascii_case(wanted))
+        })
+        .map(|t| t.name.clone())
+        .collect()
+}
+
 impl Site {
     fn request(&self, http: &Http, method: Method, path: &str) -> RequestBuilder {
         http.client()
@@ -621,7 +894,10 @@ impl Admin {
     }
 }
 
-super::connector_impl!(Confluence, PROVIDER, grant: add, revoke: remove, test: check);
+super::connector_impl!(
+    Confluence, PROVIDER, grant: add, revoke: remove, test: check,
+    identity: identity, members: members, memberships: memberships, user_state: user_state
+);
 
 /// The organization's only directory (several make `directory_id` required).
 fn only_directory(admin: &Admin, mut all: Vec<Directory>) -> Result<String, ConnectorError> {

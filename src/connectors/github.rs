@@ -18,7 +18,7 @@
 
 use super::http::Failure;
 use super::http::{self, Common, Http, TokenCache};
-use super::{ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
+use super::{ConnectorError, GrantOutcome, Member, RevokeOutcome, Subject, Target, UserState};
 use crate::config::ApplicationConfig;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
@@ -38,6 +38,10 @@ pub const ACCEPT: &str = "application/vnd.github+json";
 /// Wait after a secondary rate limit that gave no hint (GitHub: "at least one minute").
 const SECONDARY_LIMIT_WAIT: Duration = Duration::from_secs(60);
 const ROLES: [&str; 2] = ["member", "maintainer"];
+/// Page size for team members (GitHub's maximum).
+const PER_PAGE: &str = "100";
+/// Most team-member pages read (a runaway guard: 100,000 members).
+const MAX_PAGES: usize = 1000;
 
 /// GitHub App credentials and the installation token they yield.
 struct AppAuth {
@@ -600,6 +604,126 @@ impl Github {
     }
 }
 
+impl Github {
+    // ---- read-back ----
+
+    /// The login `grant` addresses, lowercased (GitHub logins are case-insensitive).
+    fn identity(&self, subject: &Subject) -> Result<String, ConnectorError> {
+        self.login(subject).map(str::to_ascii_lowercase)
+    }
+
+    /// Every member of the team: `GET /orgs/{org}/teams/{team_slug}/members?per_page=100&role=all`,
+    /// following `Link: <...>; rel="next"`. As GitHub documents, this includes the
+    /// members of child teams (as does the per-user membership read). A 404 is a missing team.
+    async fn members(&self, target: &Target) -> Result<Vec<Member>, ConnectorError> {
+        let team = self.team(target)?;
+        let mut url = self.url(&["orgs", &self.org, "teams", team, "members"]);
+        url.query_pairs_mut().append_pair("per_page", PER_PAGE).append_pair("role", "all");
+        let mut out = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let resp = self.send_url(Method::GET, url.clone(), None).await?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Err(ConnectorError::NotFound {
+                    what: format!("github: team {team} in organization {}", self.org),
+                });
+            }
+            if !resp.status().is_success() {
+                return Err(self.error(&Failure::read(resp).await));
+            }
+            let next = next_link(resp.headers());
+            let page: Vec<Value> = resp.json().await.map_err(|e| unreadable("team members", &e))?;
+            for m in &page {
+                let Some(login) = m.get("login").and_then(Value::as_str).filter(|l| !l.is_empty()) else {
+                    return Err(ConnectorError::Permanent {
+                        reason: format!("github: a member of team {team} was listed without a login"),
+                    });
+                };
+                out.push(Member {
+                    id: login.to_owned(),
+                    keys: vec![login.to_ascii_lowercase()],
+                    display: Some(login.to_owned()),
+                });
+            }
+            match next {
+                None => return Ok(out),
+                Some(link) => url = self.same_origin(&link)?,
+            }
+        }
+        Err(ConnectorError::Permanent {
+            reason: format!("github: team {team} lists more than {MAX_PAGES} pages of members (gave up paging)"),
+        })
+    }
+
+    /// A `Link` URL, refused unless it points at the configured API host (the
+    /// bearer token is never sent anywhere else).
+    fn same_origin(&self, link: &str) -> Result<Url, ConnectorError> {
+        match Url::parse(link) {
+            Ok(u) if u.origin() == self.base.origin() => Ok(u),
+            _ => Err(ConnectorError::Permanent {
+                reason: format!(
+                    "github: the next-page link {link:?} is not on {}",
+                    self.base.origin().ascii_serialization()
+                ),
+            }),
+        }
+    }
+
+    /// The targets whose team membership (`GET .../teams/{slug}/memberships/{login}`)
+    /// is `active`; a pending invitation or a 404 (no membership, unknown user or team) is not held.
+    async fn memberships(&self, subject: &Subject, targets: &[Target]) -> Result<Vec<String>, ConnectorError> {
+        let login = self.login(subject)?;
+        let mut held = Vec::new();
+        for t in targets {
+            let team = self.team(t)?;
+            if matches!(self.membership(team, login).await?, Some((_, state)) if state == "active") {
+                held.push(t.name.clone());
+            }
+        }
+        Ok(held)
+    }
+
+    /// Active when the login is a member of the organization (`GET /orgs/{org}/members/{username}`
+    /// answers 204), else `NotFound` (404: unknown login, or not in this organization,
+    /// which is all this connector can grant to). GitHub has no "suspended" state for
+    /// organization members, so `Inactive` is never returned.
+    async fn user_state(&self, subject: &Subject) -> Result<UserState, ConnectorError> {
+        let login = self.login(subject)?;
+        let resp = self.send(Method::GET, &["orgs", &self.org, "members", login], None).await?;
+        // A 302 (to public_members) means the credentials are not an org member; reqwest
+        // follows it, and a public-membership answer would hide private members.
+        if resp.url().path_segments().is_some_and(|mut s| s.any(|x| x == "public_members")) {
+            return Err(ConnectorError::Unauthorized(format!(
+                "github: GET /orgs/{}/members/{login} was redirected to public_members: the credentials are not \
+                 a member of the organization, so private memberships cannot be read",
+                self.org
+            )));
+        }
+        match resp.status() {
+            StatusCode::NO_CONTENT => Ok(UserState::Active),
+            StatusCode::NOT_FOUND => Ok(UserState::NotFound),
+            _ => Err(self.error(&Failure::read(resp).await)),
+        }
+    }
+}
+
+/// The `rel="next"` URL of a `Link` header (RFC 8288, as GitHub sends it).
+fn next_link(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers.get_all(reqwest::header::LINK).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).find_map(
+        |part| {
+            let (target, params) = part.trim().split_once(';')?;
+            let url = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+            params
+                .split(';')
+                .any(|p| {
+                    p.trim()
+                        .strip_prefix("rel=")
+                        .is_some_and(|r| r.trim_matches('"').split_whitespace().any(|r| r == "next"))
+                })
+                .then(|| url.to_owned())
+        },
+    )
+}
+
 fn role(target: &Target) -> Result<&'static str, ConnectorError> {
     match target.role.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
         None => Ok("member"),
@@ -613,4 +737,7 @@ fn rank(role: &str) -> usize {
     ROLES.iter().position(|r| *r == role).unwrap_or(0)
 }
 
-super::connector_impl!(Github, "github", grant: do_grant, revoke: do_revoke, test: do_test);
+super::connector_impl!(
+    Github, "github", grant: do_grant, revoke: do_revoke, test: do_test,
+    identity: identity, members: members, memberships: memberships, user_state: user_state
+);

@@ -13,7 +13,7 @@
 
 use super::atlassian::{account_id, checked_base, json, looks_like_uuid};
 use super::http::{self, Common, Http};
-use super::{ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
+use super::{ConnectorError, GrantOutcome, Member, RevokeOutcome, Subject, Target, UserState};
 use crate::config::ApplicationConfig;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
@@ -67,6 +67,32 @@ struct GroupPage {
     #[serde(default)]
     values: Vec<Group>,
 }
+
+/// A user as `group/member` and `user` answer (`UserDetails` / `User`).
+#[derive(Deserialize)]
+struct UserDetails {
+    #[serde(rename = "accountId")]
+    account_id: Option<String>,
+    #[serde(rename = "emailAddress")]
+    email: Option<String>,
+    #[serde(rename = "displayName")]
+    display_name: Option<String>,
+    active: Option<bool>,
+}
+
+/// One page of `GET /rest/api/3/group/member` (`PageBeanUserDetails`).
+#[derive(Deserialize)]
+struct MemberPage {
+    #[serde(default)]
+    values: Vec<UserDetails>,
+    #[serde(rename = "isLast")]
+    is_last: Option<bool>,
+}
+
+/// Page size asked of `group/member` (Jira's maximum is 50).
+const MEMBER_PAGE: usize = 50;
+/// Most `group/member` pages read (a runaway guard: 50,000 members).
+const MAX_MEMBER_PAGES: usize = 1000;
 
 /// The `[applications]` keys this kind accepts besides the common ones
 /// (`kind`, `owner`, `dry_run`, `base_url`, `subject_field`, `rate_limit_per_second`,
@@ -219,9 +245,117 @@ impl Jira {
         }
         Ok(())
     }
+
+    // ---- read-back ----
+
+    /// The accountId `grant` adds (Atlassian account ids are compared exactly).
+    fn identity(&self, subject: &Subject) -> Result<String, ConnectorError> {
+        account_id(subject).map(str::to_owned)
+    }
+
+    /// Every member of the group (active and inactive accounts), through
+    /// `GET /rest/api/3/group/member`, paged with `startAt`/`maxResults` until `isLast`.
+    async fn members(&self, target: &Target) -> Result<Vec<Member>, ConnectorError> {
+        let group = self.group(target).await?;
+        let max = MEMBER_PAGE.to_string();
+        let mut out = Vec::new();
+        let mut start = 0usize;
+        for _ in 0..MAX_MEMBER_PAGES {
+            let start_at = start.to_string();
+            let req = self.request(Method::GET, "/rest/api/3/group/member").query(&[
+                group.query(),
+                ("includeInactiveUsers", "true"),
+                ("startAt", &start_at),
+                ("maxResults", &max),
+            ]);
+            let resp = self.http.send(req).await?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Err(ConnectorError::NotFound { what: format!("jira group {:?}", group.name) });
+            }
+            if !resp.status().is_success() {
+                return Err(self.fail(resp).await);
+            }
+            let page: MemberPage = json(resp).await?;
+            let n = page.values.len();
+            out.extend(page.values.into_iter().filter_map(member));
+            // `isLast` is the documented end; an empty page also ends (no progress possible).
+            if page.is_last.unwrap_or(n == 0) || n == 0 {
+                return Ok(out);
+            }
+            start += n;
+        }
+        Err(ConnectorError::Permanent {
+            reason: format!(
+                "jira group/member: group {:?} has more than {} members (gave up paging)",
+                group.name,
+                MAX_MEMBER_PAGES * MEMBER_PAGE
+            ),
+        })
+    }
+
+    /// The names of `targets` the account is in, from one `GET /rest/api/3/user/groups`.
+    async fn memberships(&self, subject: &Subject, targets: &[Target]) -> Result<Vec<String>, ConnectorError> {
+        let account = account_id(subject)?;
+        let resp = self
+            .http
+            .send(self.request(Method::GET, "/rest/api/3/user/groups").query(&[("accountId", account)]))
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(Vec::new()); // an unknown account holds nothing
+        }
+        if !resp.status().is_success() {
+            return Err(self.fail(resp).await);
+        }
+        let groups: Vec<Group> = json(resp).await?;
+        Ok(targets
+            .iter()
+            .filter(|t| {
+                let wanted = t.name.trim();
+                groups.iter().any(|g| g.group_id.as_deref() == Some(wanted) || g.name.eq_ignore_ascii_case(wanted))
+            })
+            .map(|t| t.name.clone())
+            .collect())
+    }
+
+    /// `GET /rest/api/3/user?accountId=`: `active` decides; a 404 is `NotFound`.
+    async fn user_state(&self, subject: &Subject) -> Result<UserState, ConnectorError> {
+        let account = account_id(subject)?;
+        let resp =
+            self.http.send(self.request(Method::GET, "/rest/api/3/user").query(&[("accountId", account)])).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(UserState::NotFound);
+        }
+        if !resp.status().is_success() {
+            return Err(self.fail(resp).await);
+        }
+        let user: UserDetails = json(resp).await?;
+        Ok(match user.active {
+            Some(true) => UserState::Active,
+            Some(false) => UserState::Inactive,
+            None => {
+                return Err(ConnectorError::Permanent {
+                    reason: format!("jira GET /rest/api/3/user answered for accountId {account} without \"active\""),
+                });
+            }
+        })
+    }
 }
 
-super::connector_impl!(Jira, PROVIDER, grant: add, revoke: remove, test: check);
+/// A `group/member` entry as a [`Member`]: keyed by accountId (and the email when
+/// the user's privacy settings show it, lowercased). Entries without an accountId are skipped.
+fn member(u: UserDetails) -> Option<Member> {
+    let id = u.account_id.map(|a| a.trim().to_owned()).filter(|a| !a.is_empty())?;
+    let mut keys = vec![id.clone()];
+    if let Some(e) = u.email.map(|e| e.trim().to_ascii_lowercase()).filter(|e| !e.is_empty()) {
+        keys.push(e);
+    }
+    Some(Member { id, keys, display: u.display_name })
+}
+
+super::connector_impl!(
+    Jira, PROVIDER, grant: add, revoke: remove, test: check,
+    identity: identity, members: members, memberships: memberships, user_state: user_state
+);
 
 #[cfg(test)]
 mod tests;

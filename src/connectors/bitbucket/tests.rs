@@ -1,6 +1,7 @@
 use super::*;
 use crate::connectors::Connector;
 use crate::connectors::spec_check;
+use crate::connectors::{Member, UserState};
 use tempfile::TempDir;
 use wiremock::matchers::{basic_auth, body_json, header, method, path, query_param};
 use wiremock::{Mock, MockBuilder, MockServer, ResponseTemplate};
@@ -349,4 +350,174 @@ fn config_needs_exactly_one_scope_and_debug_hides_secrets() {
     .unwrap();
     let shown = format!("{bb:?}");
     assert!(shown.contains(API) && !shown.contains(TOKEN) && !shown.contains(EMAIL), "{shown}");
+}
+
+// ---- read-back ----
+
+const LIST: &str = "/2.0/repositories/acme/payments-api/permissions-config/users";
+
+fn perm(level: &str, account: &str, name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "type": "repository_user_permission", "permission": level,
+        "user": {"type": "user", "account_id": account, "uuid": format!("{{{name}-uuid}}"), "display_name": name,
+                 "nickname": name}
+    })
+}
+
+#[tokio::test]
+async fn members_hold_exactly_the_level_across_next_pages() {
+    let f = fixture().await;
+    let next = format!("{}{LIST}?page=2", f.server.uri());
+    call("GET", LIST)
+        .and(wiremock::matchers::query_param_is_missing("page"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "pagelen": 3, "page": 1, "size": 4, "next": next,
+            "values": [perm("write", "acc-a", "Ada"), perm("read", "acc-b", "Bob"), perm("admin", "acc-c", "Cy")]
+        })))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    call("GET", LIST)
+        .and(query_param("page", "2"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "pagelen": 3, "page": 2, "size": 4, "values": [perm("write", "acc-d", "Di")]
+        })))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    let members = f.bitbucket.members(&target("write")).await.unwrap();
+    assert_eq!(
+        members,
+        vec![
+            Member { id: "acc-a".into(), keys: vec!["acc-a".into(), "{Ada-uuid}".into()], display: Some("Ada".into()) },
+            Member { id: "acc-d".into(), keys: vec!["acc-d".into(), "{Di-uuid}".into()], display: Some("Di".into()) },
+        ]
+    );
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn a_next_link_to_another_host_is_refused() {
+    let f = fixture().await;
+    call("GET", LIST)
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "next": "https://evil.example/2.0/x?page=2", "values": [perm("write", "acc-a", "Ada")]
+        })))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    let err = f.bitbucket.members(&target("write")).await.unwrap_err();
+    assert!(err.class() == "permanent" && err.to_string().contains("evil.example"), "{err}");
+}
+
+#[tokio::test]
+async fn members_of_a_level_nobody_holds_are_none() {
+    let f = fixture().await;
+    call("GET", LIST)
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "pagelen": 10, "values": [perm("read", "acc-b", "Bob")]
+        })))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    assert_eq!(f.bitbucket.members(&target("admin")).await, Ok(vec![]));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn members_of_a_missing_repository_are_not_found() {
+    let f = fixture().await;
+    call("GET", LIST)
+        .respond_with(ResponseTemplate::new(404).set_body_json(
+            serde_json::json!({"type": "error", "error": {"message": "Repository acme/payments-api not found"}}),
+        ))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    let err = f.bitbucket.members(&target("write")).await.unwrap_err();
+    assert_eq!(err, ConnectorError::NotFound { what: "bitbucket repository acme/payments-api".into() });
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn members_of_a_project_level_read_the_project_list() {
+    let f = fixture_with("project_key = \"PAY\"").await;
+    call("GET", "/2.0/workspaces/acme/projects/PAY/permissions-config/users")
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "values": [{"type": "project_user_permission", "permission": "create-repo",
+                        "user": {"account_id": "acc-e", "display_name": "Eve"}}]
+        })))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    let members = f.bitbucket.members(&target("create-repo")).await.unwrap();
+    assert_eq!(members, vec![Member { id: "acc-e".into(), keys: vec!["acc-e".into()], display: Some("Eve".into()) }]);
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn memberships_name_the_targets_matching_the_held_level() {
+    let f = fixture().await;
+    member(&f.server, 200).await;
+    current(&f.server, ACCOUNT, Some("write")).await;
+    let held = f.bitbucket.memberships(&subject(), &[target("read"), target("write"), target("admin")]).await;
+    assert_eq!(held, Ok(vec!["write".to_owned()]));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn memberships_without_a_permission_are_none() {
+    let f = fixture().await;
+    member(&f.server, 200).await;
+    current(&f.server, ACCOUNT, None).await;
+    assert_eq!(f.bitbucket.memberships(&subject(), &[target("read"), target("write")]).await, Ok(vec![]));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn memberships_of_an_unknown_user_are_none() {
+    let f = fixture().await;
+    member(&f.server, 404).await;
+    call("GET", &format!("/2.0/workspaces/{WS}/members"))
+        .and(query_param("q", "user.email IN (\"ada+git@example.com\")"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"values": []})))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    call("GET", &perm_path(ACCOUNT)).respond_with(ResponseTemplate::new(200)).expect(0).mount(&f.server).await;
+    assert_eq!(f.bitbucket.memberships(&subject(), &[target("read")]).await, Ok(vec![]));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn user_state_is_active_for_a_workspace_member() {
+    let f = fixture().await;
+    member(&f.server, 200).await;
+    assert_eq!(f.bitbucket.user_state(&subject()).await, Ok(UserState::Active));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn user_state_of_someone_outside_the_workspace_is_not_found() {
+    let f = fixture().await;
+    member(&f.server, 404).await;
+    call("GET", &format!("/2.0/workspaces/{WS}/members"))
+        .and(query_param("q", "user.email IN (\"ada+git@example.com\")"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"values": []})))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    assert_eq!(f.bitbucket.user_state(&subject()).await, Ok(UserState::NotFound));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn identity_is_the_account_id_and_needs_one() {
+    let f = fixture().await;
+    assert_eq!(f.bitbucket.identity(&subject()), Ok(ACCOUNT.to_owned()));
+    let mut s = subject();
+    s.account_id = String::new();
+    let err = f.bitbucket.identity(&s).unwrap_err();
+    assert!(err.class() == "permanent" && err.to_string().contains("accountId"), "{err}");
+    assert!(f.server.received_requests().await.unwrap().is_empty());
 }

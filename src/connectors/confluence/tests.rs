@@ -1,6 +1,7 @@
 use super::*;
 use crate::connectors::Connector;
 use crate::connectors::spec_check;
+use crate::connectors::{Member, UserState};
 use serde_json::Value;
 use std::time::Duration;
 use tempfile::TempDir;
@@ -604,4 +605,245 @@ fn config_errors_name_the_missing_key_and_debug_hides_secrets() {
         shown.contains("\"https://x.atlassian.net\"") && !shown.contains(TOKEN) && !shown.contains(EMAIL),
         "{shown}"
     );
+}
+
+// ---- read-back ----
+
+const MEMBERS: &str = "/wiki/rest/api/group/0c2b1a5e-1f7d-4c8e-9a3b-2d4e6f8a0b1c/membersByGroupId";
+
+fn site_user(account: &str, name: &str) -> Value {
+    serde_json::json!({"type": "known", "accountId": account, "accountType": "atlassian", "displayName": name})
+}
+
+async fn members_page(server: &MockServer, start: &str, users: Vec<Value>, next: bool) {
+    let links = if next {
+        serde_json::json!({"base": "https://x.atlassian.net/wiki", "next": format!("/rest/api/group/{GROUP_ID}/membersByGroupId?start=2&limit=100")})
+    } else {
+        serde_json::json!({"base": "https://x.atlassian.net/wiki"})
+    };
+    site_call("GET", MEMBERS)
+        .and(query_param("start", start))
+        .and(query_param("limit", "100"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            serde_json::json!({"results": users, "start": start.parse::<u64>().unwrap(), "limit": 100, "size": 2, "_links": links}),
+        ))
+        .expect(1)
+        .mount(server)
+        .await;
+}
+
+#[tokio::test]
+async fn site_members_follow_links_next() {
+    let f = site().await;
+    group_by_name(&f.server).await;
+    let mut ada = site_user("acc-1", "Ada");
+    ada["email"] = "Ada@Example.com".into();
+    members_page(&f.server, "0", vec![ada, site_user("acc-2", "Bob")], true).await;
+    members_page(&f.server, "2", vec![site_user("acc-3", "Cy")], false).await;
+    let members = f.confluence.members(&target("confluence-editors")).await.unwrap();
+    assert_eq!(
+        members,
+        vec![
+            Member {
+                id: "acc-1".into(),
+                keys: vec!["acc-1".into(), "ada@example.com".into()],
+                display: Some("Ada".into())
+            },
+            Member { id: "acc-2".into(), keys: vec!["acc-2".into()], display: Some("Bob".into()) },
+            Member { id: "acc-3".into(), keys: vec!["acc-3".into()], display: Some("Cy".into()) },
+        ]
+    );
+    f.conforms("confluence").await;
+}
+
+#[tokio::test]
+async fn site_members_of_an_empty_group_are_none() {
+    let f = site().await;
+    group_by_name(&f.server).await;
+    members_page(&f.server, "0", vec![], false).await;
+    assert_eq!(f.confluence.members(&target("confluence-editors")).await, Ok(vec![]));
+    f.conforms("confluence").await;
+}
+
+#[tokio::test]
+async fn site_members_of_a_missing_group_are_not_found() {
+    let f = site().await;
+    site_call("GET", "/wiki/rest/api/group/by-name")
+        .respond_with(ResponseTemplate::new(404))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    let err = f.confluence.members(&target("nope")).await.unwrap_err();
+    assert_eq!(err, ConnectorError::NotFound { what: "confluence group \"nope\"".into() });
+    f.conforms("confluence").await;
+}
+
+#[tokio::test]
+async fn site_memberships_read_every_memberof_page() {
+    let f = site().await;
+    site_call("GET", "/wiki/rest/api/user/memberof")
+        .and(query_param("accountId", ACCOUNT))
+        .and(query_param("start", "0"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "results": [{"type": "group", "name": "other", "id": "x"}], "start": 0, "limit": 200, "size": 1,
+            "_links": {"next": "/rest/api/user/memberof?accountId=a&start=1"}
+        })))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    site_call("GET", "/wiki/rest/api/user/memberof")
+        .and(query_param("accountId", ACCOUNT))
+        .and(query_param("start", "1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(memberof_page(vec![group_json()])))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    let held = f.confluence.memberships(&subject(), &[target("confluence-editors"), target("wiki-admins")]).await;
+    assert_eq!(held, Ok(vec!["confluence-editors".to_owned()]));
+    f.conforms("confluence").await;
+}
+
+#[tokio::test]
+async fn site_memberships_of_an_unknown_user_are_none() {
+    let f = site().await;
+    site_call("GET", "/wiki/rest/api/user/memberof")
+        .respond_with(ResponseTemplate::new(404))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    assert_eq!(f.confluence.memberships(&subject(), &[target("confluence-editors")]).await, Ok(vec![]));
+    f.conforms("confluence").await;
+}
+
+#[tokio::test]
+async fn site_user_state_is_active_or_not_found() {
+    let f = site().await;
+    site_call("GET", "/wiki/rest/api/user")
+        .and(query_param("accountId", ACCOUNT))
+        .respond_with(ResponseTemplate::new(200).set_body_json(site_user(ACCOUNT, "Ada")))
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    site_call("GET", "/wiki/rest/api/user")
+        .and(query_param("accountId", ACCOUNT))
+        .respond_with(ResponseTemplate::new(404))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    assert_eq!(f.confluence.user_state(&subject()).await, Ok(UserState::Active));
+    assert_eq!(f.confluence.user_state(&subject()).await, Ok(UserState::NotFound));
+    f.conforms("confluence").await;
+}
+
+#[tokio::test]
+async fn identity_is_the_account_id_and_needs_one() {
+    let f = site().await;
+    assert_eq!(f.confluence.identity(&subject()), Ok(ACCOUNT.to_owned()));
+    let mut s = subject();
+    s.account_id = String::new();
+    assert_eq!(f.confluence.identity(&s).unwrap_err().class(), "permanent");
+    assert!(f.server.received_requests().await.unwrap().is_empty());
+}
+
+fn admin_fixed() -> String {
+    format!("directory_id = \"{DIR}\"")
+}
+
+#[tokio::test]
+async fn admin_members_follow_the_cursor() {
+    let f = admin(&admin_fixed()).await;
+    admin_group(&f.server, true).await; // a synced group can still be read
+    admin_call("POST", &dir_path("/users/search"))
+        .and(body_json(serde_json::json!({"groupIds": [GROUP_ID], "limit": 100})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "data": [{"accountId": "acc-1", "email": "Ada@Example.com", "name": "Ada", "accountStatus": "active"}],
+            "links": {"self": "c0", "next": "c1"}
+        })))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    admin_call("POST", &dir_path("/users/search"))
+        .and(body_json(serde_json::json!({"groupIds": [GROUP_ID], "limit": 100, "cursor": "c1"})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "data": [{"accountId": "acc-2", "nickname": "bob"}], "links": {"self": "c1"}
+        })))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    let members = f.confluence.members(&target("confluence-editors")).await.unwrap();
+    assert_eq!(
+        members,
+        vec![
+            Member {
+                id: "acc-1".into(),
+                keys: vec!["acc-1".into(), "ada@example.com".into()],
+                display: Some("Ada".into())
+            },
+            Member { id: "acc-2".into(), keys: vec!["acc-2".into()], display: Some("bob".into()) },
+        ]
+    );
+    f.conforms("confluence-admin").await;
+}
+
+#[tokio::test]
+async fn admin_members_of_a_missing_group_are_not_found() {
+    let f = admin(&admin_fixed()).await;
+    admin_call("POST", &dir_path("/groups/search"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"data": []})))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    assert_eq!(f.confluence.members(&target("nope")).await.unwrap_err().class(), "not_found");
+    f.conforms("confluence-admin").await;
+}
+
+#[tokio::test]
+async fn admin_memberships_match_the_users_groups() {
+    let f = admin(&admin_fixed()).await;
+    admin_user_by_id(&f.server, true).await;
+    admin_call("POST", &dir_path("/groups/search"))
+        .and(body_json(serde_json::json!({"accountIds": [ACCOUNT], "limit": 100})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "data": [admin_group_json(false), {"id": "g2", "name": "other"}], "links": {}
+        })))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    let held = f.confluence.memberships(&subject(), &[target(GROUP_ID), target("wiki-admins")]).await;
+    assert_eq!(held, Ok(vec![GROUP_ID.to_owned()]));
+    f.conforms("confluence-admin").await;
+}
+
+async fn admin_status(server: &MockServer, data: Value) {
+    admin_call("POST", &dir_path("/users/search"))
+        .and(body_json(serde_json::json!({"accountIds": [ACCOUNT], "limit": 1})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"data": data, "links": {}})))
+        .expect(1)
+        .mount(server)
+        .await;
+}
+
+#[tokio::test]
+async fn admin_user_state_reads_account_and_membership_status() {
+    for (data, want) in [
+        (
+            serde_json::json!([{"accountId": ACCOUNT, "accountStatus": "active", "membershipStatus": "active"}]),
+            UserState::Active,
+        ),
+        (
+            serde_json::json!([{"accountId": ACCOUNT, "accountStatus": "inactive", "membershipStatus": "active"}]),
+            UserState::Inactive,
+        ),
+        (
+            serde_json::json!([{"accountId": ACCOUNT, "accountStatus": "active", "membershipStatus": "suspended"}]),
+            UserState::Inactive,
+        ),
+        (serde_json::json!([]), UserState::NotFound),
+    ] {
+        let f = admin(&admin_fixed()).await;
+        admin_status(&f.server, data).await;
+        assert_eq!(f.confluence.user_state(&subject()).await, Ok(want));
+        f.conforms("confluence-admin").await;
+    }
 }

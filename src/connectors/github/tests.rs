@@ -1,6 +1,7 @@
 use super::*;
 use crate::connectors::Connector;
 use crate::connectors::spec_check;
+use crate::connectors::{Member, UserState};
 use jsonwebtoken::{DecodingKey, Validation};
 use tempfile::TempDir;
 use wiremock::matchers::{body_json, header, header_exists, method, path, query_param};
@@ -586,4 +587,158 @@ fn config_errors_name_the_missing_key_and_debug_hides_secrets() {
     assert!(err.contains("invite_non_members must be true or false"), "{err}");
     let c = crate::connectors::build_one("gh", &app(&text)).unwrap();
     assert_eq!(c.kind(), "github");
+}
+
+// ---- read-back ----
+
+const MEMBERS: &str = "/orgs/acme/teams/platform-eng/members";
+
+fn team_member(login: &str) -> Value {
+    json!({"login": login, "id": 1, "type": "User", "site_admin": false, "role": "member", "inherited": false})
+}
+
+#[tokio::test]
+async fn members_follow_the_link_next_page() {
+    let f = Fixture::installed("").await;
+    let next = format!("{}{MEMBERS}?per_page=100&role=all&page=2", f.server.uri());
+    let last = format!("{}{MEMBERS}?per_page=100&role=all&page=2", f.server.uri());
+    f.api("GET", MEMBERS, TOKEN_1)
+        .and(query_param("per_page", "100"))
+        .and(query_param("role", "all"))
+        .and(wiremock::matchers::query_param_is_missing("page"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("link", format!("<{next}>; rel=\"next\", <{last}>; rel=\"last\"").as_str())
+                .set_body_json(json!([team_member("Octo-Alice"), team_member("bob")])),
+        )
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    f.api("GET", MEMBERS, TOKEN_1)
+        .and(query_param("per_page", "100"))
+        .and(query_param("role", "all"))
+        .and(query_param("page", "2"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header(
+                    "link",
+                    format!("<{}{MEMBERS}?per_page=100&role=all&page=1>; rel=\"prev\"", f.server.uri()).as_str(),
+                )
+                .set_body_json(json!([team_member("carol")])),
+        )
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    let members = f.github.members(&target(None)).await.unwrap();
+    let m = |id: &str| Member { id: id.into(), keys: vec![id.to_ascii_lowercase()], display: Some(id.into()) };
+    assert_eq!(members, vec![m("Octo-Alice"), m("bob"), m("carol")]);
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn a_next_link_to_another_host_is_refused() {
+    let f = Fixture::installed("").await;
+    f.api("GET", MEMBERS, TOKEN_1)
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header(
+                    "link",
+                    "<https://evil.example/orgs/acme/teams/platform-eng/members?page=2>; rel=\"next\"",
+                )
+                .set_body_json(json!([team_member("bob")])),
+        )
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    let err = f.github.members(&target(None)).await.unwrap_err();
+    assert!(err.class() == "permanent" && err.to_string().contains("evil.example"), "{err}");
+}
+
+#[tokio::test]
+async fn members_of_an_empty_team_are_none() {
+    let f = Fixture::installed("").await;
+    f.api("GET", MEMBERS, TOKEN_1)
+        .and(query_param("per_page", "100"))
+        .and(query_param("role", "all"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    assert_eq!(f.github.members(&target(None)).await, Ok(vec![]));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn members_of_a_missing_team_are_not_found() {
+    let f = Fixture::installed("").await;
+    f.respond("GET", MEMBERS, not_found(), 1).await;
+    let err = f.github.members(&target(None)).await.unwrap_err();
+    assert_eq!(err, ConnectorError::NotFound { what: "github: team platform-eng in organization acme".into() });
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn memberships_count_active_team_memberships_only() {
+    let f = Fixture::installed("").await;
+    f.respond("GET", MEMBERSHIP, membership("member", "active"), 1).await;
+    f.respond("GET", "/orgs/acme/teams/sre/memberships/octo-alice", membership("member", "pending"), 1).await;
+    f.respond("GET", "/orgs/acme/teams/auditors/memberships/octo-alice", not_found(), 1).await;
+    f.respond("GET", "/orgs/acme/teams/admins/memberships/octo-alice", membership("maintainer", "active"), 1).await;
+    let targets: Vec<Target> =
+        [TEAM, "sre", "auditors", "acme/admins"].iter().map(|n| Target { name: (*n).into(), role: None }).collect();
+    let held = f.github.memberships(&subject(), &targets).await.unwrap();
+    assert_eq!(held, vec![TEAM.to_owned(), "acme/admins".to_owned()]);
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn memberships_of_an_unknown_login_are_none() {
+    let f = Fixture::installed("").await;
+    f.respond("GET", MEMBERSHIP, not_found(), 1).await;
+    f.respond("GET", "/orgs/acme/teams/sre/memberships/octo-alice", not_found(), 1).await;
+    let targets = [target(None), Target { name: "sre".into(), role: None }];
+    assert_eq!(f.github.memberships(&subject(), &targets).await, Ok(vec![]));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn user_state_is_active_for_an_org_member() {
+    let f = Fixture::installed("").await;
+    f.respond("GET", "/orgs/acme/members/octo-alice", ResponseTemplate::new(204), 1).await;
+    assert_eq!(f.github.user_state(&subject()).await, Ok(UserState::Active));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn user_state_is_not_found_outside_the_org() {
+    let f = Fixture::installed("").await;
+    f.respond("GET", "/orgs/acme/members/octo-alice", not_found(), 1).await;
+    assert_eq!(f.github.user_state(&subject()).await, Ok(UserState::NotFound));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn identity_is_the_lowercased_login_and_needs_one() {
+    let f = Fixture::installed("").await;
+    let mut s = subject();
+    s.fields.insert(FIELD.into(), "@Octo-Alice".into());
+    assert_eq!(f.github.identity(&s), Ok("octo-alice".to_owned()));
+    s.fields.clear();
+    let err = f.github.identity(&s).unwrap_err();
+    assert!(err.class() == "permanent" && err.to_string().contains(FIELD), "{err}");
+    assert!(f.server.received_requests().await.unwrap().is_empty());
+}
+
+#[test]
+fn next_links_are_read_from_any_position() {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        "link",
+        "<https://api.github.com/x?page=1>; rel=\"prev\", <https://api.github.com/x?page=3>; rel=\"next\""
+            .parse()
+            .unwrap(),
+    );
+    assert_eq!(next_link(&h).as_deref(), Some("https://api.github.com/x?page=3"));
+    h.insert("link", "<https://api.github.com/x?page=1>; rel=\"first\"".parse().unwrap());
+    assert_eq!(next_link(&h), None);
 }

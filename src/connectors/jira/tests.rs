@@ -1,6 +1,7 @@
 use super::*;
 use crate::connectors::Connector;
 use crate::connectors::spec_check;
+use crate::connectors::{Member, UserState};
 use std::time::Duration;
 use tempfile::TempDir;
 use wiremock::matchers::{basic_auth, body_json, header, method, path, query_param, query_param_is_missing};
@@ -433,4 +434,160 @@ fn uuids_are_told_from_names() {
     assert!(!looks_like_uuid("jira-developers"));
     assert!(!looks_like_uuid("276f955c-63d7-42c8-9520-92d01dca062"));
     assert!(!looks_like_uuid("276f955c-63d7-42c8-9520-92d01dca062z"));
+}
+
+// ---- read-back ----
+
+fn user_json(account: &str, email: Option<&str>, name: &str) -> serde_json::Value {
+    let mut u =
+        serde_json::json!({"accountId": account, "accountType": "atlassian", "active": true, "displayName": name});
+    if let Some(e) = email {
+        u["emailAddress"] = e.into();
+    }
+    u
+}
+
+async fn member_page(server: &MockServer, start: &str, values: Vec<serde_json::Value>, is_last: bool) {
+    authed("GET", "/rest/api/3/group/member")
+        .and(query_param("groupId", GROUP_ID))
+        .and(query_param_is_missing("groupname"))
+        .and(query_param("includeInactiveUsers", "true"))
+        .and(query_param("startAt", start))
+        .and(query_param("maxResults", "50"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "isLast": is_last, "maxResults": 50, "startAt": start.parse::<u64>().unwrap(), "total": 3, "values": values
+        })))
+        .expect(1)
+        .mount(server)
+        .await;
+}
+
+#[tokio::test]
+async fn members_follow_start_at_until_is_last() {
+    let f = fixture().await;
+    group_by_name(&f.server).await;
+    member_page(
+        &f.server,
+        "0",
+        vec![user_json("acc-1", Some("Ada@Example.com"), "Ada"), user_json("acc-2", None, "Bob")],
+        false,
+    )
+    .await;
+    member_page(&f.server, "2", vec![user_json("acc-3", None, "Cy")], true).await;
+    let members = f.jira.members(&target("jira-developers")).await.unwrap();
+    assert_eq!(
+        members,
+        vec![
+            Member {
+                id: "acc-1".into(),
+                keys: vec!["acc-1".into(), "ada@example.com".into()],
+                display: Some("Ada".into())
+            },
+            Member { id: "acc-2".into(), keys: vec!["acc-2".into()], display: Some("Bob".into()) },
+            Member { id: "acc-3".into(), keys: vec!["acc-3".into()], display: Some("Cy".into()) },
+        ]
+    );
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn members_of_an_empty_group_are_none() {
+    let f = fixture().await;
+    group_by_name(&f.server).await;
+    member_page(&f.server, "0", vec![], true).await;
+    assert_eq!(f.jira.members(&target("jira-developers")).await, Ok(vec![]));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn members_of_a_missing_group_are_not_found() {
+    let f = fixture().await;
+    authed("GET", "/rest/api/3/group/bulk")
+        .and(query_param("groupName", "no-such-group"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"isLast": true, "values": []})))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    authed("GET", "/rest/api/3/group/member").respond_with(ResponseTemplate::new(200)).expect(0).mount(&f.server).await;
+    let err = f.jira.members(&target("no-such-group")).await.unwrap_err();
+    assert_eq!(err, ConnectorError::NotFound { what: "jira group \"no-such-group\"".into() });
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn memberships_name_the_targets_the_account_is_in() {
+    let f = fixture().await;
+    authed("GET", "/rest/api/3/user/groups")
+        .and(query_param("accountId", ACCOUNT))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!([
+            group_json(),
+            {"groupId": "0f0e0d0c-0000-4000-8000-000000000001", "name": "jira-admins"},
+            {"groupId": "0f0e0d0c-0000-4000-8000-000000000002", "name": "not-managed"}
+        ])))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    let targets = [target("jira-developers"), target("0f0e0d0c-0000-4000-8000-000000000001"), target("jira-auditors")];
+    let held = f.jira.memberships(&subject(), &targets).await.unwrap();
+    assert_eq!(held, vec!["jira-developers".to_owned(), "0f0e0d0c-0000-4000-8000-000000000001".to_owned()]);
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn memberships_of_an_unknown_account_are_none() {
+    let f = fixture().await;
+    authed("GET", "/rest/api/3/user/groups")
+        .and(query_param("accountId", ACCOUNT))
+        .respond_with(ResponseTemplate::new(404).set_body_json(serde_json::json!({"errorMessages": ["not found"]})))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    assert_eq!(f.jira.memberships(&subject(), &[target("jira-developers")]).await, Ok(vec![]));
+    f.conforms().await;
+}
+
+async fn user_answer(server: &MockServer, status: u16, body: serde_json::Value) {
+    authed("GET", "/rest/api/3/user")
+        .and(query_param("accountId", ACCOUNT))
+        .respond_with(ResponseTemplate::new(status).set_body_json(body))
+        .expect(1)
+        .mount(server)
+        .await;
+}
+
+#[tokio::test]
+async fn user_state_reads_active() {
+    let f = fixture().await;
+    user_answer(&f.server, 200, user_json(ACCOUNT, None, "Ada")).await;
+    assert_eq!(f.jira.user_state(&subject()).await, Ok(UserState::Active));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn user_state_of_a_deactivated_account_is_inactive() {
+    let f = fixture().await;
+    let mut u = user_json(ACCOUNT, None, "Ada");
+    u["active"] = false.into();
+    user_answer(&f.server, 200, u).await;
+    assert_eq!(f.jira.user_state(&subject()).await, Ok(UserState::Inactive));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn user_state_of_an_unknown_account_is_not_found() {
+    let f = fixture().await;
+    user_answer(&f.server, 404, serde_json::json!({"errorMessages": ["User does not exist"]})).await;
+    assert_eq!(f.jira.user_state(&subject()).await, Ok(UserState::NotFound));
+    f.conforms().await;
+}
+
+#[tokio::test]
+async fn identity_is_the_account_id_and_needs_one() {
+    let f = fixture().await;
+    assert_eq!(f.jira.identity(&subject()), Ok(ACCOUNT.to_owned()));
+    let mut s = subject();
+    s.account_id = "  ".into();
+    let err = f.jira.identity(&s).unwrap_err();
+    assert!(err.class() == "permanent" && err.to_string().contains("accountId"), "{err}");
+    assert!(f.server.received_requests().await.unwrap().is_empty());
 }
