@@ -16,7 +16,9 @@
 
 use accessgov::config::ApplicationConfig;
 use accessgov::connectors::http::{Common, Http};
-use accessgov::connectors::{Connector, ConnectorError, GrantOutcome, RevokeOutcome, Subject, Target};
+use accessgov::connectors::{
+    Connector, ConnectorError, GrantOutcome, Member, RevokeOutcome, Subject, Target, UserState,
+};
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -198,4 +200,30 @@ impl Connector for MockConnector {
     fn test_connection(&self) -> BoxFuture<'_, Result<(), ConnectorError>> {
         Box::pin(async { Ok(()) })
     }
+
+    // The load generator's provider answers calls and keeps no memberships:
+    // it has nothing to read back, and no scenario reads back.
+    fn identity(&self, subject: &Subject) -> Result<String, ConnectorError> {
+        Ok(subject.account_id.clone())
+    }
+
+    fn members<'a>(&'a self, _target: &'a Target) -> BoxFuture<'a, Result<Vec<Member>, ConnectorError>> {
+        Box::pin(async { Err(no_state()) })
+    }
+
+    fn memberships<'a>(
+        &'a self,
+        _subject: &'a Subject,
+        _targets: &'a [Target],
+    ) -> BoxFuture<'a, Result<Vec<String>, ConnectorError>> {
+        Box::pin(async { Err(no_state()) })
+    }
+
+    fn user_state<'a>(&'a self, _subject: &'a Subject) -> BoxFuture<'a, Result<UserState, ConnectorError>> {
+        Box::pin(async { Err(no_state()) })
+    }
+}
+
+fn no_state() -> ConnectorError {
+    ConnectorError::Permanent { reason: "the load generator's mock provider keeps no memberships to read back".into() }
 }

@@ -10,7 +10,8 @@
 //! Adding a connector (say `kind = "acme"`) takes three steps:
 //! 1. `src/connectors/acme.rs`: `pub const KEYS: &[&str]` (its provider-specific
 //!    `[applications]` keys), a type with `from_config(name, app) -> Result<Self, String>`
-//!    and `connector_impl!(Acme, "acme", ...)`;
+//!    and `connector_impl!(Acme, "acme", grant: .., revoke: .., test: .., identity: .., members: ..,
+//!    memberships: .., user_state: ..)` (the read-back that `grants reconcile` uses);
 //! 2. here: `pub mod acme;` and one line in [`KINDS`] (`name`, `keys`, `build`); config
 //!    parsing, key validation, `build` and `connectors test` all read that table;
 //! 3. `src/connectors/acme/tests.rs`: its tests (`#[cfg(test)] mod tests;` in acme.rs).
@@ -245,20 +246,12 @@ pub trait Connector: Send + Sync {
     /// The identifier this connector addresses `subject` by (what `grant` looks the
     /// user up with: email, login, user name or account id), in the form
     /// [`Member::keys`] uses. Pure: no I/O. `Err` when the subject lacks it.
-    fn identity(&self, subject: &Subject) -> Result<String, ConnectorError> {
-        let _ = subject;
-        Err(ConnectorError::Permanent { reason: format!("{}: read-back is not implemented yet", self.kind()) })
-    }
+    fn identity(&self, subject: &Subject) -> Result<String, ConnectorError>;
 
     /// Every member of `target` (every page, within the application's rate limit
     /// and concurrency). For a permission-level target, every user holding exactly
     /// that level. A target that does not exist is [`ConnectorError::NotFound`].
-    fn members<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<Vec<Member>, ConnectorError>> {
-        let _ = target;
-        Box::pin(async move {
-            Err(ConnectorError::Permanent { reason: format!("{}: read-back is not implemented yet", self.kind()) })
-        })
-    }
+    fn members<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<Vec<Member>, ConnectorError>>;
 
     /// The names of the `targets` the subject is a member of (holds, for
     /// permission-level targets), through the provider's per-user read where it
@@ -267,28 +260,15 @@ pub trait Connector: Send + Sync {
         &'a self,
         subject: &'a Subject,
         targets: &'a [Target],
-    ) -> BoxFuture<'a, Result<Vec<String>, ConnectorError>> {
-        let _ = (subject, targets);
-        Box::pin(async move {
-            Err(ConnectorError::Permanent { reason: format!("{}: read-back is not implemented yet", self.kind()) })
-        })
-    }
+    ) -> BoxFuture<'a, Result<Vec<String>, ConnectorError>>;
 
     /// Whether the subject exists at the provider and is active.
-    fn user_state<'a>(&'a self, subject: &'a Subject) -> BoxFuture<'a, Result<UserState, ConnectorError>> {
-        let _ = subject;
-        Box::pin(async move {
-            Err(ConnectorError::Permanent { reason: format!("{}: read-back is not implemented yet", self.kind()) })
-        })
-    }
+    fn user_state<'a>(&'a self, subject: &'a Subject) -> BoxFuture<'a, Result<UserState, ConnectorError>>;
 }
 
 /// Implements [`Connector`] for a provider type from its inherent async
 /// methods, so that each provider file holds only its logic.
 macro_rules! connector_impl {
-    ($ty:ty, $kind:expr, grant: $grant:ident, revoke: $revoke:ident, test: $test:ident) => {
-        $crate::connectors::connector_impl!(@impl $ty, $kind, $grant, $revoke, $test, {});
-    };
     (
         $ty:ty, $kind:expr, grant: $grant:ident, revoke: $revoke:ident, test: $test:ident,
         identity: $identity:ident, members: $members:ident, memberships: $memberships:ident, user_state: $state:ident
