@@ -343,10 +343,10 @@ pub enum GrantsCommand {
     /// groups or permission levels, and anything the ledger holds) and compare it
     /// with the ledger. `missing`: a ticket holds the access but the provider does
     /// not list the user (removed by hand, undone by an IdP sync); `unmanaged`: a
-    /// member no ticket accounts for. Reads only: nothing is granted or removed.
-    /// Prints a table (or --json), with progress on stderr, and audits the run
-    /// (`reconciled`, with its counts and the operator). Exits 0 when everything is
-    /// in sync, 1 when drift was found or a target could not be read.
+    /// member no ticket accounts for. Without --fix it only reads. Prints a table (or
+    /// --json), with progress on stderr, and audits the run (`reconciled`, with its
+    /// counts and the operator). Exits 0 when everything is in sync, 1 when drift was
+    /// found or a target could not be read.
     Reconcile(ReconcileArgs),
 }
 
@@ -358,6 +358,11 @@ pub struct ReconcileArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Provision every missing membership again, through the workers (one repair
+    /// event each on the request queue: intents, retries, dead letters, audit rows).
+    /// Unmanaged members are reported, never removed.
+    #[arg(long)]
+    pub fix: bool,
     #[command(flatten)]
     pub operator: OperatorArg,
 }

@@ -40,6 +40,9 @@ pub enum Source {
     /// An approved offboarding: one event per (granting ticket, application) of
     /// the leaver's holds, each revoking that ticket's holds.
     Offboard,
+    /// `grants reconcile --fix`: provision again a membership the ledger holds
+    /// and the provider lost (`repair` names the targets).
+    Reconcile,
 }
 
 /// A person, as JSM identifies them.
@@ -142,6 +145,9 @@ pub struct AccessEvent {
     pub errors: Vec<String>,
     /// The raw values of the configured fields this event was built from.
     pub raw_fields: serde_json::Map<String, serde_json::Value>,
+    /// `Source::Reconcile` only: the targets to provision again (each still held in the ledger).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair: Option<Vec<String>>,
 }
 
 /// Why a body could not be read as an event (a poison message).

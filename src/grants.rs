@@ -49,6 +49,8 @@ pub enum Request<'a> {
     Change { targets: &'a [String], access_level: &'a str },
     /// Release holds.
     Revoke { targets: &'a [String], scope: RevokeScope },
+    /// Call the provider again for targets the ledger holds (a repair), changing no hold.
+    Repair { targets: &'a [String] },
 }
 
 /// A call to make at the provider.
@@ -121,6 +123,16 @@ pub fn plan(ledger: &Ledger, request: &Request<'_>, ticket: &str, event_at: Date
     };
     match request {
         Request::Grant { targets, access_level } => take(&mut p, targets, access_level),
+        Request::Repair { targets } => {
+            // Only what is still held: a target released since the drift was read needs nothing.
+            for t in targets.iter() {
+                if ledger.get(t).is_some_and(|st| !st.holds.is_empty()) {
+                    p.ops.push(ProviderOp::Grant(t.clone()));
+                } else {
+                    p.notes.push(Note::NothingHeld { target: t.clone() });
+                }
+            }
+        }
         Request::Change { targets, access_level } => {
             take(&mut p, targets, access_level);
             for (t, st) in ledger {
@@ -496,6 +508,14 @@ pub fn effect(decision: &Decision) -> Option<Effect<'_>> {
             subject,
             access_level,
             request: Request::Revoke { targets, scope: *scope },
+            max_duration: None,
+            lasts: None,
+        }),
+        Decision::Repair { application, access_level, targets, subject } => Some(Effect {
+            application,
+            subject,
+            access_level,
+            request: Request::Repair { targets },
             max_duration: None,
             lasts: None,
         }),

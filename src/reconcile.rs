@@ -10,6 +10,12 @@
 //! subject by ([`Connector::identity`], from the identity the hold recorded)
 //! against the keys the provider lists for each member. [`compare`] is pure;
 //! [`run`] reads and records one `reconciled` audit row with the counts.
+//!
+//! With `--fix`, each `missing` membership is provisioned again through the
+//! pipeline: one repair event (`Source::Reconcile`) per finding, published to
+//! the request queue and decided like any event (intents, retries, dead letters,
+//! audit rows), which calls the provider for targets the ledger still holds and
+//! changes no hold. Unmanaged members are only reported.
 
 use crate::audit::{self, AuditEntry};
 use crate::config::Config;
@@ -27,6 +33,8 @@ pub struct Held {
     pub identity: Subject,
     /// The tickets that hold it.
     pub tickets: Vec<String>,
+    /// The access level of its first hold.
+    pub access_level: String,
 }
 
 /// A difference between the ledger and a provider.
@@ -34,7 +42,7 @@ pub struct Held {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Finding {
     /// Held in the ledger, absent at the provider.
-    Missing { subject: String, identity: String, tickets: Vec<String> },
+    Missing { subject: String, identity: String, tickets: Vec<String>, access_level: String, identity_of: Subject },
     /// A member at the provider that no hold accounts for.
     Unmanaged { member: String, keys: Vec<String>, display: Option<String> },
     /// The ledger's identity cannot be addressed by this connector.
@@ -74,6 +82,8 @@ pub fn compare(
                 subject: h.subject.clone(),
                 identity: key,
                 tickets: h.tickets.clone(),
+                access_level: h.access_level.clone(),
+                identity_of: h.identity.clone(),
             }),
             Err(reason) => findings.push(Finding::Unaddressable { subject: h.subject.clone(), reason }),
         }
@@ -123,10 +133,12 @@ pub async fn held(pool: &PgPool, application: &str, target: &str) -> Result<Vec<
         subject: String,
         subject_info: Option<serde_json::Value>,
         tickets: Vec<String>,
+        access_level: Option<String>,
     }
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT g.subject, g.subject_info, \
-                COALESCE(array_agg(h.ticket ORDER BY h.ticket) FILTER (WHERE h.ticket IS NOT NULL), '{}') AS tickets \
+                COALESCE(array_agg(h.ticket ORDER BY h.ticket) FILTER (WHERE h.ticket IS NOT NULL), '{}') AS tickets, \
+                min(h.access_level) AS access_level \
          FROM access_grants g LEFT JOIN grant_holds h ON h.grant_id = g.id \
          WHERE g.application = $1 AND g.target = $2 AND g.state = 'active' \
          GROUP BY g.id ORDER BY g.subject",
@@ -146,6 +158,7 @@ pub async fn held(pool: &PgPool, application: &str, target: &str) -> Result<Vec<
             }),
             subject: r.subject,
             tickets: r.tickets,
+            access_level: r.access_level.unwrap_or_default(),
         })
         .collect())
 }
@@ -159,8 +172,9 @@ pub async fn run(
     connectors: &Connectors,
     only: Option<&str>,
     operator: &crate::operator::Operator,
+    fix: Option<&crate::broker::Broker>,
     progress: &mut dyn FnMut(usize, usize, &str, &str),
-) -> Result<Vec<TargetReport>, sqlx::Error> {
+) -> Result<Vec<TargetReport>, RunError> {
     let all = targets(pool, config, connectors, only).await?;
     let total: usize = all.values().map(BTreeSet::len).sum();
     let mut reports = Vec::new();
@@ -171,8 +185,23 @@ pub async fn run(
             reports.push(one(pool, config, connector.as_ref(), app, target).await?);
         }
     }
-    let mut row =
-        AuditEntry::new("reconciled", if reports.iter().all(|r| r.error.is_none()) { "ok" } else { "failed" });
+    let run_id = uuid::Uuid::new_v4();
+    let mut repairs = 0;
+    let mut repair_error = None;
+    if let Some(broker) = fix {
+        'publish: for r in &reports {
+            for f in &r.findings {
+                let Some(event) = repair_event(run_id, &r.application, &r.target, f) else { continue };
+                if let Err(e) = broker.publish_event(&event, 0, config.broker.confirm_timeout).await {
+                    repair_error = Some(e.to_string());
+                    break 'publish;
+                }
+                repairs += 1;
+            }
+        }
+    }
+    let ok = reports.iter().all(|r| r.error.is_none()) && repair_error.is_none();
+    let mut row = AuditEntry::new("reconciled", if ok { "ok" } else { "failed" });
     row.actor = Some(operator.name.clone());
     row.application = only.map(str::to_owned);
     row.detail = serde_json::json!({
@@ -183,11 +212,70 @@ pub async fn run(
         "unmanaged": count(&reports, |f| matches!(f, Finding::Unmanaged { .. })),
         "unaddressable": count(&reports, |f| matches!(f, Finding::Unaddressable { .. })),
         "unreadable": reports.iter().filter(|r| r.error.is_some()).map(|r| format!("{}/{}", r.application, r.target)).collect::<Vec<_>>(),
+        "fix": fix.is_some(),
+        "repairs_queued": repairs,
+        "repair_error": repair_error,
+        "run": run_id,
     });
     let mut tx = pool.begin().await?;
     audit::append(&mut tx, &[row]).await?;
     tx.commit().await?;
+    if let Some(reason) = repair_error {
+        return Err(RunError::Publish { queued: repairs, reason });
+    }
     Ok(reports)
+}
+
+/// Why a reconcile run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("the broker refused a repair after {queued} were queued: {reason}; run `grants reconcile --fix` again")]
+    Publish { queued: usize, reason: String },
+}
+
+/// The repair event of a `missing` finding: provision `target` again for the
+/// identity the ledger recorded, under the first ticket that holds it.
+pub fn repair_event(
+    run: uuid::Uuid,
+    application: &str,
+    target: &str,
+    f: &Finding,
+) -> Option<crate::event::AccessEvent> {
+    use crate::event::{AccessEvent, Person, SCHEMA_V1, Source, StatusChange, Ticket, event_id_for};
+    let Finding::Missing { subject, tickets, access_level, identity_of, .. } = f else { return None };
+    let ticket = tickets.first()?;
+    let dedupe_key = format!("reconcile:{run}:{application}:{target}:{subject}");
+    Some(AccessEvent {
+        schema: SCHEMA_V1.to_owned(),
+        event_id: event_id_for(&dedupe_key),
+        dedupe_key,
+        source: Source::Reconcile,
+        delivery_id: None,
+        ticket: Ticket { key: ticket.clone(), id: String::new(), project_key: None, request_type: String::new() },
+        action: crate::config::RequestAction::Grant,
+        app_status: crate::config::AppStatus::Approved,
+        status: StatusChange { from: None, to: "reconciled".into(), from_id: None, to_id: None },
+        application: Some(application.to_owned()),
+        access_level: Some(access_level.clone()),
+        requester: Some(Person {
+            account_id: subject.clone(),
+            email: identity_of.email.clone(),
+            display_name: identity_of.display_name.clone(),
+        }),
+        approver: None,
+        approval: None,
+        authenticity: None,
+        actor: None,
+        changelog_id: None,
+        occurred_at: chrono::Utc::now(),
+        duration: None,
+        department: None,
+        errors: Vec::new(),
+        raw_fields: identity_of.fields.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect(),
+        repair: Some(vec![target.to_owned()]),
+    })
 }
 
 async fn one(
@@ -242,12 +330,23 @@ mod tests {
     #[test]
     fn held_and_listed_memberships_are_in_sync_and_each_side_alone_is_a_finding() {
         let held = vec![
-            Held { subject: "a".into(), identity: subject("a", "Ann@example.com"), tickets: vec!["ACC-1".into()] },
-            Held { subject: "b".into(), identity: subject("b", "bob@example.com"), tickets: vec!["ACC-2".into()] },
+            Held {
+                subject: "a".into(),
+                identity: subject("a", "Ann@example.com"),
+                tickets: vec!["ACC-1".into()],
+                access_level: "Write".into(),
+            },
+            Held {
+                subject: "b".into(),
+                identity: subject("b", "bob@example.com"),
+                tickets: vec!["ACC-2".into()],
+                access_level: "Write".into(),
+            },
             Held {
                 subject: "c".into(),
                 identity: Subject { email: None, ..subject("c", "") },
                 tickets: vec!["ACC-3".into()],
+                access_level: "Write".into(),
             },
         ];
         let members = vec![member("u1", &["ann@example.com", "ann"]), member("u9", &["mallory@example.com"])];
@@ -259,7 +358,9 @@ mod tests {
                 Finding::Missing {
                     subject: "b".into(),
                     identity: "bob@example.com".into(),
-                    tickets: vec!["ACC-2".into()]
+                    tickets: vec!["ACC-2".into()],
+                    access_level: "Write".into(),
+                    identity_of: subject("b", "bob@example.com"),
                 },
                 Finding::Unaddressable { subject: "c".into(), reason: "c has no email".into() },
                 Finding::Unmanaged { member: "u9".into(), keys: vec!["mallory@example.com".into()], display: None },

@@ -294,6 +294,11 @@ fn describe(decision: &Decision) -> String {
             targets(t),
             approver.account_id
         ),
+        Decision::Repair { application, access_level, targets: t, subject } => format!(
+            "provision {application} {access_level:?} ({}) for {} again (a reconcile repair)",
+            targets(t),
+            subject.account_id
+        ),
         Decision::Revoke { application, access_level, targets: t, subject, scope } => format!(
             "revoke {application} {access_level:?} ({}) from {} (scope: {})",
             targets(t),

@@ -122,9 +122,14 @@ async fn reconcile(pool: &sqlx::PgPool, config: &Config, args: &ReconcileArgs) -
             eprintln!("reading {i}/{n}: {app} / {target}");
         }
     };
-    let reports = reconcile::run(pool, config, &connectors, args.application.as_deref(), &operator, &mut progress)
-        .await
-        .context("reading the ledger")?;
+    let broker = args.fix.then(|| {
+        crate::broker::Broker::new(
+            &config.broker.url,
+            crate::broker::Names::new(&config.broker.prefix, &config.broker.retry_delays),
+        )
+    });
+    let only = args.application.as_deref();
+    let reports = reconcile::run(pool, config, &connectors, only, &operator, broker.as_ref(), &mut progress).await?;
     if terminal {
         eprintln!();
     }
@@ -152,7 +157,7 @@ async fn reconcile(pool: &sqlx::PgPool, config: &Config, args: &ReconcileArgs) -
             }
             for f in &r.findings {
                 let (state, user, detail) = match f {
-                    Finding::Missing { subject, identity, tickets } => (
+                    Finding::Missing { subject, identity, tickets, .. } => (
                         "missing",
                         subject.clone(),
                         format!("{identity} is held through {} but not a member", tickets.join(", ")),
@@ -173,5 +178,11 @@ async fn reconcile(pool: &sqlx::PgPool, config: &Config, args: &ReconcileArgs) -
         "{} target(s): {missing} missing, {unmanaged} unmanaged, {unaddressable} unaddressable, {unreadable} unreadable",
         reports.len()
     );
+    if args.fix && missing > 0 {
+        eprintln!(
+            "{missing} repair(s) queued: the workers provision each missing membership again (audited `granted`); \
+             run reconcile again to see the result"
+        );
+    }
     Ok(if missing + unmanaged + unaddressable + unreadable == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

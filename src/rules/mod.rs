@@ -66,6 +66,9 @@ pub enum Decision {
     /// revoked) or the subject's access to the rule's targets (`scope: subject`,
     /// an approved removal request).
     Revoke { application: String, access_level: String, targets: Vec<String>, subject: Person, scope: RevokeScope },
+    /// Provision again what the ledger holds and the provider lost (`grants
+    /// reconcile --fix`): no ledger change, only the provider calls.
+    Repair { application: String, access_level: String, targets: Vec<String>, subject: Person },
     /// Denied or declined: nothing to call; audited and told to the requester.
     NoAction { reason: String },
     /// Policy says no.
@@ -284,6 +287,17 @@ pub fn decide(event: &AccessEvent, config: &Config, facts: &Facts) -> Decision {
     };
     if !config.applications.contains_key(application) {
         return refuse(Refusal::UnknownApplication { application: application.clone() });
+    }
+    // A repair restores what the ledger holds, whatever the rules say now.
+    if event.source == Source::Reconcile
+        && let (Some(subject), Some(targets)) = (event.requester.clone(), event.repair.clone())
+    {
+        return Decision::Repair {
+            application: application.clone(),
+            access_level: access_level.clone(),
+            targets,
+            subject,
+        };
     }
     // Expired access, and a leaver's, is taken back whatever the rules say now:
     // the holds it releases are in the ledger, not in the config.

@@ -78,6 +78,7 @@ pub fn revoke_event(by: &AccessEvent, subject: &Person, h: &Held) -> AccessEvent
         department: None,
         errors: Vec::new(),
         raw_fields: Default::default(),
+        repair: None,
     }
 }
 

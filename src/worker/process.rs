@@ -399,8 +399,11 @@ async fn record(
     } else {
         // What to undo for each call's target if it can never be made: read before the change.
         let mut undo = std::collections::BTreeMap::new();
+        let repair = matches!(eff.request, grants::Request::Repair { .. });
         for op in &plan.ops {
             let steps = match op {
+                // A repair changed no hold: nothing to undo.
+                ProviderOp::Grant(_) if repair => Vec::new(),
                 ProviderOp::Grant(_) => vec![json!({"kind": "remove_hold", "ticket": event.ticket.key})],
                 ProviderOp::Revoke(t) => {
                     let released: Vec<String> = plan
@@ -441,8 +444,9 @@ async fn record(
         // One committed intent per provider call; the calls happen after COMMIT.
         let source = if event.source == crate::event::Source::Expiry { "expiry" } else { "event" };
         for op in &plan.ops {
-            // A revoke addresses the identity the membership was granted to.
+            // A revoke (and a repair) addresses the identity the membership was granted to.
             let who = match op {
+                ProviderOp::Grant(t) if repair => grants::revoke_identity(ledger, t, &subject),
                 ProviderOp::Grant(_) => &subject,
                 ProviderOp::Revoke(t) => grants::revoke_identity(ledger, t, &subject),
             };
@@ -476,7 +480,10 @@ async fn record(
             }
         }
     }
-    writes.advances.push((event.ticket.key.clone(), event.event_id, event.occurred_at));
+    // A repair is no event of its ticket: it must not make the ticket's own later events look old.
+    if event.source != crate::event::Source::Reconcile {
+        writes.advances.push((event.ticket.key.clone(), event.event_id, event.occurred_at));
+    }
     if !dry_run && matches!(eff.request, grants::Request::Revoke { scope: rules::RevokeScope::Ticket, .. }) {
         writes.revoked.push((event.ticket.key.clone(), event.occurred_at));
     }
@@ -1129,8 +1136,9 @@ impl WorkerContext {
     /// (the effect it reports is already committed).
     pub async fn write_back(&self, event: &AccessEvent, note: WriteBack) {
         let Some(jsm) = &self.jsm else { return };
-        // An offboarding's revokes are listed on the offboarding ticket, not on each granting ticket.
-        if event.source == crate::event::Source::Offboard {
+        // An offboarding's revokes are listed on the offboarding ticket, not on each
+        // granting ticket; a reconcile repair is reported by the reconcile run.
+        if matches!(event.source, crate::event::Source::Offboard | crate::event::Source::Reconcile) {
             return;
         }
         // A dry-run application calls nothing outside accessgov, JSM included.

@@ -21,7 +21,7 @@ async fn reconcile_reports_a_membership_removed_behind_our_back_and_a_member_no_
     let connectors = fake_connectors(&provider);
     let operator = Operator::new("auditor", Via::Cli).unwrap();
     let mut seen = Vec::new();
-    let reports = reconcile::run(&app.pool, &app.config, &connectors, None, &operator, &mut |i, n, a, t| {
+    let reports = reconcile::run(&app.pool, &app.config, &connectors, None, &operator, None, &mut |i, n, a, t| {
         seen.push(format!("{i}/{n} {a}/{t}"));
     })
     .await
@@ -36,15 +36,27 @@ async fn reconcile_reports_a_membership_removed_behind_our_back_and_a_member_no_
         members.remove(&(REQUESTER.to_owned(), GROUP.to_owned()));
         members.insert(("intruder".to_owned(), GROUP.to_owned()));
     }
-    let reports = reconcile::run(&app.pool, &app.config, &connectors, Some(LIVE_APP), &operator, &mut |_, _, _, _| {})
-        .await
-        .unwrap();
+    let reports =
+        reconcile::run(&app.pool, &app.config, &connectors, Some(LIVE_APP), &operator, None, &mut |_, _, _, _| {})
+            .await
+            .unwrap();
     let developers = reports.iter().find(|r| r.target == GROUP).unwrap();
     assert_eq!(developers.in_sync, 0);
     assert_eq!(
         developers.findings,
         vec![
-            Finding::Missing { subject: REQUESTER.into(), identity: REQUESTER.into(), tickets: vec!["ACC-42".into()] },
+            Finding::Missing {
+                subject: REQUESTER.into(),
+                identity: REQUESTER.into(),
+                tickets: vec!["ACC-42".into()],
+                access_level: "Write".into(),
+                identity_of: accessgov::connectors::Subject {
+                    account_id: REQUESTER.into(),
+                    email: Some("dana.requester@example.com".into()),
+                    display_name: Some("Dana Requester".into()),
+                    fields: Default::default(),
+                },
+            },
             Finding::Unmanaged { member: "intruder".into(), keys: vec!["intruder".into()], display: None },
         ]
     );
@@ -62,4 +74,61 @@ async fn reconcile_reports_a_membership_removed_behind_our_back_and_a_member_no_
     assert_eq!(rows[1].0.as_deref(), Some("auditor"));
     assert_eq!((rows[0].1["missing"].as_u64(), rows[0].1["unmanaged"].as_u64()), (Some(0), Some(0)));
     assert_eq!((rows[1].1["missing"].as_u64(), rows[1].1["unmanaged"].as_u64()), (Some(1), Some(1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_fix_grants_a_lost_membership_again_through_the_workers_and_leaves_unmanaged_members() {
+    let (app, provider) = spawn_live_app(|_| {}).await;
+    let resp = app.post_signed(&fixture("webhook-approved-confluence-write.json"), None).await;
+    assert_eq!(resp.status(), 202);
+    eventually("the grant", Duration::from_secs(20), || async {
+        provider.members().contains(&(REQUESTER.to_owned(), GROUP.to_owned())).then_some(())
+    })
+    .await;
+    {
+        let mut members = provider.members.lock().unwrap();
+        members.remove(&(REQUESTER.to_owned(), GROUP.to_owned()));
+        members.insert(("intruder".to_owned(), GROUP.to_owned()));
+    }
+    let connectors = fake_connectors(&provider);
+    let operator = Operator::new("auditor", Via::Cli).unwrap();
+    let broker = accessgov::broker::Broker::new(&app.config.broker.url, app.names.clone());
+    let reports =
+        reconcile::run(&app.pool, &app.config, &connectors, None, &operator, Some(&broker), &mut |_, _, _, _| {})
+            .await
+            .unwrap();
+    assert_eq!(reconcile::count(&reports, |f| matches!(f, Finding::Missing { .. })), 1);
+    // The worker provisions it again: one more grant call, for the identity the ledger recorded.
+    eventually("the repair", Duration::from_secs(20), || async {
+        provider.members().contains(&(REQUESTER.to_owned(), GROUP.to_owned())).then_some(())
+    })
+    .await;
+    let grants: Vec<_> = provider.calls().into_iter().filter(|c| c.op == "grant").collect();
+    assert_eq!(grants.len(), 2, "the first grant and the repair");
+    assert!(provider.members().contains(&("intruder".to_owned(), GROUP.to_owned())), "unmanaged members stay");
+    // The ledger is unchanged: still one hold, by ACC-42.
+    let holds: Vec<String> = sqlx::query_scalar(
+        "SELECT h.ticket FROM grant_holds h JOIN access_grants g ON g.id = h.grant_id WHERE g.subject = $1",
+    )
+    .bind(REQUESTER)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(holds, ["ACC-42"]);
+    let granted: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'granted' AND ticket = 'ACC-42'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(granted, 2, "the repair is audited like a grant");
+    let detail: serde_json::Value = sqlx::query_scalar("SELECT detail FROM audit_log WHERE action = 'reconciled'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(detail["repairs_queued"], 1);
+    // Read back again: in sync, apart from the unmanaged member.
+    let reports =
+        reconcile::run(&app.pool, &app.config, &connectors, None, &operator, None, &mut |_, _, _, _| {}).await.unwrap();
+    assert_eq!(reconcile::count(&reports, |f| matches!(f, Finding::Missing { .. })), 0);
+    assert_eq!(reconcile::count(&reports, |f| matches!(f, Finding::Unmanaged { .. })), 1);
 }
