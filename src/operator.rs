@@ -14,6 +14,8 @@ const MAX_OPERATOR_LEN: usize = 128;
 pub enum Via {
     Cli,
     AdminApi,
+    /// The workers' own schedule (`[reconcile] interval`).
+    Schedule,
 }
 
 impl Via {
@@ -21,6 +23,7 @@ impl Via {
         match self {
             Self::Cli => "cli",
             Self::AdminApi => "admin_api",
+            Self::Schedule => "schedule",
         }
     }
 }

@@ -173,7 +173,7 @@ pub async fn run(
     only: Option<&str>,
     operator: &crate::operator::Operator,
     fix: Option<&crate::broker::Broker>,
-    progress: &mut dyn FnMut(usize, usize, &str, &str),
+    progress: &mut (dyn FnMut(usize, usize, &str, &str) + Send),
 ) -> Result<Vec<TargetReport>, RunError> {
     let all = targets(pool, config, connectors, only).await?;
     let total: usize = all.values().map(BTreeSet::len).sum();

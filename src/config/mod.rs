@@ -56,6 +56,22 @@ pub struct Config {
     /// Birthright bundles: department -> (application, access level) list.
     #[serde(default)]
     pub roles: Vec<RoleConfig>,
+    /// Drift checks run by the workers (`grants reconcile` on a schedule).
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileConfig {
+    /// Run `grants reconcile` in the workers this often, one replica at a time
+    /// (a PostgreSQL advisory lock). Unset: never.
+    #[serde(default, deserialize_with = "duration::de_opt")]
+    pub interval: Option<Duration>,
+    /// Also provision missing memberships again, as `grants reconcile --fix`.
+    /// Default: report only (the `reconciled` audit row and a log line).
+    #[serde(default)]
+    pub fix: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -88,9 +88,68 @@ pub async fn run(ctx: Arc<WorkerContext>, shutdown: CancellationToken) {
     let requests = tokio::spawn(lane(ctx.clone(), Lane::Requests, shutdown.clone()));
     let dead = tokio::spawn(lane(ctx.clone(), Lane::Dead, shutdown.clone()));
     let every = ctx.config.worker.expiry_interval;
-    let expiry = tokio::spawn(expiry::run(ctx, shutdown, every));
-    let _ = tokio::join!(requests, dead, expiry);
+    let expiry = tokio::spawn(expiry::run(ctx.clone(), shutdown.clone(), every));
+    let drift = tokio::spawn(scheduled_reconcile(ctx, shutdown));
+    let _ = tokio::join!(requests, dead, expiry, drift);
     tracing::info!("worker stopped");
+}
+
+/// `[reconcile] interval`: reads back every managed target on a schedule, in one
+/// replica at a time, reporting (and with `fix`, repairing) drift.
+async fn scheduled_reconcile(ctx: Arc<WorkerContext>, shutdown: CancellationToken) {
+    let Some(every) = ctx.config.reconcile.interval else { return };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match reconcile_once(&ctx).await {
+            Ok(None) => tracing::debug!("another replica is reconciling"),
+            Ok(Some(reports)) => {
+                use crate::reconcile::{Finding, count};
+                let missing = count(&reports, |f| matches!(f, Finding::Missing { .. }));
+                let unmanaged = count(&reports, |f| matches!(f, Finding::Unmanaged { .. }));
+                let unreadable = reports.iter().filter(|r| r.error.is_some()).count();
+                if missing + unmanaged + unreadable > 0 {
+                    tracing::warn!(
+                        targets = reports.len(),
+                        missing,
+                        unmanaged,
+                        unreadable,
+                        fix = ctx.config.reconcile.fix,
+                        "drift found"
+                    );
+                } else {
+                    tracing::info!(targets = reports.len(), "reconciled: every managed target is in sync");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "scheduled reconcile failed; trying again next round"),
+        }
+    }
+}
+
+/// One scheduled run, unless another replica holds the reconcile lock. The lock
+/// is a session lock on a connection of its own, closed afterwards, so that it
+/// can never outlive the run in a pooled connection.
+pub async fn reconcile_once(
+    ctx: &WorkerContext,
+) -> Result<Option<Vec<crate::reconcile::TargetReport>>, crate::reconcile::RunError> {
+    use sqlx::Connection;
+    let mut lock = sqlx::PgConnection::connect(&ctx.config.database.url).await?;
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended('accessgov.reconcile', 0))")
+        .fetch_one(&mut lock)
+        .await?;
+    if !got {
+        let _ = lock.close().await;
+        return Ok(None);
+    }
+    let operator = crate::operator::Operator { name: "accessgov-worker".into(), via: crate::operator::Via::Schedule };
+    let fix = ctx.config.reconcile.fix.then_some(&ctx.broker);
+    let result =
+        crate::reconcile::run(&ctx.pool, &ctx.config, &ctx.connectors, None, &operator, fix, &mut |_, _, _, _| {})
+            .await;
+    let _ = lock.close().await;
+    result.map(Some)
 }
 
 async fn lane(ctx: Arc<WorkerContext>, lane: Lane, shutdown: CancellationToken) {

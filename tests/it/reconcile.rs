@@ -132,3 +132,47 @@ async fn reconcile_fix_grants_a_lost_membership_again_through_the_workers_and_le
     assert_eq!(reconcile::count(&reports, |f| matches!(f, Finding::Missing { .. })), 0);
     assert_eq!(reconcile::count(&reports, |f| matches!(f, Finding::Unmanaged { .. })), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_reconcile_on_a_schedule_one_replica_at_a_time() {
+    use sqlx::Connection;
+    let (app, provider) = spawn_live_app(|c| {
+        c.reconcile.interval = Some(Duration::from_millis(200));
+        c.reconcile.fix = true;
+    })
+    .await;
+    // Another replica holds the reconcile lock.
+    let mut other = sqlx::PgConnection::connect(app.config.database.migrate_url()).await.unwrap();
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended('accessgov.reconcile', 0))")
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    assert!(got);
+    let resp = app.post_signed(&fixture("webhook-approved-confluence-write.json"), None).await;
+    assert_eq!(resp.status(), 202);
+    eventually("the grant", Duration::from_secs(20), || async {
+        provider.members().contains(&(REQUESTER.to_owned(), GROUP.to_owned())).then_some(())
+    })
+    .await;
+    provider.members.lock().unwrap().remove(&(REQUESTER.to_owned(), GROUP.to_owned()));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'reconciled'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(runs, 0, "the lock is held by another replica");
+    assert!(!provider.members().contains(&(REQUESTER.to_owned(), GROUP.to_owned())));
+
+    other.close().await.unwrap();
+    eventually("a scheduled run repairs it", Duration::from_secs(20), || async {
+        provider.members().contains(&(REQUESTER.to_owned(), GROUP.to_owned())).then_some(())
+    })
+    .await;
+    let (actor, detail): (Option<String>, serde_json::Value) =
+        sqlx::query_as("SELECT actor, detail FROM audit_log WHERE action = 'reconciled' ORDER BY seq LIMIT 1")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(actor.as_deref(), Some("accessgov-worker"));
+    assert_eq!((detail["via"].as_str(), detail["repairs_queued"].as_u64()), (Some("schedule"), Some(1)));
+}
