@@ -145,9 +145,12 @@ pub struct AccessEvent {
     pub errors: Vec<String>,
     /// The raw values of the configured fields this event was built from.
     pub raw_fields: serde_json::Map<String, serde_json::Value>,
-    /// `Source::Reconcile` only: the targets to provision again (each still held in the ledger).
+    /// The explicit targets of an event accessgov made itself: for
+    /// `Source::Reconcile`, the targets to provision again (still held in the
+    /// ledger); for `Source::Offboard`, memberships the leaver has that accessgov
+    /// did not grant, to remove (`[offboard] include_unmanaged`). Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub repair: Option<Vec<String>>,
+    pub targets: Option<Vec<String>>,
 }
 
 /// Why a body could not be read as an event (a poison message).

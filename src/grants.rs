@@ -51,6 +51,8 @@ pub enum Request<'a> {
     Revoke { targets: &'a [String], scope: RevokeScope },
     /// Call the provider again for targets the ledger holds (a repair), changing no hold.
     Repair { targets: &'a [String] },
+    /// Remove memberships the ledger does not hold (a leaver's unmanaged ones), changing no hold.
+    Remove { targets: &'a [String] },
 }
 
 /// A call to make at the provider.
@@ -123,6 +125,19 @@ pub fn plan(ledger: &Ledger, request: &Request<'_>, ticket: &str, event_at: Date
     };
     match request {
         Request::Grant { targets, access_level } => take(&mut p, targets, access_level),
+        Request::Remove { targets } => {
+            // Only what no ticket holds: a held target is released by its tickets' own revokes.
+            for t in targets.iter() {
+                match ledger.get(t).filter(|st| !st.holds.is_empty()) {
+                    None => p.ops.push(ProviderOp::Revoke(t.clone())),
+                    Some(st) => p.notes.push(Note::HoldReleased {
+                        target: t.clone(),
+                        ticket: ticket.to_owned(),
+                        remaining: st.holds.iter().map(|h| h.ticket.clone()).collect(),
+                    }),
+                }
+            }
+        }
         Request::Repair { targets } => {
             // Only what is still held: a target released since the drift was read needs nothing.
             for t in targets.iter() {
@@ -516,6 +531,14 @@ pub fn effect(decision: &Decision) -> Option<Effect<'_>> {
             subject,
             access_level,
             request: Request::Repair { targets },
+            max_duration: None,
+            lasts: None,
+        }),
+        Decision::Remove { application, access_level, targets, subject } => Some(Effect {
+            application,
+            subject,
+            access_level,
+            request: Request::Remove { targets },
             max_duration: None,
             lasts: None,
         }),

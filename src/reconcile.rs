@@ -274,7 +274,7 @@ pub fn repair_event(
         department: None,
         errors: Vec::new(),
         raw_fields: identity_of.fields.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect(),
-        repair: Some(vec![target.to_owned()]),
+        targets: Some(vec![target.to_owned()]),
     })
 }
 

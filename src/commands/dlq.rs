@@ -294,6 +294,11 @@ fn describe(decision: &Decision) -> String {
             targets(t),
             approver.account_id
         ),
+        Decision::Remove { application, access_level, targets: t, subject } => format!(
+            "remove {} from {application} {access_level:?} ({}): memberships accessgov did not grant",
+            subject.account_id,
+            targets(t)
+        ),
         Decision::Repair { application, access_level, targets: t, subject } => format!(
             "provision {application} {access_level:?} ({}) for {} again (a reconcile repair)",
             targets(t),

@@ -59,6 +59,19 @@ pub struct Config {
     /// Drift checks run by the workers (`grants reconcile` on a schedule).
     #[serde(default)]
     pub reconcile: ReconcileConfig,
+    /// Leavers (`offboard` request types).
+    #[serde(default)]
+    pub offboard: OffboardConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OffboardConfig {
+    /// Also remove the leaver's memberships of managed targets (the rules'
+    /// groups and permission levels) that accessgov did not grant: read back
+    /// through each live application's connector first, and audited as such.
+    #[serde(default)]
+    pub include_unmanaged: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -414,7 +414,7 @@ fn build(
         department: optional(&f.department),
         errors,
         raw_fields,
-        repair: None,
+        targets: None,
     }
 }
 
@@ -519,7 +519,7 @@ fn automation_custom(body: &Map<String, Value>, meta: &Meta, jsm: &JsmConfig, no
         department: optional("department"),
         errors,
         raw_fields,
-        repair: None,
+        targets: None,
     }))
 }
 

@@ -495,7 +495,7 @@ fn event(app_status: AppStatus, approver: Option<&str>) -> AccessEvent {
         department: None,
         errors: vec![],
         raw_fields: serde_json::Map::new(),
-        repair: None,
+        targets: None,
     }
 }
 

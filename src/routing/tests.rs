@@ -46,7 +46,7 @@ fn created(application: &str, level: &str) -> AccessEvent {
         department: None,
         errors: vec![],
         raw_fields: Default::default(),
-        repair: None,
+        targets: None,
     }
 }
 

@@ -69,6 +69,9 @@ pub enum Decision {
     /// Provision again what the ledger holds and the provider lost (`grants
     /// reconcile --fix`): no ledger change, only the provider calls.
     Repair { application: String, access_level: String, targets: Vec<String>, subject: Person },
+    /// Remove memberships accessgov did not grant (a leaver's, `[offboard]
+    /// include_unmanaged`): no ledger change, only the provider calls.
+    Remove { application: String, access_level: String, targets: Vec<String>, subject: Person },
     /// Denied or declined: nothing to call; audited and told to the requester.
     NoAction { reason: String },
     /// Policy says no.
@@ -290,9 +293,20 @@ pub fn decide(event: &AccessEvent, config: &Config, facts: &Facts) -> Decision {
     }
     // A repair restores what the ledger holds, whatever the rules say now.
     if event.source == Source::Reconcile
-        && let (Some(subject), Some(targets)) = (event.requester.clone(), event.repair.clone())
+        && let (Some(subject), Some(targets)) = (event.requester.clone(), event.targets.clone())
     {
         return Decision::Repair {
+            application: application.clone(),
+            access_level: access_level.clone(),
+            targets,
+            subject,
+        };
+    }
+    // A leaver's memberships that no ticket granted are removed as well, when configured.
+    if event.source == Source::Offboard
+        && let (Some(subject), Some(targets)) = (event.requester.clone(), event.targets.clone())
+    {
+        return Decision::Remove {
             application: application.clone(),
             access_level: access_level.clone(),
             targets,

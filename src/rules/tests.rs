@@ -43,7 +43,7 @@ fn event(action: RequestAction, status: AppStatus) -> AccessEvent {
         department: None,
         errors: vec![],
         raw_fields: Default::default(),
-        repair: None,
+        targets: None,
     }
 }
 

@@ -141,6 +141,6 @@ pub fn expiry_event(d: &Due, now: DateTime<Utc>) -> AccessEvent {
         department: None,
         errors: Vec::new(),
         raw_fields: Default::default(),
-        repair: None,
+        targets: None,
     }
 }

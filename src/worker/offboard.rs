@@ -78,14 +78,73 @@ pub fn revoke_event(by: &AccessEvent, subject: &Person, h: &Held) -> AccessEvent
         department: None,
         errors: Vec::new(),
         raw_fields: Default::default(),
-        repair: None,
+        targets: None,
     }
 }
 
+/// `[offboard] include_unmanaged`: the leaver's memberships of each live
+/// application's managed targets that no hold of theirs accounts for, read back
+/// through the connectors (application -> targets). An application that cannot
+/// be read is named in `unreadable` with why.
+pub async fn unmanaged(
+    ctx: &WorkerContext,
+    subject: &Person,
+    holds: &[Held],
+) -> (Vec<(String, Vec<String>)>, Vec<(String, String)>) {
+    let mut found = Vec::new();
+    let mut unreadable = Vec::new();
+    let identity = crate::connectors::Subject::from_person(subject);
+    let mut apps: Vec<(&String, &std::sync::Arc<dyn crate::connectors::Connector>)> = ctx.connectors.iter().collect();
+    apps.sort_by(|a, b| a.0.cmp(b.0));
+    for (app, connector) in apps {
+        let mut managed: Vec<crate::connectors::Target> = Vec::new();
+        for rule in ctx.config.rules.iter().filter(|r| &r.application == app) {
+            for name in rule.targets() {
+                if !managed.iter().any(|t| t.name == name) {
+                    managed.push(crate::connectors::Target { name, role: rule.role.clone() });
+                }
+            }
+        }
+        if managed.is_empty() {
+            continue;
+        }
+        match connector.memberships(&identity, &managed).await {
+            Ok(held_there) => {
+                let ours: Vec<&String> =
+                    holds.iter().filter(|h| &h.application == app).flat_map(|h| h.targets.iter()).collect();
+                let extra: Vec<String> = held_there.into_iter().filter(|t| !ours.contains(&t)).collect();
+                if !extra.is_empty() {
+                    found.push((app.clone(), extra));
+                }
+            }
+            Err(e) => unreadable.push((app.clone(), e.to_string())),
+        }
+    }
+    (found, unreadable)
+}
+
+/// The event that removes a leaver's unmanaged memberships of one application.
+pub fn remove_event(by: &AccessEvent, subject: &Person, application: &str, targets: &[String]) -> AccessEvent {
+    let held = Held {
+        ticket: by.ticket.key.clone(),
+        application: application.to_owned(),
+        access_level: "unmanaged".into(),
+        targets: targets.to_vec(),
+        subject_info: None,
+    };
+    let mut e = revoke_event(by, subject, &held);
+    e.dedupe_key = format!("offboard-unmanaged:{}:{application}:{}", by.ticket.key, subject.account_id);
+    e.event_id = event_id_for(&e.dedupe_key);
+    e.targets = Some(targets.to_vec());
+    e
+}
+
 /// The comment that lists what the offboarding revokes.
-pub fn list_comment(by: &AccessEvent, subject: &Person, holds: &[Held]) -> String {
+pub fn list_comment(by: &AccessEvent, subject: &Person, holds: &[Held], extra: &[String]) -> String {
     let who = subject.display_name.clone().unwrap_or_else(|| subject.account_id.clone());
-    let mut lines = if holds.is_empty() {
+    let mut lines = if holds.is_empty() && !extra.is_empty() {
+        vec![format!("accessgov offboarding of {who}: nothing is held through accessgov.")]
+    } else if holds.is_empty() {
         vec![format!("accessgov offboarding of {who}: nothing is held through accessgov; nothing to revoke.")]
     } else {
         let mut l = vec![format!(
@@ -100,6 +159,7 @@ pub fn list_comment(by: &AccessEvent, subject: &Person, holds: &[Held]) -> Strin
         );
         l
     };
+    lines.extend(extra.iter().cloned());
     lines.push(crate::routing::marker("offboard", &by.ticket.key));
     lines.join("\n")
 }
@@ -132,8 +192,13 @@ pub async fn start(ctx: &WorkerContext, event: &AccessEvent, attempt: u32) -> Re
     let live: Vec<String> =
         ctx.config.applications.iter().filter(|(_, a)| !a.dry_run).map(|(n, _)| n.clone()).collect();
     let holds = holds_of(&ctx.pool, &subject.account_id, &live).await?;
-    for h in &holds {
-        let revoke = revoke_event(event, &subject, h);
+    let (unmanaged, unreadable) = if ctx.config.offboard.include_unmanaged {
+        unmanaged(ctx, &subject, &holds).await
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let removes = unmanaged.iter().map(|(app, targets)| remove_event(event, &subject, app, targets));
+    for revoke in holds.iter().map(|h| revoke_event(event, &subject, h)).chain(removes) {
         if let Err(e) = ctx.broker.publish_event(&revoke, 0, ctx.config.broker.confirm_timeout).await {
             drop(tx);
             let error = ConnectorError::Transient { reason: format!("broker: {e}"), retry_after: None };
@@ -141,7 +206,12 @@ pub async fn start(ctx: &WorkerContext, event: &AccessEvent, attempt: u32) -> Re
             return super::process::record_failure(ctx, event, rows, attempt, error, what, None).await;
         }
     }
-    let text = list_comment(event, &subject, &holds);
+    let mut extra: Vec<String> = unmanaged
+        .iter()
+        .map(|(app, targets)| format!("- {app}: {} (not granted through accessgov; removed too)", targets.join(", ")))
+        .collect();
+    extra.extend(unreadable.iter().map(|(app, why)| format!("- {app}: could not be read back ({why})")));
+    let text = list_comment(event, &subject, &holds, &extra);
     let commented = match &ctx.jsm {
         Some(jsm) => {
             let marker = crate::routing::marker("offboard", &event.ticket.key);
@@ -156,14 +226,17 @@ pub async fn start(ctx: &WorkerContext, event: &AccessEvent, attempt: u32) -> Re
     if let Err(e) = &commented {
         tracing::warn!(ticket = %event.ticket.key, error = %e, "could not comment the offboarding list");
     }
-    let mut e = entry(event, "offboarded", if holds.is_empty() { "skipped" } else { "ok" });
+    let nothing = holds.is_empty() && unmanaged.is_empty();
+    let mut e = entry(event, "offboarded", if nothing { "skipped" } else { "ok" });
     e.subject = Some(subject.account_id.clone());
     e.detail = json!({
         "revokes": holds.iter().map(|h| json!({"application": h.application, "ticket": h.ticket, "targets": h.targets})).collect::<Vec<_>>(),
         "holds": holds.iter().map(|h| h.targets.len()).sum::<usize>(),
+        "unmanaged": unmanaged.iter().map(|(app, targets)| json!({"application": app, "targets": targets})).collect::<Vec<_>>(),
+        "unreadable": unreadable.iter().map(|(app, why)| json!({"application": app, "error": why})).collect::<Vec<_>>(),
         "commented": commented.as_ref().ok(),
         "comment_error": commented.as_ref().err().map(ToString::to_string),
     });
     rows.push(e);
-    super::process::record_alone(tx, event, rows, if holds.is_empty() { "nothing_held" } else { "offboarding" }).await
+    super::process::record_alone(tx, event, rows, if nothing { "nothing_held" } else { "offboarding" }).await
 }

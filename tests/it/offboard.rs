@@ -152,3 +152,77 @@ async fn offboarding_revokes_holds_from_three_tickets_across_two_applications_an
     assert!(said[0].contains("nothing to revoke"), "{}", said[0]);
     assert_eq!(provider.calls().iter().filter(|c| c.op == "revoke").count(), 2, "nothing revoked twice");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_include_unmanaged_memberships_accessgov_did_not_grant_are_read_back_and_removed_too() {
+    let server = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    Mock::given(method("GET"))
+        .and(path("/rest/api/3/user/groups"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path_regex(r"^/rest/servicedeskapi/request/ACC-\d+/comment$"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"size": 0, "start": 0, "limit": 50, "isLastPage": true, "values": []})),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/rest/servicedeskapi/request/ACC-\d+/comment$"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": "1"})))
+        .mount(&server)
+        .await;
+    let provider = Arc::new(FakeProvider::default());
+    let mut connectors = Connectors::new();
+    for app in [LIVE_APP, "Okta"] {
+        connectors.insert(
+            app.to_owned(),
+            Arc::new(FakeConnector(provider.clone())) as Arc<dyn accessgov::connectors::Connector>,
+        );
+    }
+    let app = spawn_app_full(
+        |c| {
+            live_config(c);
+            use_jsm(c, &server, &dir);
+            c.applications.get_mut("Okta").unwrap().dry_run = false;
+            c.jsm.request_types.insert("Offboard User".into(), RequestAction::Offboard);
+            c.offboard.include_unmanaged = true;
+        },
+        connectors,
+    )
+    .await;
+    let id =
+        post(&app, &ticket("ACC-42", "10042", "1", Some(LIVE_APP), Some("Write"), "Request Application Access")).await;
+    actions_when(&app, id, "written_back").await;
+    // Added by hand at Okta (a managed target), and to a group no rule manages.
+    provider.members.lock().unwrap().insert((LEAVER.to_owned(), "okta-everyone".to_owned()));
+    provider.members.lock().unwrap().insert((LEAVER.to_owned(), "some-team-group".to_owned()));
+
+    let offboarding = post(&app, &ticket("ACC-99", "10099", "9", None, None, "Offboard User")).await;
+    actions_when(&app, offboarding, "offboarded").await;
+    eventually("both memberships removed", WAIT, || async {
+        let left: Vec<String> = provider.members().into_iter().map(|(_, t)| t).collect();
+        (left == ["some-team-group"]).then_some(())
+    })
+    .await;
+    let summary: Value = sqlx::query_scalar("SELECT detail FROM audit_log WHERE action = 'offboarded'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(summary["unmanaged"], json!([{"application": "Okta", "targets": ["okta-everyone"]}]));
+    // The removal is decided and audited as what it is.
+    let decided: Vec<Value> =
+        sqlx::query_scalar("SELECT detail FROM audit_log WHERE action = 'decided' AND detail->>'decision' = 'remove'")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(decided.len(), 1);
+    assert_eq!(decided[0]["targets"], json!(["okta-everyone"]));
+    let all = server.received_requests().await.unwrap();
+    let listed = comments_on(&all, "ACC-99");
+    assert!(listed[0].contains("- Okta: okta-everyone (not granted through accessgov; removed too)"), "{}", listed[0]);
+    assert!(listed[0].contains("- Confluence: confluence-developers (granted through ACC-42)"), "{}", listed[0]);
+}
