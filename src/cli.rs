@@ -60,6 +60,9 @@ pub enum Command {
     /// Provider connections: test that each application's credentials work.
     #[command(subcommand)]
     Connectors(ConnectorsCommand),
+    /// Birthright roles ([[roles]]): what onboarding someone into a role would change.
+    #[command(subcommand)]
+    Roles(RolesCommand),
     /// Jira Service Management setup: check the site against the config, keep the select lists in step.
     #[command(subcommand)]
     Jsm(JsmCommand),
@@ -119,6 +122,24 @@ pub enum JsmCommand {
         #[arg(long)]
         dry_run: bool,
         /// Print the changes as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolesCommand {
+    /// What an onboarding of USER into ROLE would do, touching nothing: the role's
+    /// items to grant, and for someone onboarded before (a mover) the items kept,
+    /// the items only the old role gave (revoked) and those left in place.
+    Plan {
+        /// The person (JSM account id).
+        #[arg(long)]
+        user: String,
+        /// The role: a [[roles]] department value.
+        #[arg(long)]
+        role: String,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },

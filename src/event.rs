@@ -40,6 +40,9 @@ pub enum Source {
     /// An approved offboarding: one event per (granting ticket, application) of
     /// the leaver's holds, each revoking that ticket's holds.
     Offboard,
+    /// An approved onboarding: one event per item of the role's bundle to grant,
+    /// under the onboarding ticket, approved by the approver the role allowed.
+    Onboard,
     /// `grants reconcile --fix`: provision again a membership the ledger holds
     /// and the provider lost (`repair` names the targets).
     Reconcile,
@@ -183,6 +186,7 @@ impl AccessEvent {
             RequestAction::Revoke => "revoke",
             RequestAction::Change => "change",
             RequestAction::Offboard => "offboard",
+            RequestAction::Onboard => "onboard",
         };
         format!("access.{action}")
     }

@@ -56,8 +56,8 @@ pub fn step_of(event: &AccessEvent) -> String {
 /// Jira groups, needed when the rule's `requesters` lists `group:` entries.
 pub fn route<'a>(event: &'a AccessEvent, config: &'a Config, requester_groups: &[String]) -> Routing<'a> {
     let step = step_of(event);
-    if event.action == RequestAction::Offboard {
-        return Routing::Skip("an offboarding names no application or rule to route by".into());
+    if matches!(event.action, RequestAction::Offboard | RequestAction::Onboard) {
+        return Routing::Skip("an offboarding or onboarding names no application or rule to route by".into());
     }
     let checked = validate(event, config, requester_groups);
     let (application, app, rule, subject, lasts) = match checked {
@@ -158,7 +158,9 @@ pub fn needs_requester_groups(event: &AccessEvent, config: &Config) -> bool {
 /// The ledger request approval would make.
 pub fn request<'r>(event: &AccessEvent, rule: &'r RuleConfig, targets: &'r [String]) -> grants::Request<'r> {
     match event.action {
-        RequestAction::Grant => grants::Request::Grant { targets, access_level: &rule.access_level },
+        RequestAction::Grant | RequestAction::Onboard => {
+            grants::Request::Grant { targets, access_level: &rule.access_level }
+        }
         RequestAction::Change => grants::Request::Change { targets, access_level: &rule.access_level },
         RequestAction::Revoke | RequestAction::Offboard => {
             grants::Request::Revoke { targets, scope: rules::RevokeScope::Subject }

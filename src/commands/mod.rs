@@ -7,6 +7,7 @@ mod dlq;
 mod grants;
 mod jsm;
 mod output;
+mod roles;
 mod simulate;
 
 use crate::app::{self, App, Role};
@@ -38,6 +39,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(cmd) => audit::run(&config, cmd).await,
         Command::Grants(cmd) => grants::run(&config, cmd).await,
         Command::Connectors(cmd) => connectors::run(&config, cmd).await,
+        Command::Roles(cmd) => roles::run(&config, cmd).await,
         Command::Jsm(cmd) => jsm::run(&config, cmd).await,
     }
 }

@@ -445,6 +445,10 @@ pub enum RequestAction {
     /// A leaver: once approved, every active hold of the subject, in every live
     /// application and whatever ticket took it, is revoked.
     Offboard,
+    /// A joiner (or a mover): once approved by an approver the role allows, every
+    /// item of the `[[roles]]` bundle the department field names is granted; for
+    /// someone who holds an earlier role, only the difference changes.
+    Onboard,
 }
 
 /// What a ticket status means to accessgov. `[jsm.statuses]` maps status names
@@ -647,8 +651,20 @@ impl RuleConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoleConfig {
+    /// The value of the department (or job role) field that selects this bundle.
     pub department: String,
     pub grants: Vec<RoleGrant>,
+    /// Who may approve onboarding into this role (account ids, emails, `group:`,
+    /// `field:`); never the subject.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+}
+
+impl RoleConfig {
+    /// The bundle as (application, access level) pairs.
+    pub fn items(&self) -> Vec<(String, String)> {
+        self.grants.iter().map(|g| (g.application.clone(), g.access_level.clone())).collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -938,7 +954,20 @@ impl Config {
                 );
             }
         }
+        let onboarding = self.jsm.request_types.values().any(|a| *a == RequestAction::Onboard);
+        if onboarding && self.jsm.fields.department.is_none() {
+            add(
+                "jsm.fields.department".into(),
+                "an onboard request type selects its [[roles]] bundle by the department field; set its id".into(),
+            );
+        }
         for (i, role) in self.roles.iter().enumerate() {
+            if onboarding && role.approvers.is_empty() {
+                add(
+                    format!("roles[{i}].approvers"),
+                    "lists no approver, so no onboarding into this role could ever be granted".into(),
+                );
+            }
             for (j, g) in role.grants.iter().enumerate() {
                 if !seen.contains(&(g.application.as_str(), g.access_level.as_str())) {
                     add(

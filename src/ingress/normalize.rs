@@ -341,8 +341,9 @@ fn build(
     let f = &jsm.fields;
     let fields = parts.fields;
     let mut errors = Vec::new();
-    // An offboarding names a person, not an application.
-    let needs_app = parts.action != crate::config::RequestAction::Offboard;
+    // An offboarding or onboarding names a person (and a department), not an application.
+    let needs_app =
+        !matches!(parts.action, crate::config::RequestAction::Offboard | crate::config::RequestAction::Onboard);
     let mut ignored = Vec::new();
     let sink = if needs_app { &mut errors } else { &mut ignored };
     let application = required("application", fields.get(&f.application), sink);
@@ -482,7 +483,7 @@ fn automation_custom(body: &Map<String, Value>, meta: &Meta, jsm: &JsmConfig, no
         .unwrap_or(now);
 
     let mut errors = Vec::new();
-    let needs_app = action != crate::config::RequestAction::Offboard;
+    let needs_app = !matches!(action, crate::config::RequestAction::Offboard | crate::config::RequestAction::Onboard);
     let mut ignored = Vec::new();
     let sink = if needs_app { &mut errors } else { &mut ignored };
     let application = required("application", body.get("application"), sink);

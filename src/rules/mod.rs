@@ -140,6 +140,10 @@ pub enum Refusal {
     InvalidIdentity {
         reason: String,
     },
+    /// An onboarding's department names no `[[roles]]` bundle.
+    UnknownRole {
+        department: String,
+    },
     /// The rule's `requesters` allow-list does not include the requester.
     RequesterNotAllowed {
         requester: String,
@@ -201,6 +205,9 @@ impl Refusal {
                 format!("the requested duration {value:?} cannot be used: {reason}")
             }
             Self::InvalidIdentity { reason } => format!("the provider identity cannot be used: {reason}"),
+            Self::UnknownRole { department } => {
+                format!("no [[roles]] bundle is configured for department {department:?}")
+            }
             Self::RequesterNotAllowed { requester } => {
                 format!("{requester} may not request this access level; ask the application's owner")
             }
@@ -233,6 +240,7 @@ impl Refusal {
             Self::ApprovalReused { .. } => "approval_reused",
             Self::InvalidDuration { .. } => "invalid_duration",
             Self::InvalidIdentity { .. } => "invalid_identity",
+            Self::UnknownRole { .. } => "unknown_role",
             Self::RequesterNotAllowed { .. } => "requester_not_allowed",
             Self::StageNotApproved { .. } => "stage_not_approved",
             Self::IdentityMismatch { .. } => "identity_mismatch",
@@ -280,6 +288,11 @@ pub fn decide(event: &AccessEvent, config: &Config, facts: &Facts) -> Decision {
                 "ticket {} is an offboarding: its subject's holds are revoked one by one",
                 event.ticket.key
             ),
+        };
+    }
+    if event.action == RequestAction::Onboard && event.source != Source::Onboard {
+        return Decision::NoAction {
+            reason: format!("ticket {} is an onboarding: its role's items are granted one by one", event.ticket.key),
         };
     }
     if !event.errors.is_empty() {
@@ -356,6 +369,23 @@ pub fn decide(event: &AccessEvent, config: &Config, facts: &Facts) -> Decision {
         return refuse(Refusal::InvalidIdentity { reason });
     }
 
+    // An item of an approved onboarding: the role's approver was checked (and, with
+    // verify_approval, confirmed on the live ticket) before the item was published.
+    if event.source == Source::Onboard {
+        let Some(approver) = event.approver.as_ref().map(|a| a.person.clone()) else {
+            return refuse(Refusal::NoApprover);
+        };
+        let max_duration = rule.max_duration;
+        return Decision::Grant {
+            application,
+            access_level,
+            targets,
+            subject,
+            approver,
+            max_duration,
+            lasts: max_duration,
+        };
+    }
     let requester_groups = facts.approver_groups.get(&subject.account_id).map_or(&[][..], Vec::as_slice);
     if !requester_allowed(rule, &subject, requester_groups, &event.raw_fields) {
         return refuse(Refusal::RequesterNotAllowed { requester: subject.account_id.clone() });
@@ -382,6 +412,39 @@ pub fn decide(event: &AccessEvent, config: &Config, facts: &Facts) -> Decision {
         }
         _ => Decision::Grant { application, access_level, targets, subject, approver, max_duration, lasts },
     }
+}
+
+/// An approved onboarding: the role its department field selects (its index in
+/// `[[roles]]`) and the approver, who must be one the role allows and not the
+/// subject, shown by the same evidence as any grant's approver.
+pub fn decide_onboard(event: &AccessEvent, config: &Config, facts: &Facts) -> Result<(usize, Person), Refusal> {
+    let Some(department) = event.department.as_deref().map(str::trim).filter(|d| !d.is_empty()) else {
+        return Err(Refusal::MissingFields { errors: vec!["missing_required:department".into()] });
+    };
+    let Some(index) = config.roles.iter().position(|r| r.department.trim().eq_ignore_ascii_case(department)) else {
+        return Err(Refusal::UnknownRole { department: department.to_owned() });
+    };
+    let Some(subject) = &event.requester else {
+        return Err(Refusal::NoRequester);
+    };
+    let role = &config.roles[index];
+    if role.approvers.is_empty() {
+        return Err(Refusal::ApproverNotAllowed { approver: "anyone: the role lists no approver".into() });
+    }
+    let as_rule = RuleConfig {
+        application: String::new(),
+        access_level: role.department.clone(),
+        groups: Vec::new(),
+        permission: None,
+        role: None,
+        approvers: role.approvers.clone(),
+        requesters: Vec::new(),
+        plan: false,
+        stages: Vec::new(),
+        require_distinct_approver: true,
+        max_duration: None,
+    };
+    approved_by(event, config, &as_rule, subject, facts).map(|approver| (index, approver))
 }
 
 /// Who approved, if the event shows an approval that the rule accepts.

@@ -9,6 +9,7 @@
 pub mod dead;
 pub mod expiry;
 pub mod offboard;
+pub mod onboard;
 pub mod process;
 pub mod retry;
 pub mod route;

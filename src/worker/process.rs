@@ -133,6 +133,13 @@ pub async fn prepare_decoded(
     if event.app_status.is_routing() {
         return Ok(Staged::Done(super::route::route(ctx, &event, attempt).await?));
     }
+    // An approved onboarding fans out into one grant event per item of its role.
+    if event.action == crate::config::RequestAction::Onboard
+        && event.source != crate::event::Source::Onboard
+        && event.app_status == crate::config::AppStatus::Approved
+    {
+        return Ok(Staged::Done(super::onboard::start(ctx, &event, attempt).await?));
+    }
     // An approved offboarding fans out into one revoke event per granting ticket and application.
     if event.action == crate::config::RequestAction::Offboard
         && event.source != crate::event::Source::Offboard
@@ -1138,7 +1145,10 @@ impl WorkerContext {
         let Some(jsm) = &self.jsm else { return };
         // An offboarding's revokes are listed on the offboarding ticket, not on each
         // granting ticket; a reconcile repair is reported by the reconcile run.
-        if matches!(event.source, crate::event::Source::Offboard | crate::event::Source::Reconcile) {
+        if matches!(
+            event.source,
+            crate::event::Source::Offboard | crate::event::Source::Onboard | crate::event::Source::Reconcile
+        ) {
             return;
         }
         // A dry-run application calls nothing outside accessgov, JSM included.

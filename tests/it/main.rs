@@ -17,5 +17,6 @@ mod offboard;
 mod operator;
 mod pipeline;
 mod reconcile;
+mod roles;
 mod routing;
 mod worker;

@@ -1085,3 +1085,36 @@ fn the_operator_commands_have_help() {
     assert!(help(&["audit", "list"]).contains("--user"));
     assert!(help(&["grants", "list"]).contains("--expiring-within"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_plan_prints_what_onboarding_into_a_role_would_change_and_changes_nothing() {
+    let app = spawn_app().await;
+    let cli = Cli::new(&app);
+    // A joiner: the whole bundle (the example's Engineering role: Okta User).
+    let plan = stdout_json(&cli.run(&["roles", "plan", "--user", "new-hire", "--role", "engineering", "--json"]).await);
+    assert_eq!(plan["diff"]["grant"], json!([["Okta", "User"]]));
+    assert!(plan["previous"].is_null());
+    // A mover from a role that gave Okta User and Confluence Write through ACC-9.
+    sqlx::query(
+        "INSERT INTO role_assignments (subject, role, ticket, event_id, items) VALUES ('mover', 'Sales', 'ACC-9', $1, $2)",
+    )
+    .bind(uuid::Uuid::new_v4())
+    .bind(json!([["Okta", "User", "ACC-9"], ["Confluence", "Write", "ACC-9"]]))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log").fetch_one(&app.pool).await.unwrap();
+    let plan = stdout_json(&cli.run(&["roles", "plan", "--user", "mover", "--role", "Engineering", "--json"]).await);
+    assert_eq!(plan["previous"], json!({"role": "Sales", "ticket": "ACC-9"}));
+    assert_eq!(plan["diff"]["keep"], json!([["Okta", "User", "ACC-9"]]));
+    assert_eq!(plan["diff"]["revoke"], json!([["Confluence", "Write", "ACC-9"]]));
+    assert_eq!(plan["diff"]["grant"], json!([]));
+    let table = cli.run(&["roles", "plan", "--user", "mover", "--role", "Engineering"]).await;
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("revoke") && text.contains("ACC-9"), "{text}");
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(before, after, "a plan touches nothing");
+    let unknown = cli.run(&["roles", "plan", "--user", "mover", "--role", "Astronauts"]).await;
+    assert!(!unknown.status.success());
+    assert!(stderr(&unknown).contains("configured: Engineering"), "{}", stderr(&unknown));
+}
