@@ -44,8 +44,11 @@ fn comments_on(all: &[wiremock::Request], key: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offboarding_revokes_holds_from_three_tickets_across_two_applications_and_lists_them() {
+/// Confluence and Okta live behind one fake provider, JSM mocked (comments accepted),
+/// "Offboard User" mapped to offboard.
+async fn two_live_applications(
+    include_unmanaged: bool,
+) -> (MockServer, tempfile::TempDir, crate::helpers::TestApp, Arc<FakeProvider>) {
     let server = MockServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     Mock::given(method("GET"))
@@ -80,10 +83,17 @@ async fn offboarding_revokes_holds_from_three_tickets_across_two_applications_an
             use_jsm(c, &server, &dir);
             c.applications.get_mut("Okta").unwrap().dry_run = false;
             c.jsm.request_types.insert("Offboard User".into(), RequestAction::Offboard);
+            c.offboard.include_unmanaged = include_unmanaged;
         },
         connectors,
     )
     .await;
+    (server, dir, app, provider)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offboarding_revokes_holds_from_three_tickets_across_two_applications_and_lists_them() {
+    let (server, _dir, app, provider) = two_live_applications(false).await;
 
     // Three tickets of the leaver: two for the same Confluence group, one for Okta.
     let grant = "Request Application Access";
@@ -155,45 +165,7 @@ async fn offboarding_revokes_holds_from_three_tickets_across_two_applications_an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_include_unmanaged_memberships_accessgov_did_not_grant_are_read_back_and_removed_too() {
-    let server = MockServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    Mock::given(method("GET"))
-        .and(path("/rest/api/3/user/groups"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path_regex(r"^/rest/servicedeskapi/request/ACC-\d+/comment$"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"size": 0, "start": 0, "limit": 50, "isLastPage": true, "values": []})),
-        )
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path_regex(r"^/rest/servicedeskapi/request/ACC-\d+/comment$"))
-        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": "1"})))
-        .mount(&server)
-        .await;
-    let provider = Arc::new(FakeProvider::default());
-    let mut connectors = Connectors::new();
-    for app in [LIVE_APP, "Okta"] {
-        connectors.insert(
-            app.to_owned(),
-            Arc::new(FakeConnector(provider.clone())) as Arc<dyn accessgov::connectors::Connector>,
-        );
-    }
-    let app = spawn_app_full(
-        |c| {
-            live_config(c);
-            use_jsm(c, &server, &dir);
-            c.applications.get_mut("Okta").unwrap().dry_run = false;
-            c.jsm.request_types.insert("Offboard User".into(), RequestAction::Offboard);
-            c.offboard.include_unmanaged = true;
-        },
-        connectors,
-    )
-    .await;
+    let (server, _dir, app, provider) = two_live_applications(true).await;
     let id =
         post(&app, &ticket("ACC-42", "10042", "1", Some(LIVE_APP), Some("Write"), "Request Application Access")).await;
     actions_when(&app, id, "written_back").await;
