@@ -380,8 +380,9 @@ pub struct ReconcileArgs {
     #[arg(long)]
     pub json: bool,
     /// Provision every missing membership again, through the workers (one repair
-    /// event each on the request queue: intents, retries, dead letters, audit rows).
-    /// Unmanaged members are reported, never removed.
+    /// event each on the request queue: intents, retries, dead letters, audit rows),
+    /// and remove unmanaged members from the targets of rules with `exclusive = true`
+    /// the same way. Other unmanaged members are only reported.
     #[arg(long)]
     pub fix: bool,
     #[command(flatten)]

@@ -15,7 +15,10 @@
 //! pipeline: one repair event (`Source::Reconcile`) per finding, published to
 //! the request queue and decided like any event (intents, retries, dead letters,
 //! audit rows), which calls the provider for targets the ledger still holds and
-//! changes no hold. Unmanaged members are only reported.
+//! changes no hold. Unmanaged members are removed (the same way, as `remove`
+//! decisions) only from the targets of rules with `exclusive = true`, and only
+//! when the connector addresses them by one of their own keys; otherwise they
+//! are reported.
 
 use crate::audit::{self, AuditEntry};
 use crate::config::Config;
@@ -187,16 +190,41 @@ pub async fn run(
     }
     let run_id = uuid::Uuid::new_v4();
     let mut repairs = 0;
+    let mut removals = 0;
+    let mut unremovable: Vec<String> = Vec::new();
     let mut repair_error = None;
     if let Some(broker) = fix {
         'publish: for r in &reports {
+            let exclusive = config
+                .rules
+                .iter()
+                .any(|rule| rule.exclusive && rule.application == r.application && rule.targets().contains(&r.target));
             for f in &r.findings {
-                let Some(event) = repair_event(run_id, &r.application, &r.target, f) else { continue };
+                let event = match f {
+                    Finding::Missing { .. } => repair_event(run_id, &r.application, &r.target, f),
+                    Finding::Unmanaged { .. } if exclusive => {
+                        let Some(connector) = connectors.get(&r.application) else { continue };
+                        match removal_event(run_id, config, connector.as_ref(), &r.application, &r.target, f) {
+                            Ok(e) => Some(e),
+                            Err(why) => {
+                                unremovable.push(why);
+                                None
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                let Some(event) = event else { continue };
+                let removal = event.action == crate::config::RequestAction::Revoke;
                 if let Err(e) = broker.publish_event(&event, 0, config.broker.confirm_timeout).await {
                     repair_error = Some(e.to_string());
                     break 'publish;
                 }
-                repairs += 1;
+                if removal {
+                    removals += 1;
+                } else {
+                    repairs += 1;
+                }
             }
         }
     }
@@ -214,6 +242,8 @@ pub async fn run(
         "unreadable": reports.iter().filter(|r| r.error.is_some()).map(|r| format!("{}/{}", r.application, r.target)).collect::<Vec<_>>(),
         "fix": fix.is_some(),
         "repairs_queued": repairs,
+        "removals_queued": removals,
+        "unremovable": unremovable,
         "repair_error": repair_error,
         "run": run_id,
     });
@@ -233,6 +263,76 @@ pub enum RunError {
     Db(#[from] sqlx::Error),
     #[error("the broker refused a repair after {queued} were queued: {reason}; run `grants reconcile --fix` again")]
     Publish { queued: usize, reason: String },
+}
+
+/// The removal event of an `unmanaged` member of an exclusive target: the
+/// subject is built from the member's keys (its id as the account id, an email
+/// key as the email, the first key as the application's `subject_field`), and is
+/// used only when the connector addresses it by one of the member's own keys, so
+/// that the revoke can only reach that member. `Err` says why not.
+pub fn removal_event(
+    run: uuid::Uuid,
+    config: &Config,
+    connector: &dyn Connector,
+    application: &str,
+    target: &str,
+    f: &Finding,
+) -> Result<crate::event::AccessEvent, String> {
+    use crate::event::{AccessEvent, Person, SCHEMA_V1, Source, StatusChange, Ticket, event_id_for};
+    let Finding::Unmanaged { member, keys, .. } = f else { return Err("not an unmanaged member".into()) };
+    let email = keys.iter().find(|k| k.contains('@')).cloned();
+    let field = config.applications.get(application).and_then(|a| crate::connectors::http::setting(a, "subject_field"));
+    let mut raw_fields = serde_json::Map::new();
+    if let (Some(id), Some(first)) = (&field, keys.first()) {
+        raw_fields.insert(id.clone(), serde_json::Value::String(first.clone()));
+    }
+    let person = Person { account_id: member.clone(), email, display_name: None };
+    let subject = crate::connectors::subject_of(config, application, &person, &raw_fields)
+        .map_err(|e| format!("{application}/{target}: {member}: {e}"))?;
+    match connector.identity(&subject) {
+        Ok(key) if keys.contains(&key) => {}
+        Ok(key) => {
+            return Err(format!("{application}/{target}: {member} would be addressed as {key}, not one of its keys"));
+        }
+        Err(e) => return Err(format!("{application}/{target}: {member}: {e}")),
+    }
+    let dedupe_key = format!("reconcile-remove:{run}:{application}:{target}:{member}");
+    let access_level = config
+        .rules
+        .iter()
+        .find(|r| r.application == application && r.targets().iter().any(|t| t == target))
+        .map(|r| r.access_level.clone())
+        .unwrap_or_default();
+    Ok(AccessEvent {
+        schema: SCHEMA_V1.to_owned(),
+        event_id: event_id_for(&dedupe_key),
+        dedupe_key,
+        source: Source::Reconcile,
+        delivery_id: None,
+        ticket: Ticket {
+            key: format!("reconcile-{}", &run.simple().to_string()[..12]),
+            id: String::new(),
+            project_key: None,
+            request_type: String::new(),
+        },
+        action: crate::config::RequestAction::Revoke,
+        app_status: crate::config::AppStatus::Approved,
+        status: StatusChange { from: None, to: "reconciled".into(), from_id: None, to_id: None },
+        application: Some(application.to_owned()),
+        access_level: Some(access_level),
+        requester: Some(person),
+        approver: None,
+        approval: None,
+        authenticity: None,
+        actor: None,
+        changelog_id: None,
+        occurred_at: chrono::Utc::now(),
+        duration: None,
+        department: None,
+        errors: Vec::new(),
+        raw_fields,
+        targets: Some(vec![target.to_owned()]),
+    })
 }
 
 /// The repair event of a `missing` finding: provision `target` again for the

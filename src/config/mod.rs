@@ -606,6 +606,10 @@ pub struct RuleConfig {
     /// Longest time the access may be held; expiry revokes it.
     #[serde(default, deserialize_with = "duration::de_opt")]
     pub max_duration: Option<Duration>,
+    /// Only accessgov grants these targets: `grants reconcile --fix` (and a
+    /// scheduled reconcile with `fix = true`) removes members no ticket accounts for.
+    #[serde(default)]
+    pub exclusive: bool,
 }
 
 fn yes() -> bool {

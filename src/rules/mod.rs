@@ -304,10 +304,19 @@ pub fn decide(event: &AccessEvent, config: &Config, facts: &Facts) -> Decision {
     if !config.applications.contains_key(application) {
         return refuse(Refusal::UnknownApplication { application: application.clone() });
     }
-    // A repair restores what the ledger holds, whatever the rules say now.
+    // A repair restores what the ledger holds, whatever the rules say now; a
+    // reconcile removal takes an unmanaged member out of an exclusive target.
     if event.source == Source::Reconcile
         && let (Some(subject), Some(targets)) = (event.requester.clone(), event.targets.clone())
     {
+        if event.action == RequestAction::Revoke {
+            return Decision::Remove {
+                application: application.clone(),
+                access_level: access_level.clone(),
+                targets,
+                subject,
+            };
+        }
         return Decision::Repair {
             application: application.clone(),
             access_level: access_level.clone(),
@@ -443,6 +452,7 @@ pub fn decide_onboard(event: &AccessEvent, config: &Config, facts: &Facts) -> Re
         stages: Vec::new(),
         require_distinct_approver: true,
         max_duration: None,
+        exclusive: false,
     };
     approved_by(event, config, &as_rule, subject, facts).map(|approver| (index, approver))
 }

@@ -176,3 +176,42 @@ async fn the_workers_reconcile_on_a_schedule_one_replica_at_a_time() {
     assert_eq!(actor.as_deref(), Some("accessgov-worker"));
     assert_eq!((detail["via"].as_str(), detail["repairs_queued"].as_u64()), (Some("schedule"), Some(1)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmanaged_member_is_reported_and_kept_then_removed_once_the_rule_is_exclusive() {
+    let (app, provider) = spawn_live_app(|c| {
+        c.rules.iter_mut().find(|r| r.application == LIVE_APP).unwrap().exclusive = true;
+    })
+    .await;
+    provider.members.lock().unwrap().insert(("intruder".to_owned(), GROUP.to_owned()));
+    let connectors = fake_connectors(&provider);
+    let operator = Operator::new("auditor", Via::Cli).unwrap();
+    // Reported, not removed, without --fix.
+    let reports =
+        reconcile::run(&app.pool, &app.config, &connectors, None, &operator, None, &mut |_, _, _, _| {}).await.unwrap();
+    assert_eq!(reconcile::count(&reports, |f| matches!(f, Finding::Unmanaged { .. })), 1);
+    assert!(provider.members().contains(&("intruder".to_owned(), GROUP.to_owned())));
+    // With --fix, removed through the workers.
+    let broker = accessgov::broker::Broker::new(&app.config.broker.url, app.names.clone());
+    reconcile::run(&app.pool, &app.config, &connectors, None, &operator, Some(&broker), &mut |_, _, _, _| {})
+        .await
+        .unwrap();
+    eventually("the removal", Duration::from_secs(20), || async {
+        (!provider.members().contains(&("intruder".to_owned(), GROUP.to_owned()))).then_some(())
+    })
+    .await;
+    let revokes: Vec<String> = provider.calls().into_iter().filter(|c| c.op == "revoke").map(|c| c.subject).collect();
+    assert_eq!(revokes, ["intruder"]);
+    let decided: serde_json::Value =
+        sqlx::query_scalar("SELECT detail FROM audit_log WHERE action = 'decided' AND detail->>'decision' = 'remove'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(decided["targets"], serde_json::json!([GROUP]));
+    let detail: serde_json::Value =
+        sqlx::query_scalar("SELECT detail FROM audit_log WHERE action = 'reconciled' ORDER BY seq DESC LIMIT 1")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(detail["removals_queued"], 1);
+}
