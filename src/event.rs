@@ -48,6 +48,14 @@ pub enum Source {
     Reconcile,
 }
 
+impl Source {
+    /// Whether accessgov made the event itself (expiry, an onboarding's items, an
+    /// offboarding's revokes, a reconcile repair or removal), rather than JSM.
+    pub fn made_here(self) -> bool {
+        matches!(self, Self::Expiry | Self::Offboard | Self::Onboard | Self::Reconcile)
+    }
+}
+
 /// A person, as JSM identifies them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Person {

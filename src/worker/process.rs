@@ -176,7 +176,10 @@ pub async fn prepare_decoded(
     };
     let facts = rules::Facts { approver_groups, verify_approval: ctx.verify_approval, last_revoke_at, live_approvals };
     let mut decision = rules::decide(&event, &ctx.config, &facts);
+    // An onboarding's items were confirmed once, as the onboarding, before they
+    // were published: the ticket may have moved on since, which must not refuse them.
     if ctx.verify_approval
+        && event.source != crate::event::Source::Onboard
         && let Decision::Grant { approver, .. } | Decision::Change { approver, .. } = &decision
     {
         match ctx.verify_approval(&event, approver, last_revoke_at).await {
@@ -1047,7 +1050,9 @@ impl WorkerContext {
         live_approvals: Option<&[crate::jsm::Approval]>,
     ) -> Result<std::collections::BTreeMap<String, Vec<String>>, crate::jsm::JsmError> {
         let mut out = std::collections::BTreeMap::new();
-        let (Some(app), Some(level)) = (&event.application, &event.access_level) else {
+        // Events accessgov made itself are never decided on an approver's groups.
+        let (Some(app), Some(level), false) = (&event.application, &event.access_level, event.source.made_here())
+        else {
             return Ok(out);
         };
         let Some(rule) = self.config.rule_for(app, level) else { return Ok(out) };
@@ -1088,9 +1093,10 @@ impl WorkerContext {
             return Ok(None);
         };
         let staged = self.config.rule_for(app, level).is_some_and(|r| !r.stages.is_empty());
+        // Only a request's own approval is decided on the stages, never an event accessgov made.
         let deciding = event.app_status == crate::config::AppStatus::Approved
             && event.action != crate::config::RequestAction::Revoke
-            && event.source != crate::event::Source::Expiry;
+            && !event.source.made_here();
         match &self.jsm {
             Some(jsm) if staged && deciding => Ok(Some(jsm.approval_state(&event.ticket.key).await?.approvals)),
             _ => Ok(None),

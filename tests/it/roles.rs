@@ -163,3 +163,75 @@ async fn an_onboarding_approved_by_someone_the_role_does_not_allow_grants_nothin
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(provider.calls().is_empty(), "nothing granted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_verify_approval_an_onboarding_is_confirmed_once_not_again_for_each_item() {
+    let server = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The live ticket confirms the approval once; by the time the items are
+    // decided it has moved on to a status that decides nothing.
+    Mock::given(method("GET"))
+        .and(path("/rest/api/3/issue/ACC-1"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"key": "ACC-1", "fields": {"status": {"name": "Approved by Manager"}}})),
+        )
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/rest/api/3/issue/ACC-1"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"key": "ACC-1", "fields": {"status": {"name": "Done"}}})),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/rest/servicedeskapi/request/ACC-1/approval"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "size": 1, "start": 0, "limit": 50, "isLastPage": true,
+            "values": [{"id": "7", "name": "Waiting for approval", "finalDecision": "approved",
+                        "approvers": [{"approver": {"accountId": APPROVER}, "approverDecision": "approved"}],
+                        "completedDate": {"epochMillis": 1_764_086_000_000_i64}}],
+        })))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/rest/servicedeskapi/request/ACC-\d+/comment$"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": "1"})))
+        .mount(&server)
+        .await;
+    let provider = Arc::new(FakeProvider::default());
+    let mut connectors = Connectors::new();
+    for app in [LIVE_APP, "Okta"] {
+        connectors.insert(
+            app.to_owned(),
+            Arc::new(FakeConnector(provider.clone())) as Arc<dyn accessgov::connectors::Connector>,
+        );
+    }
+    let app = spawn_app_full(
+        |c| {
+            live_config(c);
+            use_jsm(c, &server, &dir);
+            c.jsm.verify_approval = Some(true);
+            c.applications.get_mut("Okta").unwrap().dry_run = false;
+            c.jsm.fields.department = Some("customfield_10080".into());
+            c.jsm.request_types.insert("Onboard User".into(), RequestAction::Onboard);
+            c.roles = vec![role("Engineering", &[("Okta", "User"), (LIVE_APP, "Write")])];
+        },
+        connectors,
+    )
+    .await;
+    let id = post(&app, &onboarding("ACC-1", "20001", "Engineering")).await;
+    actions_when(&app, id, "onboarded").await;
+    let both: BTreeSet<String> = ["okta-everyone", "confluence-developers"].map(String::from).into();
+    eventually("both items granted", WAIT, || async { (held(&provider) == both).then_some(()) }).await;
+    let reads = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.method.as_str() == "GET" && r.url.path() == "/rest/api/3/issue/ACC-1")
+        .count();
+    assert_eq!(reads, 1, "the onboarding's approval is confirmed once");
+}
