@@ -32,6 +32,9 @@ pub struct Env {
     /// `[worker] batch_max` of the in-process worker (`LOADGEN_BATCH_MAX`), for
     /// experiments; the config default otherwise.
     pub batch_max: Option<usize>,
+    /// `[worker] batch_wait` in milliseconds (`LOADGEN_BATCH_WAIT_MS`), for
+    /// experiments; the config default otherwise.
+    pub batch_wait_ms: Option<u64>,
 }
 
 pub fn env_or(name: &str, default: usize) -> usize {
@@ -60,6 +63,7 @@ impl Env {
             ingress_secs: env_or("LOADGEN_INGRESS_SECONDS", 10) as u64,
             rate_limit: env_or("LOADGEN_RATE_LIMIT", 10),
             batch_max: std::env::var("LOADGEN_BATCH_MAX").ok().and_then(|v| v.parse().ok()),
+            batch_wait_ms: std::env::var("LOADGEN_BATCH_WAIT_MS").ok().and_then(|v| v.parse().ok()),
         }
     }
 }

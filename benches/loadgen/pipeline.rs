@@ -42,6 +42,9 @@ pub fn config(env: &Env, tag: &str) -> anyhow::Result<Config> {
     if let Some(b) = env.batch_max {
         config.worker.batch_max = b;
     }
+    if let Some(ms) = env.batch_wait_ms {
+        config.worker.batch_wait = Duration::from_millis(ms);
+    }
     config.worker.shutdown_grace = Duration::from_secs(5);
     Ok(config)
 }
