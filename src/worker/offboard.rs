@@ -166,22 +166,9 @@ pub fn list_comment(by: &AccessEvent, subject: &Person, holds: &[Held], extra: &
 
 /// Offboards the subject of an approved `offboard` event delivered for the `attempt`-th time.
 pub async fn start(ctx: &WorkerContext, event: &AccessEvent, attempt: u32) -> Result<Outcome, sqlx::Error> {
-    let mut tx = ctx.pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('accessgov.offboard:' || $1, 0))")
-        .bind(&event.ticket.key)
-        .execute(&mut *tx)
-        .await?;
-    if crate::progress::is_processed(&mut *tx, event.event_id).await? {
-        let mut rows = Vec::new();
-        if crate::progress::note_duplicate(&mut tx, event.event_id).await? {
-            let mut e = entry(event, "duplicate", "skipped");
-            e.detail = json!({"dedupe_key": event.dedupe_key, "attempt": attempt});
-            rows.push(e);
-        }
-        crate::audit::append(&mut tx, &rows).await?;
-        tx.commit().await?;
+    let Some(tx) = super::process::begin_alone(ctx, event, attempt, "offboard", &event.ticket.key).await? else {
         return Ok(Outcome::Duplicate);
-    }
+    };
     let mut rows = if attempt == 0 { vec![received_row(event)] } else { Vec::new() };
     let Some(subject) = event.requester.clone() else {
         let mut e = entry(event, "denied_by_policy", "refused");

@@ -120,22 +120,10 @@ pub async fn start(ctx: &WorkerContext, event: &AccessEvent, attempt: u32) -> Re
             return super::process::record_failure(ctx, event, rows, attempt, error, what, None).await;
         }
     };
-    let mut tx = ctx.pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('accessgov.onboard:' || $1, 0))")
-        .bind(event.requester.as_ref().map_or("", |p| p.account_id.as_str()))
-        .execute(&mut *tx)
-        .await?;
-    if crate::progress::is_processed(&mut *tx, event.event_id).await? {
-        let mut rows = Vec::new();
-        if crate::progress::note_duplicate(&mut tx, event.event_id).await? {
-            let mut e = entry(event, "duplicate", "skipped");
-            e.detail = json!({"dedupe_key": event.dedupe_key, "attempt": attempt});
-            rows.push(e);
-        }
-        crate::audit::append(&mut tx, &rows).await?;
-        tx.commit().await?;
+    let subject_key = event.requester.as_ref().map_or("", |p| p.account_id.as_str());
+    let Some(mut tx) = super::process::begin_alone(ctx, event, attempt, "onboard", subject_key).await? else {
         return Ok(Outcome::Duplicate);
-    }
+    };
     let mut rows = if attempt == 0 { vec![received_row(event)] } else { Vec::new() };
     let (index, approver) = match decided {
         Ok(d) => d,

@@ -740,6 +740,32 @@ async fn execute_unique(ctx: &WorkerContext, events: &[(&AccessEvent, u32)]) -> 
     Ok(runs.into_iter().map(|r| r.outcome.expect("every run ends with an outcome")).collect())
 }
 
+/// Starts the transaction of an event handled outside the batch pipeline (a
+/// routing, an offboarding, an onboarding): takes the advisory lock `kind:key`,
+/// so that concurrent deliveries wait, then, when the event was processed
+/// already, records the duplicate (once per event) and commits: `None`.
+pub(super) async fn begin_alone<'c>(
+    ctx: &'c WorkerContext,
+    event: &AccessEvent,
+    attempt: u32,
+    kind: &str,
+    key: &str,
+) -> Result<Option<sqlx::Transaction<'c, sqlx::Postgres>>, sqlx::Error> {
+    let mut tx = ctx.pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("accessgov.{kind}:{key}"))
+        .execute(&mut *tx)
+        .await?;
+    if !crate::progress::is_processed(&mut *tx, event.event_id).await? {
+        return Ok(Some(tx));
+    }
+    let mut rows = Vec::new();
+    note_duplicate(&mut tx, event, attempt, &mut rows).await?;
+    audit::append(&mut tx, &rows).await?;
+    tx.commit().await?;
+    Ok(None)
+}
+
 /// Completes an event handled outside the batch pipeline (a routing, an
 /// offboarding) in its own transaction: its dedupe row, its audit rows, COMMIT.
 pub(super) async fn record_alone(

@@ -19,7 +19,7 @@
 
 use super::WorkerContext;
 use super::process::{Outcome, received_row};
-use crate::audit::{self, AuditEntry};
+use crate::audit::AuditEntry;
 use crate::event::AccessEvent;
 use crate::routing::{self, PlanRecord, Resolved, Route, Routing};
 use serde_json::{Map, Value, json};
@@ -28,22 +28,9 @@ use sqlx::PgConnection;
 /// Routes one `created` or `stage` event delivered for the `attempt`-th time.
 pub async fn route(ctx: &WorkerContext, event: &AccessEvent, attempt: u32) -> Result<Outcome, sqlx::Error> {
     let step = routing::step_of(event);
-    let mut tx = ctx.pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('accessgov.routing:' || $1, 0))")
-        .bind(&event.ticket.key)
-        .execute(&mut *tx)
-        .await?;
-    if crate::progress::is_processed(&mut *tx, event.event_id).await? {
-        let mut rows = Vec::new();
-        if crate::progress::note_duplicate(&mut tx, event.event_id).await? {
-            let mut e = super::process::entry(event, "duplicate", "skipped");
-            e.detail = json!({"dedupe_key": event.dedupe_key, "delivery_id": event.delivery_id, "attempt": attempt});
-            rows.push(e);
-        }
-        audit::append(&mut tx, &rows).await?;
-        tx.commit().await?;
+    let Some(mut tx) = super::process::begin_alone(ctx, event, attempt, "routing", &event.ticket.key).await? else {
         return Ok(Outcome::Duplicate);
-    }
+    };
     let mut rows = if attempt == 0 { vec![received_row(event)] } else { Vec::new() };
     let done: Option<(uuid::Uuid, String)> =
         sqlx::query_as("SELECT event_id, outcome FROM routings WHERE ticket = $1 AND step = $2")

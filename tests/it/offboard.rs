@@ -2,11 +2,10 @@
 //! every hold of its subject across applications, whatever ticket took it, and
 //! lists them on the ticket; a second offboarding finds nothing and says so.
 
-use crate::helpers::provider::{FakeConnector, FakeProvider};
+use crate::helpers::provider::FakeProvider;
 use crate::helpers::{LIVE_APP, eventually, fixture, live_config, spawn_app_full};
 use crate::jsm_flow::{actions_when, post, use_jsm};
 use accessgov::config::RequestAction;
-use accessgov::connectors::Connectors;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,13 +69,7 @@ async fn two_live_applications(
         .mount(&server)
         .await;
     let provider = Arc::new(FakeProvider::default());
-    let mut connectors = Connectors::new();
-    for app in [LIVE_APP, "Okta"] {
-        connectors.insert(
-            app.to_owned(),
-            Arc::new(FakeConnector(provider.clone())) as Arc<dyn accessgov::connectors::Connector>,
-        );
-    }
+    let connectors = crate::helpers::fake_connectors_for(&provider, &[LIVE_APP, "Okta"]);
     let app = spawn_app_full(
         |c| {
             live_config(c);

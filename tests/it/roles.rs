@@ -1,11 +1,10 @@
 //! Birthright roles on the real broker and database: an approved onboarding
 //! grants its role's bundle; a mover keeps the shared item and swaps the others.
 
-use crate::helpers::provider::{FakeConnector, FakeProvider};
+use crate::helpers::provider::FakeProvider;
 use crate::helpers::{LIVE_APP, eventually, fixture, live_config, spawn_app_full};
 use crate::jsm_flow::{actions_when, post, use_jsm};
 use accessgov::config::{RequestAction, RoleConfig, RoleGrant, RuleConfig};
-use accessgov::connectors::Connectors;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -62,13 +61,7 @@ async fn onboarding_grants_the_bundle_and_a_mover_keeps_the_shared_item_and_swap
         .mount(&server)
         .await;
     let provider = Arc::new(FakeProvider::default());
-    let mut connectors = Connectors::new();
-    for app in [LIVE_APP, "Okta", "Wiki"] {
-        connectors.insert(
-            app.to_owned(),
-            Arc::new(FakeConnector(provider.clone())) as Arc<dyn accessgov::connectors::Connector>,
-        );
-    }
+    let connectors = crate::helpers::fake_connectors_for(&provider, &[LIVE_APP, "Okta", "Wiki"]);
     let app = spawn_app_full(
         |c| {
             live_config(c);
@@ -128,13 +121,7 @@ async fn onboarding_grants_the_bundle_and_a_mover_keeps_the_shared_item_and_swap
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_onboarding_approved_by_someone_the_role_does_not_allow_grants_nothing() {
     let provider = Arc::new(FakeProvider::default());
-    let mut connectors = Connectors::new();
-    for app in [LIVE_APP, "Okta"] {
-        connectors.insert(
-            app.to_owned(),
-            Arc::new(FakeConnector(provider.clone())) as Arc<dyn accessgov::connectors::Connector>,
-        );
-    }
+    let connectors = crate::helpers::fake_connectors_for(&provider, &[LIVE_APP, "Okta"]);
     let app = spawn_app_full(
         |c| {
             live_config(c);
@@ -202,13 +189,7 @@ async fn with_verify_approval_an_onboarding_is_confirmed_once_not_again_for_each
         .mount(&server)
         .await;
     let provider = Arc::new(FakeProvider::default());
-    let mut connectors = Connectors::new();
-    for app in [LIVE_APP, "Okta"] {
-        connectors.insert(
-            app.to_owned(),
-            Arc::new(FakeConnector(provider.clone())) as Arc<dyn accessgov::connectors::Connector>,
-        );
-    }
+    let connectors = crate::helpers::fake_connectors_for(&provider, &[LIVE_APP, "Okta"]);
     let app = spawn_app_full(
         |c| {
             live_config(c);

@@ -132,13 +132,18 @@ pub fn live_config(c: &mut Config) {
     c.worker.max_inline_wait = Duration::from_secs(1);
 }
 
+/// The fake provider behind each of `applications`.
+pub fn fake_connectors_for(provider: &Arc<FakeProvider>, applications: &[&str]) -> Connectors {
+    applications
+        .iter()
+        .map(|app| {
+            ((*app).to_owned(), Arc::new(FakeConnector(provider.clone())) as Arc<dyn accessgov::connectors::Connector>)
+        })
+        .collect()
+}
+
 pub fn fake_connectors(provider: &Arc<FakeProvider>) -> Connectors {
-    let mut c = Connectors::new();
-    c.insert(
-        LIVE_APP.to_owned(),
-        Arc::new(FakeConnector(provider.clone())) as Arc<dyn accessgov::connectors::Connector>,
-    );
-    c
+    fake_connectors_for(provider, &[LIVE_APP])
 }
 
 pub async fn spawn_app_full(tweak: impl FnOnce(&mut Config), connectors: Connectors) -> TestApp {
