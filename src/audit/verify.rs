@@ -121,6 +121,43 @@ pub async fn verify(
     Ok(report)
 }
 
+/// One recorded verification (`audit_verify_runs`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct VerifyRun {
+    pub id: i64,
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// Who ran it: the operator, or `accessgov-worker` for the scheduled check.
+    pub actor: String,
+    pub since_seq: i64,
+    pub rows_checked: i64,
+    pub last_seq: Option<i64>,
+    pub ok: bool,
+    pub broken_seq: Option<i64>,
+    pub broken_reason: Option<String>,
+}
+
+/// Records the outcome of a pass that started at `since_seq`.
+pub async fn record_run(pool: &PgPool, actor: &str, since_seq: i64, report: &Report) -> Result<VerifyRun, sqlx::Error> {
+    sqlx::query_as(
+        "INSERT INTO audit_verify_runs (actor, since_seq, rows_checked, last_seq, ok, broken_seq, broken_reason) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
+    )
+    .bind(actor)
+    .bind(since_seq)
+    .bind(i64::try_from(report.rows_checked).unwrap_or(i64::MAX))
+    .bind(report.last_seq)
+    .bind(report.first_broken.is_none())
+    .bind(report.first_broken.as_ref().map(|b| b.seq))
+    .bind(report.first_broken.as_ref().map(|b| b.reason.as_str()))
+    .fetch_one(pool)
+    .await
+}
+
+/// The most recent verification, if any.
+pub async fn latest_run(pool: &PgPool) -> Result<Option<VerifyRun>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM audit_verify_runs ORDER BY id DESC LIMIT 1").fetch_optional(pool).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -121,6 +121,30 @@ impl Broker {
         self.publish_channel().await.is_ok()
     }
 
+    /// Messages ready in `queue` (a passive declare: nothing is created). Uses
+    /// a short-lived channel of the shared connection, so that a missing queue
+    /// (which closes the channel) does not affect publishing.
+    pub async fn queue_depth(&self, queue: &str) -> Result<u32, BrokerError> {
+        self.publish_channel().await?;
+        let channel = match self.live.lock().await.as_ref() {
+            Some(l) => l.connection.create_channel().await?,
+            // Invalidated in between: the next scrape reconnects.
+            None => return Err(lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+                lapin::ConnectionState::Closed,
+            ))
+            .into()),
+        };
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+                lapin::types::FieldTable::default(),
+            )
+            .await;
+        let _ = channel.close(200, "done".into()).await;
+        Ok(declared?.message_count())
+    }
+
     /// Closes the connection.
     pub async fn close(&self) {
         self.invalidate().await;
