@@ -111,6 +111,7 @@ impl App {
             config: config.clone(),
             admin_token: admin_token.map(Arc::new),
             auth_failures: Default::default(),
+            backlog: role.worker().then(Default::default),
         };
         let token = shutdown.clone();
         tasks.spawn(async move { ("ops", ops::serve(ops_listener, ops_state, token).await.map_err(Into::into)) });

@@ -25,8 +25,9 @@ pub struct Cli {
     #[arg(long, short = 'c', global = true, env = "ACCESSGOV_CONFIG", default_value = "accessgov.toml")]
     pub config: PathBuf,
 
-    /// Log format on stderr (level via RUST_LOG, default info).
-    #[arg(long, global = true, value_enum, env = "ACCESSGOV_LOG_FORMAT", default_value = "text")]
+    /// Log format on stderr (level via RUST_LOG, default info). The container
+    /// image sets `json`: one object per line, with trace and span ids.
+    #[arg(long, global = true, value_enum, env = "ACCESSGOV_LOG_FORMAT", default_value = "pretty")]
     pub log_format: LogFormat,
 
     #[command(subcommand)]
@@ -66,6 +67,18 @@ pub enum Command {
     /// Jira Service Management setup: check the site against the config, keep the select lists in step.
     #[command(subcommand)]
     Jsm(JsmCommand),
+}
+
+impl Command {
+    /// The service name of this process in traces (unless `OTEL_SERVICE_NAME` is set).
+    pub fn service_name(&self) -> &'static str {
+        match self {
+            Self::Ingress(_) => "accessgov-ingress",
+            Self::Worker(_) => "accessgov-worker",
+            Self::All(_) => "accessgov",
+            _ => "accessgov-cli",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -164,7 +164,37 @@ impl Http {
         if let Some(l) = &self.limiter {
             l.acquire().await;
         }
-        req.send().await.map_err(|e| transport_error(self.provider, &e))
+        let mut request = req.build().map_err(|e| transport_error(self.provider, &e))?;
+        let (application, operation) = crate::metrics::provider_labels(self.provider);
+        // Method and host only: paths and queries may name a user (an email, a login).
+        let span = tracing::info_span!(
+            "provider.request",
+            otel.kind = "client",
+            otel.name = %format!("{} {}", request.method(), self.provider),
+            http.request.method = %request.method(),
+            server.address = request.url().host_str().unwrap_or_default(),
+            application = %application,
+            operation,
+            http.response.status_code = tracing::field::Empty,
+        );
+        for (name, value) in crate::telemetry::inject(&span) {
+            if let Ok(value) = reqwest::header::HeaderValue::from_str(&value) {
+                request.headers_mut().insert(name, value);
+            }
+        }
+        let started = std::time::Instant::now();
+        let result = tracing::Instrument::instrument(self.client.execute(request), span.clone()).await;
+        let status = result.as_ref().ok().map(|r| r.status().as_u16());
+        if let Some(code) = status {
+            span.record("http.response.status_code", code);
+        }
+        crate::metrics::provider_request(
+            &application,
+            operation,
+            crate::metrics::status_class(status),
+            started.elapsed(),
+        );
+        result.map_err(|e| transport_error(self.provider, &e))
     }
 
     /// The classified error for a non-success response.
