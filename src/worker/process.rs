@@ -741,7 +741,7 @@ async fn execute_unique(
                         reason: "cancelled by a later request before it ran".into(),
                     })
                     .collect();
-                tracing::info!(event_id = %event.event_id, ticket = %event.ticket.key, ops = ops.len(), "event applied");
+                tracing::info!(parent: &spans[i], event_id = %event.event_id, ticket = %event.ticket.key, ops = ops.len(), "event applied");
                 ctx.write_back(event, done_note(event, &ops, &notes)).await;
                 runs[i].outcome = Some(Outcome::Recorded("applied"));
             }
