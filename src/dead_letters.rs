@@ -522,11 +522,9 @@ pub struct NewDeadLetter<'a> {
 
 /// How many dead letters are open, and when the oldest of them died.
 pub async fn open_summary(pool: &sqlx::PgPool) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
-    sqlx::query_as(
-        "SELECT count(*), min(died_at) FROM dead_letters WHERE replayed_at IS NULL AND discarded_at IS NULL",
-    )
-    .fetch_one(pool)
-    .await
+    sqlx::query_as("SELECT count(*), min(died_at) FROM dead_letters WHERE replayed_at IS NULL AND discarded_at IS NULL")
+        .fetch_one(pool)
+        .await
 }
 
 /// Inserts a new dead letter; `None` when one with its key exists (a redelivery).

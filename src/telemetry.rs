@@ -31,6 +31,7 @@ use tracing::{Event, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
@@ -81,6 +82,12 @@ fn otlp_endpoint() -> Option<String> {
 /// Installs the global subscriber (call once, from `main`). `service` names
 /// the process in traces unless `OTEL_SERVICE_NAME` does.
 pub fn init(format: LogFormat, service: &'static str) -> Telemetry {
+    init_with_writer(format, service, BoxMakeWriter::new(std::io::stderr))
+}
+
+/// [`init`] with the log lines written to `writer` (the benchmark formats
+/// them, as in production, into a sink).
+pub fn init_with_writer(format: LogFormat, service: &'static str, writer: BoxMakeWriter) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,sqlx=warn"));
     let mut resource = opentelemetry_sdk::Resource::builder();
     if std::env::var("OTEL_SERVICE_NAME").map_or(true, |v| v.trim().is_empty()) {
@@ -118,14 +125,14 @@ pub fn init(format: LogFormat, service: &'static str) -> Telemetry {
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     let dispatch = match format {
         LogFormat::Pretty => {
-            tracing::Dispatch::new(registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)))
+            tracing::Dispatch::new(registry.with(tracing_subscriber::fmt::layer().with_writer(writer)))
         }
         LogFormat::Json => tracing::Dispatch::new(
             registry.with(
                 tracing_subscriber::fmt::layer()
                     .fmt_fields(JsonFields::new())
                     .event_format(JsonLines { dispatch: dispatch_slot.clone() })
-                    .with_writer(std::io::stderr),
+                    .with_writer(writer),
             ),
         ),
     };
@@ -273,8 +280,8 @@ mod tests {
     fn a_caller_trace_is_continued_and_passed_on_with_a_new_span_id() {
         // A subscriber with the OpenTelemetry layer, for this thread only.
         let provider = SdkTracerProvider::builder().build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let subscriber =
+            tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
         tracing::subscriber::with_default(subscriber, || {
             let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
             let span = tracing::info_span!("webhook");
@@ -291,8 +298,8 @@ mod tests {
     #[test]
     fn a_malformed_traceparent_starts_a_new_trace() {
         let provider = SdkTracerProvider::builder().build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let subscriber =
+            tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("webhook");
             extract(&span, |k| (k == "traceparent").then_some("00-zz-yy-01"));

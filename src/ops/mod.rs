@@ -71,9 +71,8 @@ pub async fn read_backlog(pool: &PgPool, broker: &Broker) -> Result<crate::metri
     let dead_ready = broker.queue_depth(&names.dead).await.ok();
     Ok(crate::metrics::Backlog {
         dead_letters_open: open,
-        oldest_dead_letter_age: oldest.map_or(std::time::Duration::ZERO, |at| {
-            (chrono::Utc::now() - at).to_std().unwrap_or_default()
-        }),
+        oldest_dead_letter_age: oldest
+            .map_or(std::time::Duration::ZERO, |at| (chrono::Utc::now() - at).to_std().unwrap_or_default()),
         intents_pending,
         requests_ready,
         dead_ready,

@@ -446,11 +446,8 @@ async fn handle_batch(ctx: &WorkerContext, batch: Vec<lapin::message::Delivery>,
     let decoded: Vec<Result<crate::event::AccessEvent, String>> =
         batch.iter().map(|d| crate::event::AccessEvent::decode(&d.data).map_err(|e| e.to_string())).collect();
     metrics::in_flight(batch.len() as i64);
-    let traced: std::collections::HashMap<u64, Traced> = batch
-        .iter()
-        .zip(&decoded)
-        .map(|(d, e)| (d.delivery_tag, Traced::new(d, e.as_ref().ok())))
-        .collect();
+    let traced: std::collections::HashMap<u64, Traced> =
+        batch.iter().zip(&decoded).map(|(d, e)| (d.delivery_tag, Traced::new(d, e.as_ref().ok()))).collect();
     let traced = &traced;
     handle_decoded(ctx, batch, decoded, traced, shutdown).await;
     metrics::in_flight(-(traced.len() as i64));

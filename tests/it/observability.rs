@@ -285,7 +285,10 @@ async fn otlp_receiver() -> (String, Arc<Mutex<Vec<Got>>>) {
     use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
     let got: Arc<Mutex<Vec<Got>>> = Arc::default();
     let sink = got.clone();
-    let text = |v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>| match v.as_ref().and_then(|v| v.value.as_ref()) {
+    let text = |v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>| match v
+        .as_ref()
+        .and_then(|v| v.value.as_ref())
+    {
         Some(Any::StringValue(s)) => s.clone(),
         Some(Any::IntValue(i)) => i.to_string(),
         Some(Any::BoolValue(b)) => b.to_string(),
@@ -406,18 +409,21 @@ async fn one_webhook_is_one_trace_from_the_callers_span_through_ingress_and_work
     let body = approved(app_name, "TRC-1");
     let http = reqwest::Client::new();
     let logs = |role: &str| std::fs::read_to_string(dir.path().join(format!("{role}.log"))).unwrap_or_default();
-    let accepted = tokio::time::timeout(WAIT, eventually("the ingress to accept the webhook", WAIT, || async {
-        let resp = http
-            .post(format!("http://127.0.0.1:{ingress_port}/webhooks/jsm"))
-            .header("content-type", "application/json")
-            .header("X-Hub-Signature", sign(WEBHOOK_SECRET, &body))
-            .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
-            .body(body.clone())
-            .send()
-            .await
-            .ok()?;
-        (resp.status() == 202).then_some(resp)
-    }))
+    let accepted = tokio::time::timeout(
+        WAIT,
+        eventually("the ingress to accept the webhook", WAIT, || async {
+            let resp = http
+                .post(format!("http://127.0.0.1:{ingress_port}/webhooks/jsm"))
+                .header("content-type", "application/json")
+                .header("X-Hub-Signature", sign(WEBHOOK_SECRET, &body))
+                .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
+                .body(body.clone())
+                .send()
+                .await
+                .ok()?;
+            (resp.status() == 202).then_some(resp)
+        }),
+    )
     .await;
     let Ok(resp) = accepted else { panic!("ingress log:\n{}\nworker log:\n{}", logs("ingress"), logs("worker")) };
     let event_id = resp.json::<Value>().await.unwrap()["event_id"].as_str().unwrap().to_owned();
