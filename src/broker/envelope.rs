@@ -187,8 +187,35 @@ pub fn traceparent(event: &AccessEvent) -> String {
 mod tests {
     use super::*;
 
-    fn with(headers: FieldTable) -> BasicProperties {
-        BasicProperties::default().with_headers(headers)
+    /// Runs `f` under a subscriber with the OpenTelemetry layer (ids, no export).
+    fn traced<T>(f: impl FnOnce() -> T) -> T {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::layer::SubscriberExt;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, f)
+    }
+
+    #[test]
+    fn a_retry_continues_the_failed_deliverys_trace_as_its_child() {
+        let incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let original = BasicProperties::default().with_headers({
+            let mut h = FieldTable::default();
+            h.insert(TRACEPARENT_HEADER.into(), long(incoming));
+            h
+        });
+        let (retry, consume_span) = traced(|| {
+            let consume = tracing::info_span!("consume");
+            crate::telemetry::extract(&consume, |k| (k == "traceparent").then_some(incoming));
+            let _in = consume.enter();
+            let tp = crate::telemetry::current_traceparent().expect("a traceparent");
+            (republish_props(&original, 1, &[], None), tp)
+        });
+        let sent = header_str(&retry, TRACEPARENT_HEADER).expect("a traceparent on the retry");
+        assert_eq!(sent, consume_span, "the consume span is the retry's parent");
+        assert!(sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"), "same trace: {sent}");
+        assert!(!sent.contains("b7ad6b7169203331"), "not the original publish span: {sent}");
     }
 
     #[test]
