@@ -218,6 +218,10 @@ mod tests {
         assert!(!sent.contains("b7ad6b7169203331"), "not the original publish span: {sent}");
     }
 
+    fn with(headers: FieldTable) -> BasicProperties {
+        BasicProperties::default().with_headers(headers)
+    }
+
     #[test]
     fn a_death_keeps_its_key_on_redelivery_and_each_replay_dies_under_a_key_of_its_own() {
         let body = br#"{"schema":"accessgov.access-event/v1"}"#;
