@@ -194,6 +194,41 @@ async fn metrics_parse_as_prometheus_text_and_count_the_webhook_the_event_and_ea
     for queue in ["requests", "dead"] {
         assert_eq!(samples(&s, "accessgov_queue_messages", &[("queue", queue)]).len(), 1, "{queue} depth");
     }
+
+    // The contract the dashboard and the alerts are written against names every
+    // metric exposed, with its type and labels.
+    let contract = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/observability/metrics.txt"))
+        .expect("deploy/observability/metrics.txt");
+    let listed: HashMap<&str, (&str, Vec<&str>)> = contract
+        .lines()
+        .filter(|l| l.starts_with("accessgov_"))
+        .map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            let labels = if cols[2] == "-" { vec![] } else { cols[2].split(',').collect() };
+            (cols[0], (cols[1], labels))
+        })
+        .collect();
+    for sample in &s.samples {
+        let (base, kind) = match &sample.value {
+            prometheus_parse::Value::Counter(_) => (sample.metric.as_str(), "counter"),
+            prometheus_parse::Value::Gauge(_) => (sample.metric.as_str(), "gauge"),
+            prometheus_parse::Value::Histogram(_) => (sample.metric.as_str(), "histogram"),
+            // A histogram's _sum and _count series.
+            prometheus_parse::Value::Untyped(_) => {
+                let base = sample.metric.strip_suffix("_sum").or_else(|| sample.metric.strip_suffix("_count"));
+                (base.unwrap_or_else(|| panic!("{} has no type", sample.metric)), "histogram")
+            }
+            other => panic!("{}: unexpected {other:?}", sample.metric),
+        };
+        let (listed_kind, labels) =
+            listed.get(base).unwrap_or_else(|| panic!("{base} is exposed but not in metrics.txt"));
+        assert_eq!(*listed_kind, kind, "{base}");
+        let mut have: Vec<&str> = sample.labels.keys().map(String::as_str).filter(|k| *k != "le").collect();
+        have.sort_unstable();
+        let mut want = labels.clone();
+        want.sort_unstable();
+        assert_eq!(have, want, "{base}'s labels");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
