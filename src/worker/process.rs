@@ -1037,34 +1037,30 @@ impl WorkerContext {
         };
         let role = self.config.rule_for(application, access_level).and_then(|r| r.role.clone());
         let target = Target { name: op_target(op).to_owned(), role };
-        let mut waits = self.config.worker.inline_backoff.iter();
-        loop {
-            // A call slot for the request itself, never across a retry's sleep.
-            let slot = self.calls.acquire().await.expect("the call semaphore is never closed");
-            let result = match op {
-                ProviderOp::Grant(_) => connector.grant(subject, &target).await.map(|r| match r {
-                    crate::connectors::GrantOutcome::Granted => "granted",
-                    crate::connectors::GrantOutcome::AlreadyGranted => "already_granted",
-                }),
-                ProviderOp::Revoke(_) => connector.revoke(subject, &target).await.map(|r| match r {
-                    crate::connectors::RevokeOutcome::Revoked => "revoked",
-                    crate::connectors::RevokeOutcome::AlreadyAbsent => "already_absent",
-                }),
-            };
-            drop(slot);
-            match result {
-                Err(e) if e.is_transient() => {
-                    let Some(base) = waits.next() else { return Err(e) };
-                    let wait = e.retry_after().map_or_else(|| retry::jitter(*base), |hint| hint.max(*base));
-                    if wait > self.config.worker.max_inline_wait {
-                        return Err(e);
-                    }
-                    tracing::info!(application, error = %e, wait_ms = wait.as_millis() as u64, "transient provider error; retrying in process");
-                    tokio::time::sleep(wait).await;
+        let (connector, target) = (connector.as_ref(), &target);
+        let worker = &self.config.worker;
+        retry::inline(
+            &worker.inline_backoff,
+            worker.max_inline_wait,
+            || async move {
+                // A call slot for the request itself, never across a retry's sleep.
+                let _slot = self.calls.acquire().await.expect("the call semaphore is never closed");
+                match op {
+                    ProviderOp::Grant(_) => connector.grant(subject, target).await.map(|r| match r {
+                        crate::connectors::GrantOutcome::Granted => "granted",
+                        crate::connectors::GrantOutcome::AlreadyGranted => "already_granted",
+                    }),
+                    ProviderOp::Revoke(_) => connector.revoke(subject, target).await.map(|r| match r {
+                        crate::connectors::RevokeOutcome::Revoked => "revoked",
+                        crate::connectors::RevokeOutcome::AlreadyAbsent => "already_absent",
+                    }),
                 }
-                other => return other,
-            }
-        }
+            },
+            |e, wait| {
+                tracing::info!(application, error = %e, wait_ms = wait.as_millis() as u64, "transient provider error; retrying in process");
+            },
+        )
+        .await
     }
 
     /// The candidate approvers' Jira groups, needed only when the event's rule
