@@ -221,8 +221,8 @@ pub enum DlqCommand {
     /// A dead letter already replayed (or discarded) is refused unless --force; the
     /// worker deduplicates by event id either way, so nothing is provisioned twice.
     /// Unreadable (poison) messages cannot be replayed. Publishing is paced by --rate
-    /// and by each application's rate_limit_per_second. On a terminal a counter shows
-    /// progress; otherwise a line every --progress-every dead letters.
+    /// and by each application's rate_limit_per_second. On a terminal a progress bar
+    /// shows progress; otherwise a line every --progress-every dead letters.
     /// Exits 1 when any replay was refused or failed.
     Replay(DlqReplayArgs),
     /// Close a dead letter without replaying it; the reason is audited.
@@ -309,6 +309,7 @@ pub enum AuditCommand {
     /// List audit rows (the newest --limit matching rows, oldest first) as a table, or JSON.
     List(AuditListArgs),
     /// Recompute the audit hash chain; report rows checked and the first broken row.
+    /// On a terminal a spinner counts the rows checked; otherwise a line every 100000.
     /// Exits 1 when the chain is broken.
     Verify {
         /// Start at this sequence number (its prev_hash is taken as given).
@@ -317,7 +318,8 @@ pub enum AuditCommand {
     },
     /// Stream audit rows, with their chain hashes (prev_hash, hash), as JSON Lines or CSV,
     /// in sequence order; memory stays flat at any size. The README shows how to
-    /// re-verify an export offline.
+    /// re-verify an export offline. Rows exported are counted on stderr (a spinner on a
+    /// terminal, otherwise a line every 100000), unless the rows go to the terminal.
     Export(AuditExportArgs),
 }
 
@@ -378,7 +380,8 @@ pub enum GrantsCommand {
     /// with the ledger. `missing`: a ticket holds the access but the provider does
     /// not list the user (removed by hand, undone by an IdP sync); `unmanaged`: a
     /// member no ticket accounts for. Without --fix it only reads. Prints a table (or
-    /// --json), with progress on stderr, and audits the run (`reconciled`, with its
+    /// --json), with progress on stderr (a bar on a terminal, otherwise a line per
+    /// target read), and audits the run (`reconciled`, with its
     /// counts and the operator). Exits 0 when everything is in sync, 1 when drift was
     /// found or a target could not be read.
     Reconcile(ReconcileArgs),

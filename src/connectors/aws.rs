@@ -211,7 +211,7 @@ impl Aws {
             endpoint_url: common.base_url.map(|u| u.trim_end_matches('/').to_owned()),
             subject_field: common.subject_field,
             timeout: common.timeout,
-            limiter: common.rate_limit_per_second.map(|r| Arc::new(RateLimiter::new(r))),
+            limiter: common.rate_limit_per_second.and_then(RateLimiter::new).map(Arc::new),
             max_concurrent_calls: common.max_concurrent_calls.max(1),
             client: OnceCell::new(),
         })

@@ -1,10 +1,10 @@
 //! The consume loop: prefetch + a semaphore bound the work in flight; each
 //! delivery runs on a task tracked for graceful shutdown; acks come last.
 //!
-//! Connection loss is not fatal: the loop reconnects with capped exponential
-//! backoff. On shutdown the consumer is cancelled first, in-flight deliveries
-//! get `shutdown_grace` to finish, and whatever is left unacked returns to the
-//! queue when the connection closes.
+//! Connection loss is not fatal: the loop reconnects with capped, jittered
+//! exponential backoff ([`retry::backoff`]). On shutdown the consumer is
+//! cancelled first, in-flight deliveries get `shutdown_grace` to finish, and
+//! whatever is left unacked returns to the queue when the connection closes.
 
 pub mod dead;
 pub mod expiry;
@@ -18,6 +18,7 @@ use crate::broker::{Broker, envelope};
 use crate::config::Config;
 use crate::connectors::Connectors;
 use crate::metrics;
+use backon::BackoffBuilder;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -82,9 +83,6 @@ enum Lane {
     /// The dead queue: record into `dead_letters`, then ack.
     Dead,
 }
-
-const MIN_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Runs the request consumer, the dead-queue drain, the expiry sweeper and the
 /// scheduled jobs (reconcile, audit verification) until the token is cancelled.
@@ -214,7 +212,7 @@ pub async fn reconcile_once(
 }
 
 async fn lane(ctx: Arc<WorkerContext>, lane: Lane, shutdown: CancellationToken) {
-    let mut backoff = MIN_BACKOFF;
+    let mut delays = retry::backoff().build();
     // One limit on deliveries in flight for the lane's lifetime (the broker's
     // prefetch bounds one session; after a reconnect, deliveries of the lost
     // session still being finished keep counting against this one).
@@ -227,14 +225,14 @@ async fn lane(ctx: Arc<WorkerContext>, lane: Lane, shutdown: CancellationToken) 
                 // A session that got as far as consuming was a recovery: a later outage
                 // starts from the minimum again, not from where the last one left off.
                 if consumed {
-                    backoff = MIN_BACKOFF;
+                    delays = retry::backoff().build();
                 }
-                tracing::warn!(?lane, error = %e, retry_in_ms = backoff.as_millis() as u64, "worker lost its broker session; reconnecting");
+                let wait = delays.next().unwrap_or(retry::MAX_BACKOFF);
+                tracing::warn!(?lane, error = %e, retry_in_ms = wait.as_millis() as u64, "worker lost its broker session; reconnecting");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(retry::jitter(backoff)) => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
@@ -338,26 +336,17 @@ async fn consume(
     result
 }
 
-/// Retries `f` with capped backoff until it succeeds or shutdown; `None` on shutdown.
-async fn persist<T, E: std::fmt::Display, F, Fut>(what: &str, shutdown: &CancellationToken, mut f: F) -> Option<T>
+/// Retries `f` with capped, jittered backoff until it succeeds or shutdown; `None` on shutdown.
+async fn persist<T, E: std::fmt::Display, F, Fut>(what: &str, shutdown: &CancellationToken, f: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let mut backoff = MIN_BACKOFF;
-    loop {
-        match f().await {
-            Ok(v) => return Some(v),
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "{what} failed; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(retry::jitter(backoff)) => {}
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
-    }
+    retry::until_shutdown(shutdown, f, |e: &E, wait| match wait {
+        Some(wait) => tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "{what} failed; retrying"),
+        None => tracing::warn!(error = %e, "{what} failed; not retried: shutting down"),
+    })
+    .await
 }
 
 async fn handle_dead(ctx: &WorkerContext, delivery: lapin::message::Delivery, shutdown: &CancellationToken) {

@@ -1073,46 +1073,30 @@ impl WorkerContext {
             ProviderOp::Grant(_) => "grant",
             ProviderOp::Revoke(_) => "revoke",
         };
-        crate::metrics::provider_scope(application, operation, self.call_with_retries(connector, subject, op, &target))
-            .await
-    }
-
-    /// [`Self::call`]'s request with its in-process retries.
-    async fn call_with_retries(
-        &self,
-        connector: &std::sync::Arc<dyn crate::connectors::Connector>,
-        subject: &Subject,
-        op: &ProviderOp,
-        target: &Target,
-    ) -> Result<&'static str, ConnectorError> {
-        let mut waits = self.config.worker.inline_backoff.iter();
-        loop {
-            // A call slot for the request itself, never across a retry's sleep.
-            let slot = self.calls.acquire().await.expect("the call semaphore is never closed");
-            let result = match op {
-                ProviderOp::Grant(_) => connector.grant(subject, target).await.map(|r| match r {
-                    crate::connectors::GrantOutcome::Granted => "granted",
-                    crate::connectors::GrantOutcome::AlreadyGranted => "already_granted",
-                }),
-                ProviderOp::Revoke(_) => connector.revoke(subject, target).await.map(|r| match r {
-                    crate::connectors::RevokeOutcome::Revoked => "revoked",
-                    crate::connectors::RevokeOutcome::AlreadyAbsent => "already_absent",
-                }),
-            };
-            drop(slot);
-            match result {
-                Err(e) if e.is_transient() => {
-                    let Some(base) = waits.next() else { return Err(e) };
-                    let wait = e.retry_after().map_or_else(|| retry::jitter(*base), |hint| hint.max(*base));
-                    if wait > self.config.worker.max_inline_wait {
-                        return Err(e);
-                    }
-                    tracing::info!(provider = connector.kind(), error = %e, wait_ms = wait.as_millis() as u64, "transient provider error; retrying in process");
-                    tokio::time::sleep(wait).await;
+        let (connector, target) = (connector.as_ref(), &target);
+        let worker = &self.config.worker;
+        let calls = retry::inline(
+            &worker.inline_backoff,
+            worker.max_inline_wait,
+            || async move {
+                // A call slot for the request itself, never across a retry's sleep.
+                let _slot = self.calls.acquire().await.expect("the call semaphore is never closed");
+                match op {
+                    ProviderOp::Grant(_) => connector.grant(subject, target).await.map(|r| match r {
+                        crate::connectors::GrantOutcome::Granted => "granted",
+                        crate::connectors::GrantOutcome::AlreadyGranted => "already_granted",
+                    }),
+                    ProviderOp::Revoke(_) => connector.revoke(subject, target).await.map(|r| match r {
+                        crate::connectors::RevokeOutcome::Revoked => "revoked",
+                        crate::connectors::RevokeOutcome::AlreadyAbsent => "already_absent",
+                    }),
                 }
-                other => return other,
-            }
-        }
+            },
+            |e, wait| {
+                tracing::info!(application, error = %e, wait_ms = wait.as_millis() as u64, "transient provider error; retrying in process");
+            },
+        );
+        crate::metrics::provider_scope(application, operation, calls).await
     }
 
     /// The candidate approvers' Jira groups, needed only when the event's rule
