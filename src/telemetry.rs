@@ -30,7 +30,7 @@ use tracing::dispatcher::WeakDispatch;
 use tracing::{Event, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt;
@@ -115,28 +115,7 @@ pub fn init_with_writer(format: LogFormat, service: &'static str, writer: BoxMak
         builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)));
     }
     let provider = builder.build();
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer("accessgov"))
-        .with_location(false)
-        .with_threads(false)
-        .with_target(false)
-        .with_level(false);
-    let dispatch_slot: Arc<OnceLock<WeakDispatch>> = Arc::new(OnceLock::new());
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
-    let dispatch = match format {
-        LogFormat::Pretty => {
-            tracing::Dispatch::new(registry.with(tracing_subscriber::fmt::layer().with_writer(writer)))
-        }
-        LogFormat::Json => tracing::Dispatch::new(
-            registry.with(
-                tracing_subscriber::fmt::layer()
-                    .fmt_fields(JsonFields::new())
-                    .event_format(JsonLines { dispatch: dispatch_slot.clone() })
-                    .with_writer(writer),
-            ),
-        ),
-    };
-    let _ = dispatch_slot.set(dispatch.downgrade());
+    let dispatch = dispatch(format, filter, &provider, writer);
     let _ = tracing::dispatcher::set_global_default(dispatch);
     match (&endpoint, &export_error) {
         (Some(endpoint), None) => tracing::info!(endpoint = %endpoint, service, "exporting spans over OTLP/HTTP"),
@@ -146,79 +125,176 @@ pub fn init_with_writer(format: LogFormat, service: &'static str, writer: BoxMak
     Telemetry { provider, exporting }
 }
 
+/// The subscriber: the level filter, the OpenTelemetry layer on `provider`'s
+/// tracer, and log lines in `format` to `writer`.
+fn dispatch(
+    format: LogFormat,
+    filter: EnvFilter,
+    provider: &SdkTracerProvider,
+    writer: BoxMakeWriter,
+) -> tracing::Dispatch {
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("accessgov"))
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_level(false)
+        // Ids and parents come from the span tree and `inject`/`extract`; no
+        // OpenTelemetry context is made current on every enter.
+        .with_context_activation(false);
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    match format {
+        LogFormat::Pretty => {
+            tracing::Dispatch::new(registry.with(tracing_subscriber::fmt::layer().with_writer(writer)))
+        }
+        LogFormat::Json => {
+            let slot: Arc<OnceLock<WeakDispatch>> = Arc::new(OnceLock::new());
+            let dispatch = tracing::Dispatch::new(
+                registry.with(
+                    tracing_subscriber::fmt::layer()
+                        .fmt_fields(JsonPairs)
+                        .event_format(JsonLines { dispatch: slot.clone() })
+                        .with_writer(writer),
+                ),
+            );
+            let _ = slot.set(dispatch.downgrade());
+            dispatch
+        }
+    }
+}
+
 /// Logs as JSON lines: `timestamp`, `level`, `target`, `message`, the
 /// event's fields, the current span (`span`: its name and fields), and the
-/// OpenTelemetry `trace_id` and `span_id`.
+/// OpenTelemetry `trace_id` and `span_id`. Written straight into the line,
+/// without an intermediate JSON value.
 struct JsonLines {
     /// The subscriber this formatter is part of (set right after it is built),
     /// to read a span's OpenTelemetry context without re-entering the dispatcher.
     dispatch: Arc<OnceLock<WeakDispatch>>,
 }
 
-impl<S, N> FormatEvent<S, N> for JsonLines
+impl<S> FormatEvent<S, JsonPairs> for JsonLines
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, JsonPairs>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
         let meta = event.metadata();
-        let mut line = serde_json::Map::new();
-        line.insert("timestamp".into(), chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true).into());
-        line.insert("level".into(), meta.level().as_str().into());
-        line.insert("target".into(), meta.target().into());
-        let mut fields = JsonVisitor(serde_json::Map::new());
+        let mut line = String::with_capacity(256);
+        line.push_str("{\"timestamp\":\"");
+        line.push_str(&chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+        line.push_str("\",\"level\":\"");
+        line.push_str(meta.level().as_str());
+        line.push_str("\",\"target\":");
+        push_json_str(&mut line, meta.target());
+        let mut fields = PairVisitor { out: &mut line };
         event.record(&mut fields);
-        line.extend(fields.0);
         let current = event.parent().and_then(|id| ctx.span(id)).or_else(|| ctx.lookup_current());
         if let Some(span) = current {
-            let mut obj = serde_json::Map::new();
-            obj.insert("name".into(), span.name().into());
-            let ext = span.extensions();
-            if let Some(f) = ext.get::<FormattedFields<N>>()
-                && let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(f)
-            {
-                obj.extend(map);
+            line.push_str(",\"span\":{\"name\":");
+            push_json_str(&mut line, span.name());
+            if let Some(f) = span.extensions().get::<FormattedFields<JsonPairs>>() {
+                line.push_str(f);
             }
-            drop(ext);
-            line.insert("span".into(), obj.into());
+            line.push('}');
             let dispatch = self.dispatch.get().and_then(WeakDispatch::upgrade);
             if let Some(cx) = dispatch.and_then(|d| tracing_opentelemetry::get_otel_context(&span.id(), &d)) {
                 let sc = cx.span().span_context().clone();
                 if sc.is_valid() {
-                    line.insert("trace_id".into(), sc.trace_id().to_string().into());
-                    line.insert("span_id".into(), sc.span_id().to_string().into());
+                    line.push_str(&format!(",\"trace_id\":\"{}\",\"span_id\":\"{}\"", sc.trace_id(), sc.span_id()));
                 }
             }
         }
-        let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
-        writeln!(writer, "{text}")
+        line.push('}');
+        writeln!(writer, "{line}")
     }
 }
 
-/// An event's fields as JSON values.
-struct JsonVisitor(serde_json::Map<String, serde_json::Value>);
+/// Span fields kept as `,"key":value` pairs, appended to on `record`
+/// (tracing-subscriber's `JsonFields` parses and re-serializes them all on
+/// every `record`, which cost more than the rest of a span).
+#[derive(Default)]
+struct JsonPairs;
 
-impl tracing::field::Visit for JsonVisitor {
+impl<'w> FormatFields<'w> for JsonPairs {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: Writer<'w>,
+        fields: R,
+    ) -> fmt::Result {
+        let mut out = String::new();
+        fields.record(&mut PairVisitor { out: &mut out });
+        writer.write_str(&out)
+    }
+
+    fn add_fields(&self, current: &'w mut FormattedFields<Self>, fields: &tracing::span::Record<'_>) -> fmt::Result {
+        fields.record(&mut PairVisitor { out: &mut current.fields });
+        Ok(())
+    }
+}
+
+/// Appends each field as `,"name":value` (strings escaped as JSON).
+struct PairVisitor<'a> {
+    out: &'a mut String,
+}
+
+impl PairVisitor<'_> {
+    fn key(&mut self, field: &tracing::field::Field) {
+        self.out.push(',');
+        push_json_str(self.out, field.name());
+        self.out.push(':');
+    }
+}
+
+/// `s` as a JSON string literal (most values need no escaping: no allocation).
+fn push_json_str(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
+    match serde_json::to_string(s) {
+        Ok(quoted) => out.push_str(&quoted),
+        Err(_) => out.push_str("\"\""),
+    }
+}
+
+impl tracing::field::Visit for PairVisitor<'_> {
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
-        self.0.insert(field.name().into(), format!("{value:?}").into());
+        self.key(field);
+        push_json_str(self.out, &format!("{value:?}"));
     }
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.0.insert(field.name().into(), value.into());
+        self.key(field);
+        push_json_str(self.out, value);
     }
     fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
-        self.0.insert(field.name().into(), value.into());
+        self.key(field);
+        self.out.push_str(&value.to_string());
     }
     fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
-        self.0.insert(field.name().into(), value.into());
+        self.key(field);
+        self.out.push_str(&value.to_string());
     }
     fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
-        self.0.insert(field.name().into(), value.into());
+        self.key(field);
+        self.out.push_str(if value { "true" } else { "false" });
     }
     fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
-        self.0.insert(field.name().into(), value.into());
+        self.key(field);
+        match serde_json::Number::from_f64(value) {
+            Some(n) => self.out.push_str(&n.to_string()),
+            None => self.out.push_str("null"),
+        }
     }
     fn record_error(&mut self, field: &tracing::field::Field, value: &(dyn std::error::Error + 'static)) {
-        self.0.insert(field.name().into(), value.to_string().into());
+        self.key(field);
+        push_json_str(self.out, &value.to_string());
     }
 }
 
@@ -293,6 +369,46 @@ mod tests {
             assert_ne!(parts[2], "00f067aa0ba902b7", "our own span, not the caller's");
             assert_eq!(parts[3], "01", "the caller's sampling decision is kept");
         });
+    }
+
+    #[test]
+    fn json_lines_carry_the_event_the_span_fields_recorded_later_and_the_trace_ids() {
+        let buffer: Arc<std::sync::Mutex<Vec<u8>>> = Arc::default();
+        let sink = buffer.clone();
+        let writer = BoxMakeWriter::new(move || Shared(sink.clone()));
+        let provider = SdkTracerProvider::builder().build();
+        let dispatch = dispatch(LogFormat::Json, EnvFilter::new("info"), &provider, writer);
+        tracing::dispatcher::with_default(&dispatch, || {
+            let span = tracing::info_span!("consume", ticket = "ACC-1", outcome = tracing::field::Empty);
+            let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+            extract(&span, |k| (k == "traceparent").then_some(incoming));
+            span.record("outcome", "applied");
+            tracing::info!(parent: &span, ops = 2, ok = true, note = "a \"quoted\"\nline", "event applied");
+        });
+        let text = String::from_utf8(buffer.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(line["message"], "event applied");
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["ops"], 2);
+        assert_eq!(line["ok"], true);
+        assert_eq!(line["note"], "a \"quoted\"\nline");
+        assert_eq!(line["span"], serde_json::json!({"name": "consume", "ticket": "ACC-1", "outcome": "applied"}));
+        assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(line["span_id"].as_str().map(str::len), Some(16));
+        assert_ne!(line["span_id"], "00f067aa0ba902b7", "the line's own span, not the caller's");
+    }
+
+    /// A log writer into a shared buffer.
+    struct Shared(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 
     #[test]

@@ -384,17 +384,13 @@ impl Traced {
             "consume",
             otel.kind = "consumer",
             messaging.system = "rabbitmq",
-            event_id = tracing::field::Empty,
-            ticket = tracing::field::Empty,
+            event_id = event.map(|e| tracing::field::display(e.event_id)),
+            ticket = event.map(|e| e.ticket.key.as_str()),
             application = %application,
             action,
             attempt = attempt_of(delivery),
             outcome = tracing::field::Empty,
         );
-        if let Some(e) = event {
-            span.record("event_id", tracing::field::display(e.event_id));
-            span.record("ticket", e.ticket.key.as_str());
-        }
         crate::telemetry::extract(&span, |name| {
             props.headers().as_ref()?.inner().get(name).and_then(|v| match v {
                 lapin::types::AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
