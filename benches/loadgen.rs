@@ -41,7 +41,7 @@
 //!
 //! The in-process accessgov runs under the production tracing subscriber
 //! (spans, JSON logs at `RUST_LOG`, default info, formatted into a sink; no
-//! OTLP endpoint, as by default).
+//! OTLP endpoint, as by default). `LOADGEN_TELEMETRY=off` runs without one.
 //!
 //! Prints a table at the end and exits 1 when a checked target is missed.
 //! Without `--baseline` the ratio targets are reported as unchecked.
@@ -372,18 +372,24 @@ async fn main() -> anyhow::Result<()> {
     // accessgov as it runs in a container: the production subscriber (spans with
     // their OpenTelemetry ids, JSON log lines at RUST_LOG, default info), the
     // lines formatted into a sink rather than onto this report.
-    let _telemetry = accessgov::telemetry::init_with_writer(
-        accessgov::telemetry::LogFormat::Json,
-        "loadgen",
-        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::sink),
-    );
+    // LOADGEN_TELEMETRY=off runs without a subscriber (as before issue 14), to
+    // measure what the instrumentation costs.
+    let telemetry = std::env::var("LOADGEN_TELEMETRY").map_or(true, |v| v != "off");
+    let _telemetry = telemetry.then(|| {
+        accessgov::telemetry::init_with_writer(
+            accessgov::telemetry::LogFormat::Json,
+            "loadgen",
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::sink),
+        )
+    });
     let env = Env::from_env();
     let (n, c) = (env.events, env.concurrency);
     println!(
-        "loadgen: N = {n} events, C = {c}, batch_max {}, scenarios {:?}, baseline {}; {} cpus, load average {}",
+        "loadgen: N = {n} events, C = {c}, batch_max {}, scenarios {:?}, baseline {}, telemetry {}; {} cpus, load average {}",
         env.batch_max.map_or_else(|| "default".to_owned(), |b| b.to_string()),
         args.scenarios,
         if args.baseline { "on" } else { "off" },
+        if telemetry { "on (JSON logs at RUST_LOG into a sink)" } else { "off" },
         std::thread::available_parallelism().map_or(0, usize::from),
         common::loadavg()
     );
