@@ -150,10 +150,16 @@ pub enum ConnectorsCommand {
     /// The "Test Connection" button: for each configured application (or APP),
     /// authenticate and make the provider's cheapest read call; print a table of
     /// application, kind, result, latency and the usual fix. Dry-run applications
-    /// are skipped. Exits 1 when any live application fails.
+    /// are skipped. Exits 1 when any live application fails. Each live
+    /// application's result is recorded (the `connection_tests` table and a
+    /// `connection_tested` audit row with the operator) for the console's
+    /// overview; when the database cannot be reached it says so and still exits
+    /// by the test's result.
     Test {
         /// Only this application (a key of [applications]).
         app: Option<String>,
+        #[command(flatten)]
+        operator: OperatorArg,
     },
 }
 
@@ -331,6 +337,10 @@ pub struct AuditListArgs {
     /// At most N rows, the newest ones (0: no limit).
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub limit: i64,
+    /// Only rows older than this sequence number: the next page back (keyset
+    /// paging: pass the oldest SEQ of the page shown).
+    #[arg(long, value_name = "SEQ")]
+    pub before_seq: Option<i64>,
     /// Print JSON (with the chain hashes) instead of a table.
     #[arg(long)]
     pub json: bool,

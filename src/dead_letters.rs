@@ -175,6 +175,15 @@ pub async fn ids(pool: &PgPool, filter: &Filter) -> Result<Vec<i64>, sqlx::Error
     qb.build_query_scalar().fetch_all(pool).await
 }
 
+/// Open dead letters: how many, and when the oldest of them died (the console's overview).
+pub async fn open_summary(pool: &PgPool) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*), min(died_at) FROM dead_letters WHERE replayed_at IS NULL AND discarded_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await
+}
+
 pub async fn get(pool: &PgPool, id: i64) -> Result<Option<DeadLetter>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM dead_letters WHERE id = $1").bind(id).fetch_optional(pool).await
 }
