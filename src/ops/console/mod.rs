@@ -102,6 +102,7 @@ pub fn router(state: &OpsState) -> Router<OpsState> {
         .route("/applications/{name}/test", post(pages::test_connection))
         .route("/static/console.css", get(pages::css))
         .route("/static/console.js", get(pages::js))
+        .route("/static/favicon.svg", get(pages::favicon))
         .fallback(pages::not_found)
         .layer(middleware::from_fn_with_state(state.clone(), guard))
 }

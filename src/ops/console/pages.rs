@@ -68,6 +68,10 @@ pub async fn css() -> Response {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], include_str!("../../../static/console.css")).into_response()
 }
 
+pub async fn favicon() -> Response {
+    ([(header::CONTENT_TYPE, "image/svg+xml")], include_str!("../../../static/favicon.svg")).into_response()
+}
+
 pub async fn js() -> Response {
     ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("../../../static/console.js"))
         .into_response()

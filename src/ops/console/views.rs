@@ -105,6 +105,7 @@ fn layout(title: &str, session: Option<&Session>, active: &str, body: Markup) ->
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · accessgov console" }
+                link rel="icon" href="/console/static/favicon.svg" type="image/svg+xml";
                 link rel="stylesheet" href="/console/static/console.css";
                 script src="/console/static/console.js" defer {}
             }
