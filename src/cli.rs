@@ -17,7 +17,9 @@ use std::path::PathBuf;
                   /healthz, /readyz, and the admin API under /admin (dead letters, audit, grants; JSON, \
                   Authorization: Bearer <admin token>). The admin API is enabled exactly when [ops] \
                   admin_token_env or admin_token_file is set; a process whose admin token is configured but \
-                  cannot be read refuses to start. Operators use `dlq`, `audit` and `grants` on the command line.",
+                  cannot be read refuses to start. The operator web console under /console is enabled exactly \
+                  when [ops] console_viewer_token_env / console_operator_token_env (or their _file forms) is \
+                  set (README: Operator console). Operators use `dlq`, `audit` and `grants` on the command line.",
     propagate_version = true
 )]
 pub struct Cli {
