@@ -171,11 +171,13 @@ async fn run(db: &str, rows: i64, repeat: usize) -> anyhow::Result<usize> {
     .await?;
     sqlx::query("SELECT setval('audit_log_seq_seq', $1)").bind(rows).execute(&pool).await?;
     sqlx::query("ANALYZE audit_log").execute(&pool).await?;
-    let size: String = sqlx::query_scalar("SELECT pg_size_pretty(pg_total_relation_size('audit_log'))").fetch_one(&pool).await?;
+    let size: String =
+        sqlx::query_scalar("SELECT pg_size_pretty(pg_total_relation_size('audit_log'))").fetch_one(&pool).await?;
     println!("inserted {rows} rows in {:.1} s (audit_log with indexes: {size})", started.elapsed().as_secs_f64());
 
     // The ops listener with the console, on this database.
-    let mut config = accessgov::config::Config::parse(include_str!("../accessgov.example.toml"))?;
+    let mut config =
+        accessgov::config::Config::parse(include_str!("../accessgov.example.toml")).map_err(anyhow::Error::msg)?;
     config.database.url = db_url(db);
     let config = Arc::new(config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -203,7 +205,11 @@ async fn run(db: &str, rows: i64, repeat: usize) -> anyhow::Result<usize> {
         ("action=granted", Filter { action: Some("granted".into()), ..Default::default() }, 1),
         ("action=granted", Filter { action: Some("granted".into()), ..Default::default() }, 1000),
         ("user=user-42", Filter { subject: Some("user-42".into()), ..Default::default() }, 1),
-        ("user=user-42", Filter { subject: Some("user-42".into()), ..Default::default() }, (rows / 5000 / PAGE).max(1) as usize),
+        (
+            "user=user-42",
+            Filter { subject: Some("user-42".into()), ..Default::default() },
+            (rows / 5000 / PAGE).max(1) as usize,
+        ),
     ];
     let mut failures = 0;
     println!("\n| view | page | rows on page | store median | store max | http median | http max |");

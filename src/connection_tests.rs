@@ -85,9 +85,7 @@ pub async fn record(pool: &PgPool, rows: &[Row], operator: &Operator) -> Result<
 
 /// The latest recorded test of each application, by application name.
 pub async fn latest(pool: &PgPool) -> Result<Vec<Recorded>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT DISTINCT ON (application) * FROM connection_tests ORDER BY application, id DESC",
-    )
-    .fetch_all(pool)
-    .await
+    sqlx::query_as("SELECT DISTINCT ON (application) * FROM connection_tests ORDER BY application, id DESC")
+        .fetch_all(pool)
+        .await
 }

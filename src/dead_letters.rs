@@ -177,11 +177,9 @@ pub async fn ids(pool: &PgPool, filter: &Filter) -> Result<Vec<i64>, sqlx::Error
 
 /// Open dead letters: how many, and when the oldest of them died (the console's overview).
 pub async fn open_summary(pool: &PgPool) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
-    sqlx::query_as(
-        "SELECT count(*), min(died_at) FROM dead_letters WHERE replayed_at IS NULL AND discarded_at IS NULL",
-    )
-    .fetch_one(pool)
-    .await
+    sqlx::query_as("SELECT count(*), min(died_at) FROM dead_letters WHERE replayed_at IS NULL AND discarded_at IS NULL")
+        .fetch_one(pool)
+        .await
 }
 
 pub async fn get(pool: &PgPool, id: i64) -> Result<Option<DeadLetter>, sqlx::Error> {

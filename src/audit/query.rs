@@ -112,8 +112,12 @@ pub async fn page(pool: &PgPool, filter: &Filter, cursor: Cursor, limit: i64) ->
         // An empty page (a filter that matches nothing, or a stale cursor): lead back to its edge.
         return Ok(match cursor {
             Cursor::Newest => Page { rows, newer: None, older: None },
-            Cursor::Before(s) => Page { rows, newer: exists(pool, filter, Cursor::After(s - 1)).await?.then_some(s - 1), older: None },
-            Cursor::After(s) => Page { rows, newer: None, older: exists(pool, filter, Cursor::Before(s + 1)).await?.then_some(s + 1) },
+            Cursor::Before(s) => {
+                Page { rows, newer: exists(pool, filter, Cursor::After(s - 1)).await?.then_some(s - 1), older: None }
+            }
+            Cursor::After(s) => {
+                Page { rows, newer: None, older: exists(pool, filter, Cursor::Before(s + 1)).await?.then_some(s + 1) }
+            }
         });
     };
     let (newer, older) = match cursor {
@@ -259,10 +263,8 @@ pub async fn export(
     progress: impl FnMut(u64),
 ) -> Result<u64, ExportError> {
     // Chunks are handed over as they fill; writing one to `out` is synchronous.
-    let n = export_chunks(pool, filter, format, 64 * 1024, progress, |chunk| {
-        std::future::ready(out.write_all(&chunk))
-    })
-    .await?;
+    let n = export_chunks(pool, filter, format, 64 * 1024, progress, |chunk| std::future::ready(out.write_all(&chunk)))
+        .await?;
     out.flush()?;
     Ok(n)
 }

@@ -129,10 +129,12 @@ impl Broker {
         let channel = match self.live.lock().await.as_ref() {
             Some(l) => l.connection.create_channel().await?,
             // Invalidated in between: the next scrape reconnects.
-            None => return Err(lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
-                lapin::ConnectionState::Closed,
-            ))
-            .into()),
+            None => {
+                return Err(lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+                    lapin::ConnectionState::Closed,
+                ))
+                .into());
+            }
         };
         let declared = channel
             .queue_declare(

@@ -53,7 +53,11 @@ async fn list(pool: &sqlx::PgPool, args: &AuditListArgs) -> anyhow::Result<ExitC
     }
     print!("{}", t.render());
     let more = limit.is_some_and(|l| rows.len() as i64 == l);
-    eprintln!("{} row(s){}", rows.len(), if more { " (the newest; raise --limit, or page back with --before-seq)" } else { "" });
+    eprintln!(
+        "{} row(s){}",
+        rows.len(),
+        if more { " (the newest; raise --limit, or page back with --before-seq)" } else { "" }
+    );
     Ok(ExitCode::SUCCESS)
 }
 

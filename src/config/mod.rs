@@ -844,11 +844,7 @@ impl Config {
             ("ingress.bearer_token", &self.ingress.bearer_token_env, &self.ingress.bearer_token_file),
             ("ops.admin_token", &self.ops.admin_token_env, &self.ops.admin_token_file),
             ("ops.console_viewer_token", &self.ops.console_viewer_token_env, &self.ops.console_viewer_token_file),
-            (
-                "ops.console_operator_token",
-                &self.ops.console_operator_token_env,
-                &self.ops.console_operator_token_file,
-            ),
+            ("ops.console_operator_token", &self.ops.console_operator_token_env, &self.ops.console_operator_token_file),
             ("jsm.api_token", &self.jsm.api_token_env, &self.jsm.api_token_file),
             ("jsm.email", &self.jsm.email_env, &self.jsm.email_file),
             ("database.app_password", &self.database.app_password_env, &self.database.app_password_file),
@@ -1075,7 +1071,10 @@ impl Config {
 
     /// The console's `viewer` token (`[ops] console_viewer_token_env` / `_file`).
     pub fn console_viewer_token(&self) -> Option<SecretRef> {
-        SecretRef::from_pair(self.ops.console_viewer_token_env.as_deref(), self.ops.console_viewer_token_file.as_deref())
+        SecretRef::from_pair(
+            self.ops.console_viewer_token_env.as_deref(),
+            self.ops.console_viewer_token_file.as_deref(),
+        )
     }
 
     /// The console's `operator` token (`[ops] console_operator_token_env` / `_file`).

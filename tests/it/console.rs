@@ -115,7 +115,8 @@ impl Client {
     pub async fn try_login(&self, token: &str, operator: &str, headers: &[(&str, &str)]) -> reqwest::Response {
         let form = self.http.get(format!("{}/console/login", self.base)).send().await.unwrap();
         assert_eq!(form.status(), 200);
-        let (login_cookie, _) = set_cookie(form.headers(), "accessgov_console_login").expect("the login form sets its cookie");
+        let (login_cookie, _) =
+            set_cookie(form.headers(), "accessgov_console_login").expect("the login form sets its cookie");
         let html = form.text().await.unwrap();
         let csrf = hidden(&html, "csrf").expect("the login form has a CSRF field");
         assert_eq!(csrf, login_cookie);
@@ -198,7 +199,11 @@ pub async fn dead_letter(app: &TestApp, provider: &FakeProvider, ticket: u32, re
         Some(ConnectorError::Transient { reason: "503 provider down".into(), retry_after: None });
     let id = post_event(app, &grant(ticket, requester)).await;
     let dl = eventually("a dead letter", WAIT, || async {
-        sqlx::query_scalar("SELECT id FROM dead_letters WHERE event_id = $1").bind(id).fetch_optional(&app.pool).await.unwrap()
+        sqlx::query_scalar("SELECT id FROM dead_letters WHERE event_id = $1")
+            .bind(id)
+            .fetch_optional(&app.pool)
+            .await
+            .unwrap()
     })
     .await;
     *provider.always.lock().unwrap() = None;
@@ -334,10 +339,8 @@ async fn console_refused_logins_are_audited_at_a_bounded_rate_and_limited_per_cl
     assert_eq!(reasons, ["wrong_token", "rate_limited"], "one row per reason per 10 s: {rows:?}");
     assert_eq!(rows[0].1["claimed_operator"], "mallory");
     assert_eq!(rows[0].1["client"], "127.0.0.1");
-    let all: String = sqlx::query_scalar("SELECT string_agg(detail::text, ' ') FROM audit_log")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let all: String =
+        sqlx::query_scalar("SELECT string_agg(detail::text, ' ') FROM audit_log").fetch_one(&app.pool).await.unwrap();
     assert!(!all.contains(GUESS) && !all.contains(VIEWER_TOKEN), "a token reached the audit trail");
     let metrics = reqwest::get(format!("http://{}/metrics", app.ops_addr)).await.unwrap().text().await.unwrap();
     let series = |reason: &str| {
@@ -426,12 +429,8 @@ async fn console_posts_without_the_session_csrf_token_are_refused() {
     other.login(OPERATOR_TOKEN, "oscar").await;
     let path = format!("/console/dead-letters/{id}/discard");
     // Missing, wrong, and another session's token.
-    let no_token = op
-        .with_cookie(op.http.post(format!("{}{path}", op.base)))
-        .form(&[("reason", "forged")])
-        .send()
-        .await
-        .unwrap();
+    let no_token =
+        op.with_cookie(op.http.post(format!("{}{path}", op.base))).form(&[("reason", "forged")]).send().await.unwrap();
     assert_eq!(no_token.status(), StatusCode::FORBIDDEN);
     assert!(no_token.text().await.unwrap().contains("CSRF token is missing or wrong"));
     for wrong in ["0000", other.csrf.as_deref().unwrap()] {
@@ -530,7 +529,8 @@ async fn console_audit_pages_follow_keyset_links_without_overlap_or_gap_and_filt
     let mut c = Client::new(&app);
     c.login(VIEWER_TOKEN, "vera").await;
 
-    let all: Vec<i64> = sqlx::query_scalar("SELECT seq FROM audit_log ORDER BY seq DESC").fetch_all(&app.pool).await.unwrap();
+    let all: Vec<i64> =
+        sqlx::query_scalar("SELECT seq FROM audit_log ORDER BY seq DESC").fetch_all(&app.pool).await.unwrap();
     let (first, next, prev) = audit_page(&c.page("/console/audit?limit=20").await);
     assert_eq!(prev, None, "the newest page has no newer link");
     // Rows appended while paging (the walk's own login did one) never shift the pages.
@@ -612,7 +612,9 @@ async fn console_exports_stream_jsonl_and_csv_through_the_cli_code() {
     let resp = c.get("/console/audit/export?format=jsonl&action=exported").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "application/x-ndjson; charset=utf-8");
-    assert!(resp.headers()["content-disposition"].to_str().unwrap().starts_with("attachment; filename=\"accessgov-audit-"));
+    assert!(
+        resp.headers()["content-disposition"].to_str().unwrap().starts_with("attachment; filename=\"accessgov-audit-")
+    );
     assert!(resp.headers().get("content-length").is_none(), "streamed, not buffered");
     assert_eq!(resp.headers()["cache-control"], "no-store");
     let body = resp.text().await.unwrap();
@@ -621,16 +623,31 @@ async fn console_exports_stream_jsonl_and_csv_through_the_cli_code() {
     assert!(lines.iter().all(|l| l["action"] == "exported"));
     // What the hash covers travels with the row (as the CLI's export).
     let v = &lines[0];
-    let canon = json!([v["seq"], v["at"], v["event_id"], v["ticket"], v["actor"], v["action"], v["application"], v["subject"], v["target"], v["outcome"], v["detail"]]).to_string();
+    let canon = json!([
+        v["seq"],
+        v["at"],
+        v["event_id"],
+        v["ticket"],
+        v["actor"],
+        v["action"],
+        v["application"],
+        v["subject"],
+        v["target"],
+        v["outcome"],
+        v["detail"]
+    ])
+    .to_string();
     assert_eq!(chain_hash(v["prev_hash"].as_str().unwrap(), &canon), v["hash"].as_str().unwrap());
 
     let resp = c.get("/console/audit/export?format=csv").await;
     assert_eq!(resp.headers()["content-type"], "text/csv; charset=utf-8");
     let body = resp.text().await.unwrap();
-    assert!(body.starts_with("seq,at,event_id,ticket,actor,action,application,subject,target,outcome,detail,prev_hash,hash\r\n"));
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action <> 'console_export'").fetch_one(&app.pool).await.unwrap();
-    // Rows are quoted (a CSV line per row; the detail's newline is JSON-escaped).
-    assert!(body.lines().count() as i64 >= total + 1, "{} lines for {total} rows", body.lines().count());
+    assert!(body.starts_with(
+        "seq,at,event_id,ticket,actor,action,application,subject,target,outcome,detail,prev_hash,hash\r\n"
+    ));
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log").fetch_one(&app.pool).await.unwrap();
+    // One line per row (the detail's newline is JSON-escaped), its own export row included.
+    assert_eq!(body.lines().count() as i64, total + 1);
     assert!(body.contains(r#""o'brien, ""ops""""#));
     let first_seq: i64 = sqlx::query_scalar("SELECT min(seq) FROM audit_log").fetch_one(&app.pool).await.unwrap();
     assert!(body.lines().nth(1).unwrap().starts_with(&format!("{first_seq},\"")));
@@ -639,7 +656,10 @@ async fn console_exports_stream_jsonl_and_csv_through_the_cli_code() {
     let exports = audit_rows(&app, "console_export").await;
     assert_eq!(exports.len(), 2);
     assert_eq!(exports[0].0.as_deref(), Some("vera"));
-    assert_eq!((exports[0].1["format"].as_str(), exports[0].1["filter"]["action"].as_str()), (Some("jsonl"), Some("exported")));
+    assert_eq!(
+        (exports[0].1["format"].as_str(), exports[0].1["filter"]["action"].as_str()),
+        (Some("jsonl"), Some("exported"))
+    );
     assert_eq!(c.get("/console/audit/export?format=xml").await.status(), StatusCode::BAD_REQUEST);
 }
 
@@ -676,7 +696,10 @@ async fn console_access_page_finds_holds_with_ticket_approver_rule_and_exports_c
     assert_eq!(resp.headers()["content-type"], "text/csv; charset=utf-8");
     let csv = resp.text().await.unwrap();
     let lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(lines[0], "application,subject,target,state,ticket,access_level,rule,approved_by,held_since,expires_at,granted_at,revoked_at");
+    assert_eq!(
+        lines[0],
+        "application,subject,target,state,ticket,access_level,rule,approved_by,held_since,expires_at,granted_at,revoked_at"
+    );
     assert_eq!(lines.len(), 3);
     assert!(lines[1].starts_with("\"Confluence\",\"u-alice\",\"confluence-developers\",\"active\",\"CON-1\",\"Write\",\"Confluence / Write\",\"5f8e1b2c3d4a5b6c7d8e9f01\","), "{csv}");
     assert_eq!(audit_rows(&app, "console_export").await[0].1["what"], "access");
@@ -697,7 +720,10 @@ async fn console_operator_previews_and_replays_a_dead_letter_and_the_audit_names
     assert!(html.contains("503 provider down") && html.contains("Every attempt") && html.contains("u-dead"));
     let before: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log").fetch_one(&app.pool).await.unwrap();
     let html = op.page(&format!("/console/dead-letters/{id}/preview")).await;
-    assert!(html.contains("<strong class=\"would\">apply</strong>") && html.contains("confluence-developers"), "{html}");
+    assert!(
+        html.contains("<strong class=\"would\">apply</strong>") && html.contains("confluence-developers"),
+        "{html}"
+    );
     let after: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log").fetch_one(&app.pool).await.unwrap();
     assert_eq!(before, after, "a preview changes nothing");
 

@@ -118,7 +118,10 @@ impl Tokens {
                 )
             })?;
             if token.expose_secret().len() < 16 {
-                tracing::warn!(role = role.as_str(), "a console token is shorter than 16 characters; use a long random value");
+                tracing::warn!(
+                    role = role.as_str(),
+                    "a console token is shorter than 16 characters; use a long random value"
+                );
             }
             let fixed = matches!(reference, SecretRef::Env(_)).then_some(token);
             tokens.push(RoleToken { role, reference, fixed });
@@ -245,8 +248,7 @@ impl Sessions {
     /// Opens a session; returns the cookie value.
     pub fn open(&self, operator: Operator, role: Role, token_digest: [u8; 32], now: Instant) -> (String, Session) {
         let cookie = random_hex(3);
-        let session =
-            Session { operator, role, csrf: random_hex(2), token_digest, created: now, last_seen: now };
+        let session = Session { operator, role, csrf: random_hex(2), token_digest, created: now, last_seen: now };
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         if map.len() >= MAX_SESSIONS {
             let idle = self.idle;

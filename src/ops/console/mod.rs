@@ -229,11 +229,7 @@ async fn authenticated(console: &Console, req: Request, next: Next) -> Response 
                     (p, None) => format!("/console{p}"),
                     (p, Some(q)) => format!("/console{p}?{q}"),
                 };
-                let target = format!(
-                    "/console/login?ended={}&next={}",
-                    ended.code(),
-                    views::urlencode(&original)
-                );
+                let target = format!("/console/login?ended={}&next={}", ended.code(), views::urlencode(&original));
                 return Redirect::to(&target).into_response();
             }
             return error_page(StatusCode::UNAUTHORIZED, None, "Logged out", ended.message());
@@ -242,7 +238,12 @@ async fn authenticated(console: &Console, req: Request, next: Next) -> Response 
     let mut req = req;
     if req.method() == Method::POST {
         if cross_site(req.headers()) {
-            return error_page(StatusCode::FORBIDDEN, Some(&session), "Forbidden", "Cross-site form posts are refused.");
+            return error_page(
+                StatusCode::FORBIDDEN,
+                Some(&session),
+                "Forbidden",
+                "Cross-site form posts are refused.",
+            );
         }
         let (parts, body) = req.into_parts();
         let Ok(bytes) = axum::body::to_bytes(body, MAX_FORM_BYTES).await else {

@@ -9,11 +9,11 @@ use crate::dead_letters::{self, DiscardError, ReplayError, StateFilter};
 use crate::grants::list as grants_list;
 use crate::operator::{Operator, Via, parse_time};
 use crate::ops::OpsState;
+use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Extension;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
@@ -104,10 +104,8 @@ fn login_page(
     let csrf = super::auth::random_hex(2);
     let roles = console(state).tokens.roles();
     let mut resp = (status, views::login(&csrf, next, message, operator, &roles)).into_response();
-    resp.headers_mut().insert(
-        header::SET_COOKIE,
-        set_cookie(LOGIN_COOKIE, &csrf, "/console/login", Some(600), is_https(headers)),
-    );
+    resp.headers_mut()
+        .insert(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, &csrf, "/console/login", Some(600), is_https(headers)));
     resp
 }
 
@@ -188,7 +186,9 @@ pub async fn login(
         }
     };
     let token = form.token.trim();
-    let authenticated = if token.is_empty() { Err(LoginFailure::MissingToken) } else {
+    let authenticated = if token.is_empty() {
+        Err(LoginFailure::MissingToken)
+    } else {
         c.tokens.authenticate(token).ok_or(LoginFailure::WrongToken)
     };
     let (role, digest) = match authenticated {
@@ -251,7 +251,11 @@ async fn refused(state: &OpsState, reason: LoginFailure, client: Option<std::net
 }
 
 /// `POST /console/logout`
-pub async fn logout(State(state): State<OpsState>, Extension(session): Extension<Session>, headers: HeaderMap) -> Response {
+pub async fn logout(
+    State(state): State<OpsState>,
+    Extension(session): Extension<Session>,
+    headers: HeaderMap,
+) -> Response {
     if let Some(cookie) = super::cookie(&headers, SESSION_COOKIE) {
         console(&state).sessions.close(cookie);
     }
@@ -365,7 +369,9 @@ pub async fn access(
         Ok(f) => f,
         Err(e) => return bad_request(&session, e),
     };
-    let searched = filter.subject.is_some() || filter.application.is_some() || filter.target.is_some()
+    let searched = filter.subject.is_some()
+        || filter.application.is_some()
+        || filter.target.is_some()
         || filter.expiring_before.is_some();
     match grants_list::list(&state.pool, &filter).await {
         Ok(grants) => views::access(&session, &state.config, &q, &grants, searched, MAX_LIST_ROWS).into_response(),
@@ -464,10 +470,8 @@ pub async fn audit(
         Err(e) => return bad_request(&session, e),
     };
     let limit = q.limit.unwrap_or(AUDIT_PAGE).clamp(1, MAX_AUDIT_PAGE);
-    let (page, run) = tokio::join!(
-        audit_query::page(&state.pool, &filter, q.cursor(), limit),
-        verify::latest_run(&state.pool)
-    );
+    let (page, run) =
+        tokio::join!(audit_query::page(&state.pool, &filter, q.cursor(), limit), verify::latest_run(&state.pool));
     match (page, run) {
         (Ok(page), Ok(run)) => views::audit(&session, &q, limit, &page, run.as_ref()).into_response(),
         (Err(e), _) | (_, Err(e)) => internal(Some(&session), e),
@@ -512,14 +516,21 @@ pub async fn audit_export(
     tokio::spawn(async move {
         let _permit = permit;
         let sender = tx.clone();
-        let result = audit_query::export_chunks(&pool, &filter, format, 64 * 1024, |_| {}, move |chunk| {
-            let tx = sender.clone();
-            async move {
-                tx.send(Ok(Bytes::from(chunk)))
-                    .await
-                    .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))
-            }
-        })
+        let result = audit_query::export_chunks(
+            &pool,
+            &filter,
+            format,
+            64 * 1024,
+            |_| {},
+            move |chunk| {
+                let tx = sender.clone();
+                async move {
+                    tx.send(Ok(Bytes::from(chunk)))
+                        .await
+                        .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))
+                }
+            },
+        )
         .await;
         match result {
             Ok(n) => tracing::info!(rows = n, "console audit export streamed"),
@@ -656,7 +667,8 @@ pub async fn replay(
     let force = form.force.is_some_and(|v| v == "on" || v == "true" || v == "1");
     let timeout = state.config.broker.confirm_timeout;
     let operator = operator_of(&session);
-    let (status, message) = match dead_letters::replay(&state.pool, &state.broker, id, &operator, force, timeout).await {
+    let (status, message) = match dead_letters::replay(&state.pool, &state.broker, id, &operator, force, timeout).await
+    {
         Ok(_) => return Redirect::to(&format!("/console/dead-letters/{id}?done=replayed")).into_response(),
         Err(e @ ReplayError::NotFound(_)) => (StatusCode::NOT_FOUND, e.to_string()),
         Err(e @ ReplayError::NotReplayable { .. }) => (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),

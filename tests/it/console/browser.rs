@@ -93,7 +93,8 @@ impl Browser {
             },
             "goog:loggingPrefs": {"browser": "ALL"},
         }}});
-        let resp: Value = http.post(format!("{}/session", driver.url)).json(&caps).send().await.unwrap().json().await.unwrap();
+        let resp: Value =
+            http.post(format!("{}/session", driver.url)).json(&caps).send().await.unwrap().json().await.unwrap();
         let session = resp["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {resp}")).to_owned();
         let http_session = format!("{}/session/{session}", driver.url);
         Self { http, session: http_session, shots, n: 0 }
@@ -124,7 +125,8 @@ impl Browser {
             .await
             .ok()?;
         let el = v["value"][ELEMENT].as_str()?;
-        let v: Value = self.http.get(format!("{}/element/{el}/text", self.session)).send().await.ok()?.json().await.ok()?;
+        let v: Value =
+            self.http.get(format!("{}/element/{el}/text", self.session)).send().await.ok()?.json().await.ok()?;
         v["value"].as_str().map(str::to_owned)
     }
 
@@ -142,7 +144,8 @@ impl Browser {
     }
 
     async fn count(&self, css: &str) -> usize {
-        let v = self.cmd(reqwest::Method::POST, "/elements", Some(json!({"using": "css selector", "value": css}))).await;
+        let v =
+            self.cmd(reqwest::Method::POST, "/elements", Some(json!({"using": "css selector", "value": css}))).await;
         v.as_array().map_or(0, Vec::len)
     }
 
@@ -269,8 +272,11 @@ async fn console_in_a_real_browser_viewer_finds_holds_operator_replays_and_audit
         })
         .collect();
     assert!(unexpected.is_empty(), "the browser logged errors: {unexpected:#?}");
-    let replayed: Option<String> =
-        sqlx::query_scalar("SELECT replayed_by FROM dead_letters WHERE id = $1").bind(dl).fetch_one(&app.pool).await.unwrap();
+    let replayed: Option<String> = sqlx::query_scalar("SELECT replayed_by FROM dead_letters WHERE id = $1")
+        .bind(dl)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     assert_eq!(replayed, None);
     b.click("header form button[type=submit]").await; // log out
     assert!(b.url().await.contains("/console/login"));
@@ -309,7 +315,9 @@ async fn console_in_a_real_browser_viewer_finds_holds_operator_replays_and_audit
 
     // 390 px wide: the page does not scroll sideways (wide tables scroll in their own box).
     b.resize(390, 844).await;
-    for (path, name) in [("/console", "overview-390"), ("/console/audit", "audit-390"), ("/console/access", "access-390")] {
+    for (path, name) in
+        [("/console", "overview-390"), ("/console/audit", "audit-390"), ("/console/access", "access-390")]
+    {
         b.goto(&format!("{base}{path}")).await;
         let fits = b.run("return document.documentElement.scrollWidth <= window.innerWidth;").await;
         assert_eq!(fits, json!(true), "{path} is wider than 390 px");
