@@ -454,6 +454,62 @@ mod tests {
         assert_eq!(sessions.check(&cookie, &t, t0).unwrap_err(), Ended::TokenRotated);
     }
 
+    fn config(viewer_file: Option<&std::path::Path>, operator_file: Option<&std::path::Path>) -> Config {
+        let mut c = Config::parse(include_str!("../../../accessgov.example.toml")).unwrap();
+        c.ops.console_viewer_token_file = viewer_file.map(|p| p.display().to_string());
+        c.ops.console_operator_token_file = operator_file.map(|p| p.display().to_string());
+        c
+    }
+
+    #[test]
+    fn the_console_is_on_exactly_when_a_token_is_configured_and_refuses_unreadable_or_shared_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let (v, o, same) = (dir.path().join("v"), dir.path().join("o"), dir.path().join("same"));
+        std::fs::write(&v, "viewer-token-0123456789\n").unwrap();
+        std::fs::write(&o, "operator-token-0123456789").unwrap();
+        std::fs::write(&same, "viewer-token-0123456789").unwrap();
+        assert!(Tokens::from_config(&config(None, None)).unwrap().is_none());
+        let only_viewer = Tokens::from_config(&config(Some(&v), None)).unwrap().unwrap();
+        assert_eq!(only_viewer.roles(), vec![Role::Viewer]);
+        let both = Tokens::from_config(&config(Some(&v), Some(&o))).unwrap().unwrap();
+        assert_eq!(both.authenticate("viewer-token-0123456789").unwrap().0, Role::Viewer);
+        let missing = dir.path().join("missing");
+        let err = Tokens::from_config(&config(Some(&v), Some(&missing))).unwrap_err().to_string();
+        assert!(err.contains("console_operator_token") && err.contains("missing"), "{err}");
+        let err = Tokens::from_config(&config(Some(&v), Some(&same))).unwrap_err().to_string();
+        assert!(err.contains("the same token"), "{err}");
+        // A file token is read again: a new content is the token from then on, a removed file none.
+        std::fs::write(&v, "viewer-token-rotated-0123").unwrap();
+        assert_eq!(both.authenticate("viewer-token-0123456789"), None);
+        assert!(both.authenticate("viewer-token-rotated-0123").is_some());
+        std::fs::remove_file(&v).unwrap();
+        assert_eq!(both.authenticate("viewer-token-rotated-0123"), None);
+    }
+
+    #[test]
+    fn console_keys_are_validated_and_their_secrets_checked() {
+        let mut c = config(None, None);
+        c.ops.console_viewer_token_env = Some("ACCESSGOV_TEST_CONSOLE_VIEWER_UNSET".into());
+        c.ops.console_viewer_token_file = Some("/nonexistent".into());
+        c.ops.console_session_idle = Duration::ZERO;
+        let keys: Vec<String> = c.validate().into_iter().map(|p| p.key).collect();
+        assert!(keys.contains(&"ops.console_viewer_token_file".to_owned()), "{keys:?}");
+        assert!(keys.contains(&"ops.console_session_idle".to_owned()), "{keys:?}");
+        let secrets: Vec<String> = c.check_secrets(&|_| None).into_iter().map(|p| p.key).collect();
+        assert!(secrets.contains(&"ops.console_viewer_token".to_owned()), "{secrets:?}");
+        let parsed = Config::parse(&format!(
+            "{}\n",
+            include_str!("../../../accessgov.example.toml").replace(
+                "[ops]\n",
+                "[ops]\nconsole_operator_token_env = \"X\"\nconsole_session_idle = \"5m\"\n"
+            )
+        ))
+        .unwrap();
+        assert_eq!(parsed.ops.console_session_idle, Duration::from_secs(300));
+        assert!(parsed.summary().contains("console /console, operator token from env X, idle logout 5m"));
+        assert_eq!(config(None, None).ops.console_session_idle, Duration::from_secs(1800));
+    }
+
     #[test]
     fn csrf_tokens_compare_exactly() {
         assert!(csrf_matches("abc", "abc"));
