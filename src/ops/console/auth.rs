@@ -499,10 +499,8 @@ mod tests {
         assert!(secrets.contains(&"ops.console_viewer_token".to_owned()), "{secrets:?}");
         let parsed = Config::parse(&format!(
             "{}\n",
-            include_str!("../../../accessgov.example.toml").replace(
-                "[ops]\n",
-                "[ops]\nconsole_operator_token_env = \"X\"\nconsole_session_idle = \"5m\"\n"
-            )
+            include_str!("../../../accessgov.example.toml")
+                .replace("[ops]\n", "[ops]\nconsole_operator_token_env = \"X\"\nconsole_session_idle = \"5m\"\n")
         ))
         .unwrap();
         assert_eq!(parsed.ops.console_session_idle, Duration::from_secs(300));
