@@ -176,19 +176,22 @@ async fn post_event(app: &TestApp, body: &[u8]) -> uuid::Uuid {
     resp.json::<Value>().await.unwrap()["event_id"].as_str().unwrap().parse().unwrap()
 }
 
-/// A granted hold for `requester` through ticket CON-`ticket`.
-pub async fn granted(app: &TestApp, ticket: u32, requester: &str) {
+/// A granted hold for `requester` through ticket CON-`ticket`: the hold recorded
+/// and the provider call made (holds are recorded before the call, which a
+/// provider outage afterwards could still fail).
+pub async fn granted(app: &TestApp, provider: &FakeProvider, ticket: u32, requester: &str) {
     post_event(app, &grant(ticket, requester)).await;
-    eventually("the hold", WAIT, || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM grant_holds h JOIN access_grants g ON g.id = h.grant_id WHERE g.subject = $1",
+    eventually("the hold and the provider membership", WAIT, || async {
+        let holds: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM grant_holds h JOIN access_grants g ON g.id = h.grant_id \
+             WHERE g.subject = $1 AND g.state = 'active'",
         )
         .bind(requester)
         .fetch_one(&app.pool)
         .await
-        .unwrap()
-        .eq(&1)
-        .then_some(())
+        .unwrap();
+        let member = provider.members().iter().any(|(s, _)| s == requester);
+        (holds == 1 && member).then_some(())
     })
     .await;
 }
@@ -666,9 +669,9 @@ async fn console_exports_stream_jsonl_and_csv_through_the_cli_code() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_access_page_finds_holds_with_ticket_approver_rule_and_exports_csv() {
     let tokens = Tokens::new();
-    let (app, _provider) = spawn_live_app(|c| tokens.configure(c)).await;
-    granted(&app, 1, "u-alice").await;
-    granted(&app, 2, "u-bob").await;
+    let (app, provider) = spawn_live_app(|c| tokens.configure(c)).await;
+    granted(&app, &provider, 1, "u-alice").await;
+    granted(&app, &provider, 2, "u-bob").await;
     // Alice's hold expires in 3 days.
     sqlx::query("UPDATE grant_holds SET expires_at = now() + interval '3 days' WHERE ticket = 'CON-1'")
         .execute(&app.pool)

@@ -222,7 +222,7 @@ async fn console_in_a_real_browser_viewer_finds_holds_operator_replays_and_audit
     let driver = start_driver().await;
     let tokens = Tokens::new();
     let (app, provider): (TestApp, _) = spawn_live_app(|c| tokens.configure(c)).await;
-    granted(&app, 11, "u-holder").await;
+    granted(&app, &provider, 11, "u-holder").await;
     let dl = dead_letter(&app, &provider, 12, "u-stuck").await;
     let base = format!("http://{}", app.ops_addr);
     let shots = screenshot_dir();
@@ -237,8 +237,11 @@ async fn console_in_a_real_browser_viewer_finds_holds_operator_replays_and_audit
     b.click("nav a[href='/console/access']").await;
     b.type_into("#f-user", "u-holder").await;
     b.click("form.filters button[type=submit]").await;
+    let table = eventually("the holds of u-holder", Duration::from_secs(10), || async {
+        b.try_text("table.holds").await.filter(|t| t.contains("u-holder"))
+    })
+    .await;
     assert!(b.url().await.contains("user=u-holder"));
-    let table = b.text("table.holds").await;
     assert!(table.contains("u-holder") && table.contains("CON-11") && table.contains(APPROVER), "{table}");
     assert_eq!(b.count("table.holds tbody tr").await, 1);
     b.shot("access-viewer").await;
