@@ -755,7 +755,7 @@ async fn console_test_connection_is_recorded_audited_and_shown() {
         .and(wiremock::matchers::path("/api/v1/users/me"))
         .and(wiremock::matchers::header("authorization", "SSWS okta-test-token"))
         .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(json!({"id": "00u1"})))
-        .expect(1)
+        .expect(2)
         .mount(&server)
         .await;
     let okta_token = tokens.dir.path().join("okta");
@@ -795,4 +795,34 @@ async fn console_test_connection_is_recorded_audited_and_shown() {
     assert_eq!(op.post("/console/applications/Nope/test", &[], None).await.status(), StatusCode::NOT_FOUND);
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM connection_tests").fetch_one(&app.pool).await.unwrap();
     assert_eq!(n, 1);
+
+    // `accessgov connectors test` records its result the same way, with its operator.
+    let mut text = crate::helpers::EXAMPLE_CONFIG.to_owned();
+    for (from, to) in [
+        (
+            r#"url = "postgres://postgres@127.0.0.1:5432/accessgov""#.to_owned(),
+            format!("url = {:?}", app.config.database.url),
+        ),
+        (r#"base_url = "https://example.okta.com""#.to_owned(), format!("base_url = {:?}", server.uri())),
+        (r#"token_env = "OKTA_API_TOKEN""#.to_owned(), format!("token_file = {:?}", okta_token.display().to_string())),
+        (
+            "owner = \"it-admins@example.com\"\ndry_run = true".to_owned(),
+            "owner = \"it-admins@example.com\"\ndry_run = false".to_owned(),
+        ),
+    ] {
+        assert!(text.contains(&from), "the example config has {from}");
+        text = text.replacen(&from, &to, 1);
+    }
+    let config = tokens.dir.path().join("accessgov.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_accessgov"));
+    cmd.args(["connectors", "test", "Okta", "--operator", "carla", "--config"]).arg(&config).env("RUST_LOG", "warn");
+    cmd.env_remove("ACCESSGOV_CONFIG").env_remove("ACCESSGOV_DATABASE_URL").env_remove("ACCESSGOV_OPERATOR");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let latest: Vec<(String, String, bool)> =
+        sqlx::query_as("SELECT actor, via, ok FROM connection_tests ORDER BY id").fetch_all(&app.pool).await.unwrap();
+    assert_eq!(latest[1], ("carla".to_owned(), "cli".to_owned(), true));
+    assert_eq!(audit_rows(&app, "connection_tested").await[1].0.as_deref(), Some("carla"));
+    assert!(op.page("/console").await.contains("carla (cli)"));
 }
