@@ -67,6 +67,11 @@ COPY --from=build /out/accessgov /usr/local/bin/accessgov
 # the variable is the documented fallback for `--config`.
 ENV ACCESSGOV_CONFIG=/etc/accessgov/accessgov.toml
 
+# Containers log one JSON object per line (stderr) for the log collector;
+# override ACCESSGOV_LOG_FORMAT (or pass --log-format) with the human-readable
+# format, see `accessgov --help`.
+ENV ACCESSGOV_LOG_FORMAT=json
+
 # Numeric, not the name: the kubelet can only prove `runAsNonRoot` for a numeric
 # USER. 10001 is the `accessgov` user created above.
 USER 10001:10001

@@ -203,6 +203,7 @@ async fn run(db: &str, rows: i64, repeat: usize) -> anyhow::Result<usize> {
         admin_token: None,
         auth_failures: Default::default(),
         console: Some(Arc::new(Console::new(Tokens::fixed(Some(TOKEN), None), Duration::from_secs(3600)))),
+        backlog: None,
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(accessgov::ops::serve(listener, state, shutdown.clone()));

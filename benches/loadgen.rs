@@ -39,6 +39,10 @@
 //! `batch_max`, for experiments), LOADGEN_ACCESSGOV_BIN (the worker binary),
 //! ACCESSGOV_TEST_DATABASE_URL, ACCESSGOV_TEST_AMQP_URL.
 //!
+//! The in-process accessgov runs under the production tracing subscriber
+//! (spans, JSON logs at `RUST_LOG`, default info, formatted into a sink; no
+//! OTLP endpoint, as by default).
+//!
 //! Prints a table at the end and exits 1 when a checked target is missed.
 //! Without `--baseline` the ratio targets are reported as unchecked.
 
@@ -365,6 +369,14 @@ fn sanity_rows(report: &mut Report, name: &str, t: &Throughput, live: bool) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let Some(args) = parse_args()? else { return Ok(()) };
+    // accessgov as it runs in a container: the production subscriber (spans with
+    // their OpenTelemetry ids, JSON log lines at RUST_LOG, default info), the
+    // lines formatted into a sink rather than onto this report.
+    let _telemetry = accessgov::telemetry::init_with_writer(
+        accessgov::telemetry::LogFormat::Json,
+        "loadgen",
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::sink),
+    );
     let env = Env::from_env();
     let (n, c) = (env.events, env.concurrency);
     println!(

@@ -112,6 +112,7 @@ impl App {
             config: config.clone(),
             admin_token: admin_token.map(Arc::new),
             auth_failures: Default::default(),
+            backlog: role.worker().then(Default::default),
             console: console.map(Arc::new),
         };
         let token = shutdown.clone();

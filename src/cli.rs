@@ -27,8 +27,9 @@ pub struct Cli {
     #[arg(long, short = 'c', global = true, env = "ACCESSGOV_CONFIG", default_value = "accessgov.toml")]
     pub config: PathBuf,
 
-    /// Log format on stderr (level via RUST_LOG, default info).
-    #[arg(long, global = true, value_enum, env = "ACCESSGOV_LOG_FORMAT", default_value = "text")]
+    /// Log format on stderr (level via RUST_LOG, default info). The container
+    /// image sets `json`: one object per line, with trace and span ids.
+    #[arg(long, global = true, value_enum, env = "ACCESSGOV_LOG_FORMAT", default_value = "pretty")]
     pub log_format: LogFormat,
 
     #[command(subcommand)]
@@ -68,6 +69,18 @@ pub enum Command {
     /// Jira Service Management setup: check the site against the config, keep the select lists in step.
     #[command(subcommand)]
     Jsm(JsmCommand),
+}
+
+impl Command {
+    /// The service name of this process in traces (unless `OTEL_SERVICE_NAME` is set).
+    pub fn service_name(&self) -> &'static str {
+        match self {
+            Self::Ingress(_) => "accessgov-ingress",
+            Self::Worker(_) => "accessgov-worker",
+            Self::All(_) => "accessgov",
+            _ => "accessgov-cli",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -216,8 +229,8 @@ pub enum DlqCommand {
     /// A dead letter already replayed (or discarded) is refused unless --force; the
     /// worker deduplicates by event id either way, so nothing is provisioned twice.
     /// Unreadable (poison) messages cannot be replayed. Publishing is paced by --rate
-    /// and by each application's rate_limit_per_second. On a terminal a counter shows
-    /// progress; otherwise a line every --progress-every dead letters.
+    /// and by each application's rate_limit_per_second. On a terminal a progress bar
+    /// shows progress; otherwise a line every --progress-every dead letters.
     /// Exits 1 when any replay was refused or failed.
     Replay(DlqReplayArgs),
     /// Close a dead letter without replaying it; the reason is audited.
@@ -304,6 +317,7 @@ pub enum AuditCommand {
     /// List audit rows (the newest --limit matching rows, oldest first) as a table, or JSON.
     List(AuditListArgs),
     /// Recompute the audit hash chain; report rows checked and the first broken row.
+    /// On a terminal a spinner counts the rows checked; otherwise a line every 100000.
     /// Exits 1 when the chain is broken.
     Verify {
         /// Start at this sequence number (its prev_hash is taken as given).
@@ -312,7 +326,8 @@ pub enum AuditCommand {
     },
     /// Stream audit rows, with their chain hashes (prev_hash, hash), as JSON Lines or CSV,
     /// in sequence order; memory stays flat at any size. The README shows how to
-    /// re-verify an export offline.
+    /// re-verify an export offline. Rows exported are counted on stderr (a spinner on a
+    /// terminal, otherwise a line every 100000), unless the rows go to the terminal.
     Export(AuditExportArgs),
 }
 
@@ -377,7 +392,8 @@ pub enum GrantsCommand {
     /// with the ledger. `missing`: a ticket holds the access but the provider does
     /// not list the user (removed by hand, undone by an IdP sync); `unmanaged`: a
     /// member no ticket accounts for. Without --fix it only reads. Prints a table (or
-    /// --json), with progress on stderr, and audits the run (`reconciled`, with its
+    /// --json), with progress on stderr (a bar on a terminal, otherwise a line per
+    /// target read), and audits the run (`reconciled`, with its
     /// counts and the operator). Exits 0 when everything is in sync, 1 when drift was
     /// found or a target could not be read.
     Reconcile(ReconcileArgs),

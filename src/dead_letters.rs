@@ -59,6 +59,9 @@ pub struct DeadLetter {
     pub discarded_at: Option<DateTime<Utc>>,
     pub discarded_by: Option<String>,
     pub discard_reason: Option<String>,
+    /// The message's W3C `traceparent` when it died (a replay continues that trace).
+    #[serde(skip)]
+    pub traceparent: Option<String>,
 }
 
 /// Where a dead letter stands.
@@ -175,13 +178,6 @@ pub async fn ids(pool: &PgPool, filter: &Filter) -> Result<Vec<i64>, sqlx::Error
     qb.build_query_scalar().fetch_all(pool).await
 }
 
-/// Open dead letters: how many, and when the oldest of them died (the console's overview).
-pub async fn open_summary(pool: &PgPool) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
-    sqlx::query_as("SELECT count(*), min(died_at) FROM dead_letters WHERE replayed_at IS NULL AND discarded_at IS NULL")
-        .fetch_one(pool)
-        .await
-}
-
 pub async fn get(pool: &PgPool, id: i64) -> Result<Option<DeadLetter>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM dead_letters WHERE id = $1").bind(id).fetch_optional(pool).await
 }
@@ -276,7 +272,15 @@ pub async fn replay(
         "attempts": row.attempts,
     });
     let headers = crate::broker::envelope::replay_headers(id);
-    if let Err(source) = broker.publish_event_with_headers(&event, 0, headers, confirm_timeout).await {
+    // The replay continues the request's trace: its publish is a child of the
+    // dead message's context, so the replayed provider call joins the same trace.
+    let span = tracing::info_span!("replay", otel.kind = "producer", dead_letter_id = id, event_id = %event.event_id, operator = %operator.name);
+    if let Some(tp) = row.traceparent.as_deref() {
+        crate::telemetry::extract(&span, |k| (k == "traceparent").then_some(tp));
+    }
+    let published =
+        tracing::Instrument::instrument(broker.publish_event_with_headers(&event, 0, headers, confirm_timeout), span);
+    if let Err(source) = published.await {
         tx.rollback().await?;
         // The failure is worth a row of its own.
         let mut tx = pool.begin().await?;
@@ -513,14 +517,23 @@ pub struct NewDeadLetter<'a> {
     pub attempts: i32,
     pub history: &'a serde_json::Value,
     pub first_failed_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub traceparent: Option<&'a str>,
+}
+
+/// How many dead letters are open, and when the oldest of them died (the
+/// backlog gauges and the console's overview).
+pub async fn open_summary(pool: &sqlx::PgPool) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
+    sqlx::query_as("SELECT count(*), min(died_at) FROM dead_letters WHERE replayed_at IS NULL AND discarded_at IS NULL")
+        .fetch_one(pool)
+        .await
 }
 
 /// Inserts a new dead letter; `None` when one with its key exists (a redelivery).
 pub async fn insert(tx: &mut sqlx::PgConnection, d: &NewDeadLetter<'_>) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar(
         "INSERT INTO dead_letters (dead_key, event_id, ticket, application, action, subject, message, error_class, \
-                                   last_error, attempts, attempt_history, first_failed_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (dead_key) DO NOTHING RETURNING id",
+                                   last_error, attempts, attempt_history, first_failed_at, traceparent) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (dead_key) DO NOTHING RETURNING id",
     )
     .bind(d.dead_key)
     .bind(d.event_id)
@@ -534,6 +547,7 @@ pub async fn insert(tx: &mut sqlx::PgConnection, d: &NewDeadLetter<'_>) -> Resul
     .bind(d.attempts)
     .bind(d.history)
     .bind(d.first_failed_at)
+    .bind(d.traceparent)
     .fetch_optional(tx)
     .await
 }
@@ -619,6 +633,7 @@ mod tests {
             discarded_at: None,
             discarded_by: None,
             discard_reason: None,
+            traceparent: None,
         }
     }
 

@@ -175,6 +175,11 @@ async fn insert(
 const COLUMNS: &str = "id, event_id, ticket, application, subject, identity, identity_key, target, access_level, op, \
                        state, attempts, source";
 
+/// Provider calls decided and not yet done (`pending` or `running`).
+pub async fn pending_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM intents WHERE state IN ('pending', 'running')").fetch_one(pool).await
+}
+
 /// The open intents of the events, oldest first.
 pub async fn open_for_events(pool: &PgPool, event_ids: &[Uuid]) -> Result<Vec<Intent>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(

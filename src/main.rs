@@ -7,12 +7,14 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    accessgov::telemetry::init(cli.log_format);
-    match accessgov::commands::run(cli).await {
+    let telemetry = accessgov::telemetry::init(cli.log_format, cli.command.service_name());
+    let code = match accessgov::commands::run(cli).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    drop(telemetry); // flushes the spans still batched
+    code
 }

@@ -395,7 +395,7 @@ async fn one(
         findings: vec![],
         error: None,
     };
-    match connector.members(&t).await {
+    match crate::metrics::provider_scope(app, "members", connector.members(&t)).await {
         Ok(members) => {
             let (in_sync, findings) = compare(&held, &members, |s| connector.identity(s).map_err(|e| e.to_string()));
             report.in_sync = in_sync;

@@ -14,6 +14,12 @@ use sha2::{Digest, Sha256};
 pub const ATTEMPT_HEADER: &str = "x-attempt";
 /// W3C trace context header.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// W3C vendor trace state, passed on with the traceparent when a caller sent one.
+pub const TRACESTATE_HEADER: &str = "tracestate";
+/// When the ingress received the webhook (milliseconds since the epoch): the
+/// start of `accessgov_event_end_to_end_seconds`. Kept through the retry ladder;
+/// never on a replay or an event accessgov made itself.
+pub const RECEIVED_AT_HEADER: &str = "x-received-at";
 /// Set by RabbitMQ on a message it dead-lettered (`rejected`, `delivery_limit`, ...).
 pub const FIRST_DEATH_REASON_HEADER: &str = "x-first-death-reason";
 pub const ERROR_CLASS_HEADER: &str = "x-error-class";
@@ -84,6 +90,7 @@ pub fn republish_props(
         }
     }
     headers = fresh;
+    trace_headers(&mut headers);
     headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(i64::from(attempt)));
     headers.insert(HISTORY_HEADER.into(), long(&serde_json::to_string(history).unwrap_or_else(|_| "[]".into())));
     if let Some((class, error)) = dead {
@@ -130,7 +137,9 @@ pub fn dead_key(body: &[u8], props: &BasicProperties) -> String {
 /// (plus `extra`, a replay's headers say).
 pub fn event_props(event: &AccessEvent, attempt: i64, mut extra: FieldTable) -> BasicProperties {
     extra.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(attempt));
-    extra.insert(TRACEPARENT_HEADER.into(), long(&traceparent(event)));
+    if !trace_headers(&mut extra) {
+        extra.insert(TRACEPARENT_HEADER.into(), long(&traceparent(event)));
+    }
     BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
@@ -144,8 +153,31 @@ pub fn attempt(props: &BasicProperties) -> u32 {
     header_int(props, ATTEMPT_HEADER).unwrap_or(0).clamp(0, 1000) as u32
 }
 
-/// A W3C `traceparent` for an event: the trace id is the event id, so that all
-/// spans of one event line up across ingress and workers.
+/// Sets the trace headers that make the consumer a child of the current span
+/// (the ingress's `publish`, the worker's `consume` for a retry, a replay);
+/// false when there is no span to continue (no subscriber installed).
+fn trace_headers(headers: &mut FieldTable) -> bool {
+    let trace = crate::telemetry::inject(&tracing::Span::current());
+    for (name, value) in &trace {
+        headers.insert((*name).into(), long(value));
+    }
+    !trace.is_empty()
+}
+
+/// The headers of an event the ingress publishes: when it received the webhook.
+pub fn received_headers(at: chrono::DateTime<chrono::Utc>) -> FieldTable {
+    let mut headers = FieldTable::default();
+    headers.insert(RECEIVED_AT_HEADER.into(), AMQPValue::LongLongInt(at.timestamp_millis()));
+    headers
+}
+
+/// When the ingress received the webhook this delivery comes from, if it says.
+pub fn received_at(props: &BasicProperties) -> Option<chrono::DateTime<chrono::Utc>> {
+    header_int(props, RECEIVED_AT_HEADER).and_then(chrono::DateTime::from_timestamp_millis)
+}
+
+/// A W3C `traceparent` for an event published outside any span (no tracing
+/// subscriber: tests, library use): the trace id is the event id.
 pub fn traceparent(event: &AccessEvent) -> String {
     let b = uuid::Uuid::new_v4().into_bytes();
     format!("00-{}-{}-01", event.event_id.simple(), hex::encode(&b[..8]))
@@ -154,6 +186,37 @@ pub fn traceparent(event: &AccessEvent) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs `f` under a subscriber with the OpenTelemetry layer (ids, no export).
+    fn traced<T>(f: impl FnOnce() -> T) -> T {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::layer::SubscriberExt;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber =
+            tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, f)
+    }
+
+    #[test]
+    fn a_retry_continues_the_failed_deliverys_trace_as_its_child() {
+        let incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let original = BasicProperties::default().with_headers({
+            let mut h = FieldTable::default();
+            h.insert(TRACEPARENT_HEADER.into(), long(incoming));
+            h
+        });
+        let (retry, consume_span) = traced(|| {
+            let consume = tracing::info_span!("consume");
+            crate::telemetry::extract(&consume, |k| (k == "traceparent").then_some(incoming));
+            let _in = consume.enter();
+            let tp = crate::telemetry::current_traceparent().expect("a traceparent");
+            (republish_props(&original, 1, &[], None), tp)
+        });
+        let sent = header_str(&retry, TRACEPARENT_HEADER).expect("a traceparent on the retry");
+        assert_eq!(sent, consume_span, "the consume span is the retry's parent");
+        assert!(sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"), "same trace: {sent}");
+        assert!(!sent.contains("b7ad6b7169203331"), "not the original publish span: {sent}");
+    }
 
     fn with(headers: FieldTable) -> BasicProperties {
         BasicProperties::default().with_headers(headers)

@@ -66,6 +66,13 @@ async fn verify(pool: &sqlx::PgPool, since_seq: i64) -> anyhow::Result<ExitCode>
     let report =
         audit::verify::verify(pool, since_seq, 10_000, |n| progress.set(n)).await.context("reading audit_log")?;
     progress.finish();
+    // Recorded for /metrics (accessgov_audit_verify_ok) and the console, by whoever ran it.
+    let env = |k: &str| std::env::var(k).ok();
+    let actor = crate::operator::Operator::from_cli(env("ACCESSGOV_OPERATOR").as_deref(), &env)
+        .map_or_else(|_| "cli".to_owned(), |o| o.name);
+    if let Err(e) = audit::verify::record_run(pool, &actor, since_seq, &report).await {
+        eprintln!("warning: the verification could not be recorded in audit_verify_runs: {e}");
+    }
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(match report.first_broken {
         None => {

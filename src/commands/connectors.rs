@@ -147,7 +147,8 @@ async fn test_one(name: &str, app: &ApplicationConfig) -> Row {
         Err(message) => return row(Outcome::Config(message), None),
     };
     let start = Instant::now();
-    let result = match tokio::time::timeout(TEST_TIMEOUT, connector.test_connection()).await {
+    let test = crate::metrics::provider_scope(name, "test", connector.test_connection());
+    let result = match tokio::time::timeout(TEST_TIMEOUT, test).await {
         Ok(Ok(())) => Outcome::Ok,
         Ok(Err(e)) => Outcome::Failed(e),
         Err(_) => Outcome::Failed(ConnectorError::Transient {

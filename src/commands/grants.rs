@@ -92,7 +92,6 @@ async fn list(pool: &sqlx::PgPool, args: &GrantsListArgs) -> anyhow::Result<Exit
 
 async fn reconcile(pool: &sqlx::PgPool, config: &Config, args: &ReconcileArgs) -> anyhow::Result<ExitCode> {
     use crate::reconcile::{self, Finding};
-    use std::io::IsTerminal;
     let operator = crate::operator::Operator::from_cli(args.operator.operator.as_deref(), &crate::config::process_env)
         .map_err(anyhow::Error::msg)?;
     if let Some(app) = &args.application {
@@ -115,10 +114,13 @@ async fn reconcile(pool: &sqlx::PgPool, config: &Config, args: &ReconcileArgs) -
         eprintln!("no live application: every application is dry_run, so there is nothing to read back");
         return Ok(ExitCode::SUCCESS);
     }
-    let terminal = std::io::stderr().is_terminal();
+    // A bar on a terminal; otherwise a line per target read.
+    let mut shown = super::output::Progress::new("reading", None, 1);
     let mut progress = |i: usize, n: usize, app: &str, target: &str| {
-        if terminal {
-            eprint!("\rreading {i}/{n}: {app} / {target}\x1b[K");
+        if shown.on_terminal() {
+            shown.set_total(n as u64);
+            shown.set_message(format!("{app} / {target}"));
+            shown.set(i.saturating_sub(1) as u64);
         } else {
             eprintln!("reading {i}/{n}: {app} / {target}");
         }
@@ -131,8 +133,9 @@ async fn reconcile(pool: &sqlx::PgPool, config: &Config, args: &ReconcileArgs) -
     });
     let only = args.application.as_deref();
     let reports = reconcile::run(pool, config, &connectors, only, &operator, broker.as_ref(), &mut progress).await?;
-    if terminal {
-        eprintln!();
+    if shown.on_terminal() {
+        shown.set(reports.len() as u64);
+        shown.finish();
     }
     let missing = reconcile::count(&reports, |f| matches!(f, Finding::Missing { .. }));
     let unmanaged = reconcile::count(&reports, |f| matches!(f, Finding::Unmanaged { .. }));

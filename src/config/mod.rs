@@ -62,6 +62,26 @@ pub struct Config {
     /// Leavers (`offboard` request types).
     #[serde(default)]
     pub offboard: OffboardConfig,
+    /// The workers' own check of the audit chain.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Verify the audit chain's tail (the rows since the last intact
+    /// verification) this often, in one worker replica at a time; each run is
+    /// recorded in `audit_verify_runs` and exported as `accessgov_audit_verify_ok`.
+    /// The first run is at start. `"0s"` turns it off. Default `"1h"`.
+    #[serde(deserialize_with = "duration::de")]
+    pub verify_interval: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { verify_interval: Duration::from_secs(3600) }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -475,6 +495,19 @@ pub enum RequestAction {
     /// item of the `[[roles]]` bundle the department field names is granted; for
     /// someone who holds an earlier role, only the difference changes.
     Onboard,
+}
+
+impl RequestAction {
+    /// The lowercase name (as in config and events): a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Grant => "grant",
+            Self::Revoke => "revoke",
+            Self::Change => "change",
+            Self::Offboard => "offboard",
+            Self::Onboard => "onboard",
+        }
+    }
 }
 
 /// What a ticket status means to accessgov. `[jsm.statuses]` maps status names

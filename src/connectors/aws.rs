@@ -211,7 +211,7 @@ impl Aws {
             endpoint_url: common.base_url.map(|u| u.trim_end_matches('/').to_owned()),
             subject_field: common.subject_field,
             timeout: common.timeout,
-            limiter: common.rate_limit_per_second.map(|r| Arc::new(RateLimiter::new(r))),
+            limiter: common.rate_limit_per_second.and_then(RateLimiter::new).map(Arc::new),
             max_concurrent_calls: common.max_concurrent_calls.max(1),
             client: OnceCell::new(),
         })
@@ -304,6 +304,7 @@ impl Aws {
             .identity_store_id(&self.identity_store_id)
             .alternate_identifier(AlternateIdentifier::UniqueAttribute(attribute))
             .send()
+            .observed("GetUserId")
             .await
             .map_err(|e| failure("GetUserId", e));
         match answer {
@@ -333,6 +334,7 @@ impl Aws {
                 .identity_store_id(&self.identity_store_id)
                 .group_id(name)
                 .send()
+                .observed("DescribeGroup")
                 .await
                 .map(|out| out.group_id().to_owned())
                 .map_err(|e| failure("DescribeGroup", e))
@@ -347,6 +349,7 @@ impl Aws {
                 .identity_store_id(&self.identity_store_id)
                 .alternate_identifier(AlternateIdentifier::UniqueAttribute(attribute))
                 .send()
+                .observed("GetGroupId")
                 .await
                 .map(|out| out.group_id().to_owned())
                 .map_err(|e| failure("GetGroupId", e))
@@ -375,6 +378,7 @@ impl Aws {
             .group_id(group_id)
             .member_id(MemberId::UserId(user_id.to_owned()))
             .send()
+            .observed("GetGroupMembershipId")
             .await
             .map_err(|e| failure("GetGroupMembershipId", e));
         match answer {
@@ -401,6 +405,7 @@ impl Aws {
             .group_id(&group_id)
             .member_id(MemberId::UserId(user_id.clone()))
             .send()
+            .observed("CreateGroupMembership")
             .await
             .map_err(|e| failure("CreateGroupMembership", e));
         let f = match answer {
@@ -442,6 +447,7 @@ impl Aws {
             .identity_store_id(&self.identity_store_id)
             .membership_id(&membership_id)
             .send()
+            .observed("DeleteGroupMembership")
             .await
             .map_err(|e| failure("DeleteGroupMembership", e));
         match answer {
@@ -459,6 +465,7 @@ impl Aws {
             .identity_store_id(&self.identity_store_id)
             .max_results(1)
             .send()
+            .observed("ListGroups")
             .await
             .map(|_| ())
             .map_err(|e| self.error(failure("ListGroups", e)))
@@ -481,6 +488,7 @@ impl Aws {
             .identity_store_id(&self.identity_store_id)
             .user_id(user_id)
             .send()
+            .observed("DescribeUser")
             .await
             .map_err(|e| failure("DescribeUser", e));
         match answer {
@@ -511,6 +519,7 @@ impl Aws {
                 .max_results(PAGE_SIZE)
                 .set_next_token(token.take())
                 .send()
+                .observed("ListGroupMemberships")
                 .await
                 .map_err(|e| failure("ListGroupMemberships", e));
             let out = match answer {
@@ -587,6 +596,7 @@ impl Aws {
                 .member_id(MemberId::UserId(user_id.clone()))
                 .set_group_ids(Some(ids))
                 .send()
+                .observed("IsMemberInGroups")
                 .await
                 .map_err(|e| self.error(failure("IsMemberInGroups", e)))?;
             for (id, t) in chunk {
@@ -689,6 +699,43 @@ impl Aws {
 /// Turns an SDK failure into a [`Failure`]: the service's answer keeps its
 /// modelled error; transport problems are transient; credential problems are
 /// unauthorized.
+/// Measures and traces an Identity Store request as [`super::http::Http::send`]
+/// does an HTTP one: `accessgov_provider_requests_total` (status class of the
+/// answer, `error` when none came) and a client span.
+trait Observed<T, E>: std::future::Future<Output = Result<T, SdkError<E>>> + Sized {
+    async fn observed(self, op: &'static str) -> Result<T, SdkError<E>> {
+        let (application, operation) = crate::metrics::provider_labels("aws");
+        let span = tracing::info_span!(
+            "provider.request",
+            otel.kind = "client",
+            otel.name = %format!("aws {op}"),
+            rpc.system = "aws-api",
+            rpc.method = op,
+            application = %application,
+            operation,
+            http.response.status_code = tracing::field::Empty,
+        );
+        let started = std::time::Instant::now();
+        let result = tracing::Instrument::instrument(self, span.clone()).await;
+        let status = match &result {
+            Ok(_) => Some(200),
+            Err(e) => e.raw_response().map(|r| r.status().as_u16()),
+        };
+        if let Some(code) = status {
+            span.record("http.response.status_code", code);
+        }
+        crate::metrics::provider_request(
+            &application,
+            operation,
+            crate::metrics::status_class(status),
+            started.elapsed(),
+        );
+        result
+    }
+}
+
+impl<T, E, F: std::future::Future<Output = Result<T, SdkError<E>>>> Observed<T, E> for F {}
+
 fn failure<E>(op: &'static str, e: SdkError<E>) -> Failure
 where
     AwsError: From<E>,

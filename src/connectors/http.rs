@@ -49,7 +49,7 @@ impl Common {
         let rate = match app.settings.get("rate_limit_per_second") {
             None => None,
             Some(v) => match v.as_float().or_else(|| v.as_integer().map(|i| i as f64)) {
-                Some(r) if r > 0.0 => Some(r),
+                Some(r) if quota(r).is_some() => Some(r),
                 _ => return Err("rate_limit_per_second must be a positive number".into()),
             },
         };
@@ -90,11 +90,13 @@ pub fn secret(app: &ApplicationConfig, name: &str) -> Result<Option<SecretString
     }
 }
 
-/// Spaces requests to at most `rate` per second.
+/// Spaces requests to at most `rate` per second: a governor (GCRA) limiter
+/// with a burst of one, so calls are evenly spaced and never more than `rate`
+/// of them fall into any one-second window (`Quota::per_second(n)` would let a
+/// burst of `n` through at once, up to `2n` in a window).
 #[derive(Debug)]
 pub struct RateLimiter {
-    interval: Duration,
-    next: Mutex<tokio::time::Instant>,
+    inner: governor::DefaultDirectRateLimiter,
 }
 
 /// How much wider than `1 / rate` the limiter spaces calls: requests spaced
@@ -102,24 +104,30 @@ pub struct RateLimiter {
 /// window, and the network's jitter (a few ms) does the same at the provider.
 const RATE_MARGIN: f64 = 1.05;
 
+/// The quota for `per_second` requests a second: one request per
+/// `RATE_MARGIN / per_second`, no burst. `None` for a rate that is not a
+/// positive number or so small that the interval overflows.
+pub fn quota(per_second: f64) -> Option<governor::Quota> {
+    if !(per_second.is_finite() && per_second > 0.0) {
+        return None;
+    }
+    let interval = Duration::try_from_secs_f64(RATE_MARGIN / per_second).ok()?;
+    // governor counts time in u64 nanoseconds (about 584 years).
+    u64::try_from(interval.as_nanos()).ok()?;
+    // (`with_period` refuses a zero interval; a quota's burst is set to one explicitly.)
+    governor::Quota::with_period(interval).map(|q| q.allow_burst(std::num::NonZeroU32::MIN))
+}
+
 impl RateLimiter {
-    pub fn new(per_second: f64) -> Self {
-        Self {
-            interval: Duration::from_secs_f64(RATE_MARGIN / per_second),
-            next: Mutex::new(tokio::time::Instant::now()),
-        }
+    /// A limiter for `per_second`; `None` for a rate [`quota`] refuses (which
+    /// [`Common::from_app`] never lets through).
+    pub fn new(per_second: f64) -> Option<Self> {
+        quota(per_second).map(|quota| Self { inner: governor::RateLimiter::direct(quota) })
     }
 
-    /// Waits for this caller's slot.
+    /// Waits for this caller's turn.
     pub async fn acquire(&self) {
-        let slot = {
-            let mut next = self.next.lock().await;
-            let now = tokio::time::Instant::now();
-            let slot = (*next).max(now);
-            *next = slot + self.interval;
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
+        self.inner.until_ready().await;
     }
 }
 
@@ -144,7 +152,7 @@ impl Http {
         Ok(Self {
             client,
             provider,
-            limiter: common.rate_limit_per_second.map(|r| Arc::new(RateLimiter::new(r))),
+            limiter: common.rate_limit_per_second.and_then(RateLimiter::new).map(Arc::new),
             in_flight: Arc::new(tokio::sync::Semaphore::new(common.max_concurrent_calls.max(1))),
         })
     }
@@ -164,7 +172,37 @@ impl Http {
         if let Some(l) = &self.limiter {
             l.acquire().await;
         }
-        req.send().await.map_err(|e| transport_error(self.provider, &e))
+        let mut request = req.build().map_err(|e| transport_error(self.provider, &e))?;
+        let (application, operation) = crate::metrics::provider_labels(self.provider);
+        // Method and host only: paths and queries may name a user (an email, a login).
+        let span = tracing::info_span!(
+            "provider.request",
+            otel.kind = "client",
+            otel.name = %format!("{} {}", request.method(), self.provider),
+            http.request.method = %request.method(),
+            server.address = request.url().host_str().unwrap_or_default(),
+            application = %application,
+            operation,
+            http.response.status_code = tracing::field::Empty,
+        );
+        for (name, value) in crate::telemetry::inject(&span) {
+            if let Ok(value) = reqwest::header::HeaderValue::from_str(&value) {
+                request.headers_mut().insert(name, value);
+            }
+        }
+        let started = std::time::Instant::now();
+        let result = tracing::Instrument::instrument(self.client.execute(request), span.clone()).await;
+        let status = result.as_ref().ok().map(|r| r.status().as_u16());
+        if let Some(code) = status {
+            span.record("http.response.status_code", code);
+        }
+        crate::metrics::provider_request(
+            &application,
+            operation,
+            crate::metrics::status_class(status),
+            started.elapsed(),
+        );
+        result.map_err(|e| transport_error(self.provider, &e))
     }
 
     /// The classified error for a non-success response.
@@ -392,7 +430,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_rate_limiter_spaces_requests() {
-        let l = RateLimiter::new(50.0);
+        let l = RateLimiter::new(50.0).unwrap();
         let start = Instant::now();
         for _ in 0..5 {
             l.acquire().await;
@@ -416,20 +454,84 @@ mod tests {
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_rate_limiter_never_lets_more_than_the_rate_into_any_one_second_window() {
-        let limiter = RateLimiter::new(10.0);
+    /// When each of `n` greedy callers gets through `quota`, on governor's fake clock.
+    fn admitted(quota: governor::Quota, calls: usize, pause_after: Option<(usize, Duration)>) -> Vec<Duration> {
+        use governor::clock::{Clock, FakeRelativeClock};
+        let clock = FakeRelativeClock::default();
+        let limiter = governor::RateLimiter::direct_with_clock(quota, clock.clone());
+        let mut now = Duration::ZERO;
         let mut at = Vec::new();
-        for _ in 0..31 {
-            limiter.acquire().await;
-            at.push(tokio::time::Instant::now());
+        for i in 0..calls {
+            if let Some((after, pause)) = pause_after
+                && i == after
+            {
+                clock.advance(pause);
+                now += pause;
+            }
+            while let Err(not_until) = limiter.check() {
+                let wait = not_until.wait_time_from(clock.now());
+                assert!(wait > Duration::ZERO, "refused without a wait");
+                clock.advance(wait);
+                now += wait;
+            }
+            at.push(now);
         }
-        for (i, w) in at.windows(11).enumerate() {
-            // 11 calls must span more than a second (and a little, for jitter).
-            assert!(w[10] - w[0] > Duration::from_millis(1020), "calls {i}..{} within {:?}", i + 10, w[10] - w[0]);
+        at
+    }
+
+    /// Asserts that no `rate + 1` admissions fall into one second (and a little, for jitter).
+    fn assert_at_most_rate_per_second(at: &[Duration], rate: usize) {
+        for (i, w) in at.windows(rate + 1).enumerate() {
+            let span = w[rate] - w[0];
+            assert!(span > Duration::from_millis(1020), "calls {i}..{} within {span:?}", i + rate);
         }
+    }
+
+    #[test]
+    fn the_rate_limiter_never_lets_more_than_the_rate_into_any_one_second_window() {
+        let at = admitted(quota(10.0).unwrap(), 31, None);
+        assert_at_most_rate_per_second(&at, 10);
         // ...and no slower than the margin: 30 intervals of 105 ms.
         assert!(at[30] - at[0] <= Duration::from_millis(3160), "{:?}", at[30] - at[0]);
+        // An idle spell banks no burst: after 5 s of quiet, calls are spaced as before.
+        let at = admitted(quota(10.0).unwrap(), 31, Some((15, Duration::from_secs(5))));
+        assert_at_most_rate_per_second(&at, 10);
+        // The check itself can fail: governor's per-second quota lets a burst of 10 through.
+        let bursty = admitted(governor::Quota::per_second(std::num::NonZeroU32::new(10).unwrap()), 31, None);
+        assert!(bursty[10] - bursty[0] < Duration::from_millis(1020), "{bursty:?}");
+    }
+
+    #[test]
+    fn only_positive_finite_rates_with_a_representable_interval_make_a_quota() {
+        assert!(quota(10.0).is_some());
+        assert!(quota(0.001).is_some());
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e-300] {
+            assert!(quota(bad).is_none(), "{bad}");
+        }
+        for bad in ["0", "-2", "inf", "nan", "1e-300"] {
+            let e = Common::from_app(&app(&format!("rate_limit_per_second = {bad}"))).err().unwrap();
+            assert!(e.contains("rate_limit_per_second"), "{bad}: {e}");
+        }
+        assert_eq!(Common::from_app(&app("rate_limit_per_second = 2")).unwrap().rate_limit_per_second, Some(2.0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_callers_wait_their_turn_on_the_real_clock() {
+        // 9 callers at once at 40/s: the last is let through 8 intervals of
+        // 26.25 ms after the first, however the tasks are scheduled.
+        let limiter = Arc::new(RateLimiter::new(40.0).unwrap());
+        let start = Instant::now();
+        let calls = (0..9).map(|_| {
+            let l = limiter.clone();
+            tokio::spawn(async move {
+                l.acquire().await;
+                Instant::now()
+            })
+        });
+        let at: Vec<Instant> = futures_util::future::join_all(calls).await.into_iter().map(Result::unwrap).collect();
+        let last = at.iter().max().unwrap().duration_since(start);
+        assert!(last >= Duration::from_millis(210), "{last:?}");
+        assert!(last < Duration::from_secs(2), "{last:?}");
     }
 
     fn app(extra: &str) -> ApplicationConfig {

@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// Seconds a sender should wait before retrying after a 503.
 const RETRY_AFTER_SECS: &str = "30";
@@ -86,26 +87,62 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// `POST /webhooks/jsm`.
+///
+/// One `webhook` span per request, a child of the caller's trace when it sent a
+/// `traceparent`; the event's `publish` span is its child, and the worker's
+/// spans continue from there (the trace context travels in the AMQP headers).
 pub async fn webhook(State(state): State<IngressState>, headers: HeaderMap, body: Body) -> Response {
-    match receive_and_handle(&state, &headers, body).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            metrics::ingress_request(e.outcome());
-            e.into_response()
+    let span = tracing::info_span!(
+        "webhook",
+        otel.kind = "server",
+        otel.name = "POST /webhooks/jsm",
+        http.request.method = "POST",
+        http.route = "/webhooks/jsm",
+        http.response.status_code = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        event_id = tracing::field::Empty,
+        ticket = tracing::field::Empty,
+        application = tracing::field::Empty,
+        action = tracing::field::Empty,
+    );
+    crate::telemetry::extract(&span, |name| header_str(&headers, name));
+    let received = chrono::Utc::now();
+    let response = async {
+        match receive_and_handle(&state, &headers, body, received).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                count(e.outcome());
+                e.into_response()
+            }
         }
     }
+    .instrument(span.clone())
+    .await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
+}
+
+/// Counts a webhook's outcome, and says it on its span.
+fn count(outcome: &'static str) {
+    metrics::ingress_request(outcome);
+    tracing::Span::current().record("outcome", outcome);
 }
 
 /// Reads the body (no slot held: a slow sender costs a connection and a buffer,
 /// not processing capacity), then processes it holding a slot.
-async fn receive_and_handle(state: &IngressState, headers: &HeaderMap, body: Body) -> Result<Response, IngressError> {
+async fn receive_and_handle(
+    state: &IngressState,
+    headers: &HeaderMap,
+    body: Body,
+    received: chrono::DateTime<chrono::Utc>,
+) -> Result<Response, IngressError> {
     let bytes = read_body(&state.config.ingress, headers, body).await?;
     let timeout = state.config.ingress.request_timeout;
     let processed = tokio::time::timeout(timeout, async {
         let Ok(_slot) = state.slots.clone().acquire_owned().await else {
             return Err(IngressError::Unavailable("shutting down".into()));
         };
-        handle(state, headers, &bytes).await
+        handle(state, headers, &bytes, received).await
     });
     processed.await.unwrap_or_else(|_| {
         tracing::warn!(timeout_ms = timeout.as_millis() as u64, "webhook request timed out");
@@ -139,7 +176,12 @@ async fn read_body(
 }
 
 /// Verifies, parses, normalizes and publishes one received body.
-async fn handle(state: &IngressState, headers: &HeaderMap, bytes: &[u8]) -> Result<Response, IngressError> {
+async fn handle(
+    state: &IngressState,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    received: chrono::DateTime<chrono::Utc>,
+) -> Result<Response, IngressError> {
     let method = match state.verifier.verify(
         header_str(headers, "x-hub-signature"),
         header_str(headers, "authorization"),
@@ -161,9 +203,9 @@ async fn handle(state: &IngressState, headers: &HeaderMap, bytes: &[u8]) -> Resu
         delivery_id: header_str(headers, "x-atlassian-webhook-identifier").map(str::to_owned),
         authenticity: Some(method.into()),
     };
-    match normalize::normalize(&value, &meta, &state.config.jsm, chrono::Utc::now()) {
+    match normalize::normalize(&value, &meta, &state.config.jsm, received) {
         Normalized::Ignored(reason) => {
-            metrics::ingress_request("ignored");
+            count("ignored");
             metrics::ingress_ignored(reason.as_str());
             tracing::info!(reason = reason.as_str(), "webhook ignored");
             Ok((StatusCode::OK, Json(json!({"ignored": reason.as_str()}))).into_response())
@@ -173,13 +215,30 @@ async fn handle(state: &IngressState, headers: &HeaderMap, bytes: &[u8]) -> Resu
                 tracing::warn!(ticket = %event.ticket.key.escape_debug(), %field, "webhook refused: a value PostgreSQL cannot store");
                 return Err(IngressError::InvalidValue(field));
             }
+            let span = tracing::Span::current();
+            span.record("event_id", tracing::field::display(event.event_id));
+            span.record("ticket", event.ticket.key.as_str());
+            span.record("action", event.action.as_str());
+            if let Some(app) = &event.application {
+                span.record("application", app.as_str());
+            }
             let timeout = state.config.broker.confirm_timeout;
-            if let Err(e) = state.broker.publish_event(&event, 0, timeout).await {
+            let publish = tracing::info_span!(
+                "publish",
+                otel.kind = "producer",
+                messaging.system = "rabbitmq",
+                messaging.destination.name = %state.broker.names().events,
+                event_id = %event.event_id,
+            );
+            let headers = crate::broker::envelope::received_headers(received);
+            let published =
+                state.broker.publish_event_with_headers(&event, 0, headers, timeout).instrument(publish).await;
+            if let Err(e) = published {
                 metrics::ingress_publish_failure(e.label());
                 tracing::error!(event_id = %event.event_id, ticket = %event.ticket.key, error = %e, "publish failed; answering 503");
                 return Err(IngressError::Unavailable(e.to_string()));
             }
-            metrics::ingress_request("accepted");
+            count("accepted");
             tracing::info!(
                 event_id = %event.event_id,
                 ticket = %event.ticket.key,

@@ -341,12 +341,22 @@ impl JsmClient {
     }
 
     /// Sends and classifies: `Ok` only for a 2xx response.
+    /// Traced as a `jsm.request` span (its status only: paths name
+    /// tickets and users), whose context goes out as `traceparent`.
     pub(crate) async fn send(&self, req: RequestBuilder, what: &str) -> Result<Response, JsmError> {
-        let resp = match req.send().await {
+        let span = tracing::info_span!(
+            "jsm.request",
+            otel.kind = "client",
+            http.response.status_code = tracing::field::Empty,
+        );
+        let req = crate::telemetry::inject(&span).into_iter().fold(req, |req, (k, v)| req.header(k, v));
+        let sent = tracing::Instrument::instrument(req.send(), span.clone()).await;
+        let resp = match sent {
             Ok(r) => r,
             Err(e) => return Err(self.transport_error(what, &e)),
         };
         let status = resp.status();
+        span.record("http.response.status_code", status.as_u16());
         if status.is_success() {
             return Ok(resp);
         }

@@ -469,10 +469,13 @@ struct VerifyQuery {
 /// way; `ok` says whether the chain is intact).
 async fn verify_audit(
     State(state): State<OpsState>,
+    Extension(caller): Extension<Caller>,
     q: Result<Query<VerifyQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let q = query(q)?;
-    let report = verify::verify(&state.pool, q.since_seq.unwrap_or(1), 0, |_| {}).await.map_err(ApiError::internal)?;
+    let since_seq = q.since_seq.unwrap_or(1);
+    let report = verify::verify(&state.pool, since_seq, 0, |_| {}).await.map_err(ApiError::internal)?;
+    verify::record_run(&state.pool, caller.name(), since_seq, &report).await.map_err(ApiError::internal)?;
     Ok(Json(json!({"ok": report.first_broken.is_none(), "report": report})))
 }
 

@@ -31,6 +31,56 @@ pub struct OpsState {
     pub auth_failures: Arc<admin::AuthFailureAudit>,
     /// The web console; `None` turns `/console` off (no console token configured).
     pub console: Option<Arc<console::Console>>,
+    /// The backlog gauges (dead letters, intents, queues, audit verification),
+    /// read when `/metrics` is scraped; `None` in a process without a worker.
+    pub backlog: Option<Arc<BacklogGauges>>,
+}
+
+/// Reads the backlog gauges at most every [`BacklogGauges::EVERY`], however
+/// often `/metrics` is scraped (several Prometheus replicas, say).
+#[derive(Default)]
+pub struct BacklogGauges {
+    last: tokio::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl BacklogGauges {
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+    /// A scrape never waits longer than this for the database and the broker.
+    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+    async fn refresh(&self, pool: &PgPool, broker: &Broker) {
+        let mut last = self.last.lock().await;
+        if last.is_some_and(|at| at.elapsed() < Self::EVERY) {
+            return;
+        }
+        match tokio::time::timeout(Self::TIMEOUT, read_backlog(pool, broker)).await {
+            Ok(Ok(b)) => crate::metrics::set_backlog(&b),
+            // The previous values stay; the next scrape tries again.
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the backlog gauges"),
+            Err(_) => tracing::warn!("reading the backlog gauges timed out"),
+        }
+        *last = Some(std::time::Instant::now());
+    }
+}
+
+/// The backlog, through the same store functions as the CLI.
+pub async fn read_backlog(pool: &PgPool, broker: &Broker) -> Result<crate::metrics::Backlog, sqlx::Error> {
+    let (open, oldest) = crate::dead_letters::open_summary(pool).await?;
+    let intents_pending = crate::intents::pending_count(pool).await?;
+    let verify = crate::audit::verify::latest_run(pool).await?;
+    let names = broker.names();
+    // A broker outage leaves the queue gauges as they were (and /readyz says why).
+    let requests_ready = broker.queue_depth(&names.requests).await.ok();
+    let dead_ready = broker.queue_depth(&names.dead).await.ok();
+    Ok(crate::metrics::Backlog {
+        dead_letters_open: open,
+        oldest_dead_letter_age: oldest
+            .map_or(std::time::Duration::ZERO, |at| (chrono::Utc::now() - at).to_std().unwrap_or_default()),
+        intents_pending,
+        requests_ready,
+        dead_ready,
+        audit_verify: verify.map(|v| (v.ok, v.at)),
+    })
 }
 
 pub fn router(state: OpsState) -> Router {
@@ -44,6 +94,9 @@ pub fn router(state: OpsState) -> Router {
 }
 
 async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
+    if let Some(backlog) = &state.backlog {
+        backlog.refresh(&state.pool, &state.broker).await;
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }
 

@@ -74,6 +74,7 @@ pub async fn record(pool: &PgPool, body: &[u8], props: &BasicProperties) -> Resu
     let history = envelope::history(props);
     let history_json = serde_json::to_value(&history).unwrap_or_default();
     let attempts = header_int(props, ATTEMPT_HEADER).unwrap_or(0) as i32 + 1;
+    let traceparent = header_str(props, envelope::TRACEPARENT_HEADER);
 
     let mut tx = pool.begin().await?;
     // A replay that died again: its dead letter, locked (a replay in progress
@@ -117,6 +118,7 @@ pub async fn record(pool: &PgPool, body: &[u8], props: &BasicProperties) -> Resu
                 attempts,
                 history: &history_json,
                 first_failed_at: history.first().map(|h| h.at),
+                traceparent: traceparent.as_deref(),
             };
             let Some(id) = dead_letters::insert(&mut tx, &new).await? else {
                 tx.rollback().await?;
@@ -142,8 +144,10 @@ pub async fn record(pool: &PgPool, body: &[u8], props: &BasicProperties) -> Resu
     if let Some(state) = reopened_from {
         e.detail["reopened_from"] = json!(state.as_str());
     }
+    let application = event.as_ref().and_then(|e| e.application.clone());
     audit::append(&mut tx, &[e]).await?;
     tx.commit().await?;
+    crate::metrics::dead_letter_recorded(application.as_deref().unwrap_or("none"));
     tracing::warn!(class = %class, dead_letter_id = id, death = deaths, "request dead-lettered; see dead_letters");
     Ok(())
 }

@@ -1,10 +1,10 @@
 //! The consume loop: prefetch + a semaphore bound the work in flight; each
 //! delivery runs on a task tracked for graceful shutdown; acks come last.
 //!
-//! Connection loss is not fatal: the loop reconnects with capped exponential
-//! backoff. On shutdown the consumer is cancelled first, in-flight deliveries
-//! get `shutdown_grace` to finish, and whatever is left unacked returns to the
-//! queue when the connection closes.
+//! Connection loss is not fatal: the loop reconnects with capped, jittered
+//! exponential backoff ([`retry::backoff`]). On shutdown the consumer is
+//! cancelled first, in-flight deliveries get `shutdown_grace` to finish, and
+//! whatever is left unacked returns to the queue when the connection closes.
 
 pub mod dead;
 pub mod expiry;
@@ -17,6 +17,8 @@ pub mod route;
 use crate::broker::{Broker, envelope};
 use crate::config::Config;
 use crate::connectors::Connectors;
+use crate::metrics;
+use backon::BackoffBuilder;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -27,6 +29,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// What every delivery task needs.
 pub struct WorkerContext {
@@ -81,17 +84,16 @@ enum Lane {
     Dead,
 }
 
-const MIN_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// Runs the request consumer, the dead-queue drain and the expiry sweeper until the token is cancelled.
+/// Runs the request consumer, the dead-queue drain, the expiry sweeper and the
+/// scheduled jobs (reconcile, audit verification) until the token is cancelled.
 pub async fn run(ctx: Arc<WorkerContext>, shutdown: CancellationToken) {
     let requests = tokio::spawn(lane(ctx.clone(), Lane::Requests, shutdown.clone()));
     let dead = tokio::spawn(lane(ctx.clone(), Lane::Dead, shutdown.clone()));
     let every = ctx.config.worker.expiry_interval;
     let expiry = tokio::spawn(expiry::run(ctx.clone(), shutdown.clone(), every));
-    let drift = tokio::spawn(scheduled_reconcile(ctx, shutdown));
-    let _ = tokio::join!(requests, dead, expiry, drift);
+    let drift = tokio::spawn(scheduled_reconcile(ctx.clone(), shutdown.clone()));
+    let verify = tokio::spawn(scheduled_verify(ctx, shutdown));
+    let _ = tokio::join!(requests, dead, expiry, drift, verify);
     tracing::info!("worker stopped");
 }
 
@@ -129,21 +131,77 @@ async fn scheduled_reconcile(ctx: Arc<WorkerContext>, shutdown: CancellationToke
     }
 }
 
-/// One scheduled run, unless another replica holds the reconcile lock. The lock
-/// is a session lock on a connection of its own, closed afterwards, so that it
-/// can never outlive the run in a pooled connection.
+/// The lock of a scheduled job (`accessgov.<name>`), held by one replica at a
+/// time: a session lock on a connection of its own (close it when done), so
+/// that it can never outlive the run in a pooled connection. `None` when
+/// another replica holds it.
+async fn schedule_lock(ctx: &WorkerContext, name: &str) -> Result<Option<sqlx::PgConnection>, sqlx::Error> {
+    use sqlx::Connection;
+    let mut lock = sqlx::PgConnection::connect(&ctx.config.database.url).await?;
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+        .bind(format!("accessgov.{name}"))
+        .fetch_one(&mut lock)
+        .await?;
+    if got {
+        Ok(Some(lock))
+    } else {
+        let _ = lock.close().await;
+        Ok(None)
+    }
+}
+
+/// `[audit] verify_interval`: verifies the chain's tail at start and then on a
+/// schedule, in one replica at a time; every run is recorded.
+async fn scheduled_verify(ctx: Arc<WorkerContext>, shutdown: CancellationToken) {
+    let every = ctx.config.audit.verify_interval;
+    if every.is_zero() {
+        return;
+    }
+    loop {
+        match verify_once(&ctx).await {
+            Ok(Some(run)) if run.ok => {
+                tracing::info!(rows = run.rows_checked, since_seq = run.since_seq, "audit chain verified: intact");
+            }
+            Ok(Some(run)) => tracing::error!(
+                seq = run.broken_seq,
+                reason = run.broken_reason.as_deref().unwrap_or_default(),
+                "AUDIT CHAIN BROKEN; run `accessgov audit verify` and see README \"Operating accessgov in production\""
+            ),
+            Ok(None) => tracing::debug!("another replica is verifying the audit chain"),
+            Err(e) => tracing::warn!(error = %e, "scheduled audit verification failed; trying again next round"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// One scheduled verification of the rows since the last intact one (from
+/// the start when there is none, or the last one found the chain broken).
+pub async fn verify_once(ctx: &WorkerContext) -> Result<Option<crate::audit::verify::VerifyRun>, sqlx::Error> {
+    use crate::audit::verify;
+    use sqlx::Connection;
+    let Some(lock) = schedule_lock(ctx, "audit-verify").await? else { return Ok(None) };
+    let result = async {
+        let since_seq = match verify::latest_run(&ctx.pool).await? {
+            Some(last) if last.ok => last.last_seq.unwrap_or(last.since_seq).max(1),
+            _ => 1,
+        };
+        let report = verify::verify(&ctx.pool, since_seq, 0, |_| {}).await?;
+        verify::record_run(&ctx.pool, "accessgov-worker", since_seq, &report).await
+    }
+    .await;
+    let _ = lock.close().await;
+    result.map(Some)
+}
+
+/// One scheduled run, unless another replica holds the reconcile lock.
 pub async fn reconcile_once(
     ctx: &WorkerContext,
 ) -> Result<Option<Vec<crate::reconcile::TargetReport>>, crate::reconcile::RunError> {
     use sqlx::Connection;
-    let mut lock = sqlx::PgConnection::connect(&ctx.config.database.url).await?;
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended('accessgov.reconcile', 0))")
-        .fetch_one(&mut lock)
-        .await?;
-    if !got {
-        let _ = lock.close().await;
-        return Ok(None);
-    }
+    let Some(lock) = schedule_lock(ctx, "reconcile").await? else { return Ok(None) };
     let operator = crate::operator::Operator { name: "accessgov-worker".into(), via: crate::operator::Via::Schedule };
     let fix = ctx.config.reconcile.fix.then_some(&ctx.broker);
     let result =
@@ -154,7 +212,7 @@ pub async fn reconcile_once(
 }
 
 async fn lane(ctx: Arc<WorkerContext>, lane: Lane, shutdown: CancellationToken) {
-    let mut backoff = MIN_BACKOFF;
+    let mut delays = retry::backoff().build();
     // One limit on deliveries in flight for the lane's lifetime (the broker's
     // prefetch bounds one session; after a reconnect, deliveries of the lost
     // session still being finished keep counting against this one).
@@ -167,14 +225,14 @@ async fn lane(ctx: Arc<WorkerContext>, lane: Lane, shutdown: CancellationToken) 
                 // A session that got as far as consuming was a recovery: a later outage
                 // starts from the minimum again, not from where the last one left off.
                 if consumed {
-                    backoff = MIN_BACKOFF;
+                    delays = retry::backoff().build();
                 }
-                tracing::warn!(?lane, error = %e, retry_in_ms = backoff.as_millis() as u64, "worker lost its broker session; reconnecting");
+                let wait = delays.next().unwrap_or(retry::MAX_BACKOFF);
+                tracing::warn!(?lane, error = %e, retry_in_ms = wait.as_millis() as u64, "worker lost its broker session; reconnecting");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(retry::jitter(backoff)) => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
@@ -278,26 +336,17 @@ async fn consume(
     result
 }
 
-/// Retries `f` with capped backoff until it succeeds or shutdown; `None` on shutdown.
-async fn persist<T, E: std::fmt::Display, F, Fut>(what: &str, shutdown: &CancellationToken, mut f: F) -> Option<T>
+/// Retries `f` with capped, jittered backoff until it succeeds or shutdown; `None` on shutdown.
+async fn persist<T, E: std::fmt::Display, F, Fut>(what: &str, shutdown: &CancellationToken, f: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let mut backoff = MIN_BACKOFF;
-    loop {
-        match f().await {
-            Ok(v) => return Some(v),
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "{what} failed; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(retry::jitter(backoff)) => {}
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
-    }
+    retry::until_shutdown(shutdown, f, |e: &E, wait| match wait {
+        Some(wait) => tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "{what} failed; retrying"),
+        None => tracing::warn!(error = %e, "{what} failed; not retried: shutting down"),
+    })
+    .await
 }
 
 async fn handle_dead(ctx: &WorkerContext, delivery: lapin::message::Delivery, shutdown: &CancellationToken) {
@@ -315,6 +364,59 @@ fn attempt_of(delivery: &lapin::message::Delivery) -> u32 {
     crate::broker::envelope::attempt(&delivery.properties)
 }
 
+/// What the worker knows of a delivery besides its body: its `consume` span
+/// (a child of the trace in its headers) and its metric labels.
+struct Traced {
+    span: tracing::Span,
+    action: &'static str,
+    application: String,
+    /// When the ingress received the webhook (absent on replays and events
+    /// accessgov made itself).
+    received_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Traced {
+    fn new(delivery: &lapin::message::Delivery, event: Option<&crate::event::AccessEvent>) -> Self {
+        let props = &delivery.properties;
+        let action = event.map_or("unknown", |e| e.action.as_str());
+        let application = event.and_then(|e| e.application.clone()).unwrap_or_else(|| "none".into());
+        let span = tracing::info_span!(
+            "consume",
+            otel.kind = "consumer",
+            messaging.system = "rabbitmq",
+            event_id = tracing::field::Empty,
+            ticket = tracing::field::Empty,
+            application = %application,
+            action,
+            attempt = attempt_of(delivery),
+            outcome = tracing::field::Empty,
+        );
+        if let Some(e) = event {
+            span.record("event_id", tracing::field::display(e.event_id));
+            span.record("ticket", e.ticket.key.as_str());
+        }
+        crate::telemetry::extract(&span, |name| {
+            props.headers().as_ref()?.inner().get(name).and_then(|v| match v {
+                lapin::types::AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+                _ => None,
+            })
+        });
+        let replay = envelope::header_int(props, envelope::REPLAY_OF_HEADER).is_some();
+        let received_at = envelope::received_at(props).filter(|_| !replay);
+        Self { span, action, application, received_at }
+    }
+
+    /// A step of this delivery, as a child span.
+    fn step(&self, name: &'static str) -> tracing::Span {
+        match name {
+            "decide" => tracing::info_span!(parent: &self.span, "decide"),
+            "intent" => tracing::info_span!(parent: &self.span, "intent"),
+            "apply" => tracing::info_span!(parent: &self.span, "apply"),
+            _ => tracing::info_span!(parent: &self.span, "audit"),
+        }
+    }
+}
+
 /// Database trouble keeps a message unacked and is retried; a data error (the
 /// message's own values) makes it poison instead.
 fn data_error_is_poison<T>(r: Result<T, sqlx::Error>, poison: impl FnOnce() -> T) -> Result<T, sqlx::Error> {
@@ -330,9 +432,24 @@ fn data_error_is_poison<T>(r: Result<T, sqlx::Error>, poison: impl FnOnce() -> T
 /// Decides every delivery of the batch (no transaction open), records the
 /// decided ones in one transaction, then finishes and settles each.
 async fn handle_batch(ctx: &WorkerContext, batch: Vec<lapin::message::Delivery>, shutdown: &CancellationToken) {
-    let poison = |e: &sqlx::Error| Outcome::Poison(format!("the database refused a value of this message: {e}"));
     let decoded: Vec<Result<crate::event::AccessEvent, String>> =
         batch.iter().map(|d| crate::event::AccessEvent::decode(&d.data).map_err(|e| e.to_string())).collect();
+    metrics::in_flight(batch.len() as i64);
+    let traced: std::collections::HashMap<u64, Traced> =
+        batch.iter().zip(&decoded).map(|(d, e)| (d.delivery_tag, Traced::new(d, e.as_ref().ok()))).collect();
+    let traced = &traced;
+    handle_decoded(ctx, batch, decoded, traced, shutdown).await;
+    metrics::in_flight(-(traced.len() as i64));
+}
+
+async fn handle_decoded(
+    ctx: &WorkerContext,
+    batch: Vec<lapin::message::Delivery>,
+    decoded: Vec<Result<crate::event::AccessEvent, String>>,
+    traced: &std::collections::HashMap<u64, Traced>,
+    shutdown: &CancellationToken,
+) {
+    let poison = |e: &sqlx::Error| Outcome::Poison(format!("the database refused a value of this message: {e}"));
     // What deciding needs from the database, read once for the batch (a value the
     // database refuses makes each event read its own, so only that one is poison).
     let keys: Vec<(uuid::Uuid, &str)> =
@@ -351,6 +468,7 @@ async fn handle_batch(ctx: &WorkerContext, batch: Vec<lapin::message::Delivery>,
             (Ok(_), Some(r)) => r.next(),
             _ => None,
         };
+        let span = traced[&d.delivery_tag].step("decide");
         async move {
             let attempt = attempt_of(d);
             let event = match event {
@@ -372,6 +490,7 @@ async fn handle_batch(ctx: &WorkerContext, batch: Vec<lapin::message::Delivery>,
             })
             .await
         }
+        .instrument(span)
     }))
     .await;
     let mut ready_deliveries = Vec::new();
@@ -388,9 +507,12 @@ async fn handle_batch(ctx: &WorkerContext, batch: Vec<lapin::message::Delivery>,
             }
         }
     }
+    // One transaction for the batch; each event's `intent` span covers it.
+    let intents: Vec<tracing::Span> = ready_deliveries.iter().map(|d| traced[&d.delivery_tag].step("intent")).collect();
     let Some(afters) = persist("recording the batch", shutdown, || record(ctx, &prepared)).await else {
         return;
     };
+    drop(intents);
     let ready = ready_deliveries.into_iter().zip(prepared);
     // Refused, denied, dry run, duplicates: nothing to call; the rest run their
     // intents together (results recorded per round, one transaction each).
@@ -404,14 +526,16 @@ async fn handle_batch(ctx: &WorkerContext, batch: Vec<lapin::message::Delivery>,
         }
     }
     let finishing = finishing.into_iter().map(|(delivery, p, after)| async move {
+        let t = &traced[&delivery.delivery_tag];
         let outcome = persist("finishing the event", shutdown, || async {
             data_error_is_poison(process::finish(ctx, &p, after.clone()).await, || {
                 Outcome::Poison("the database refused a value of this message".into())
             })
         })
+        .instrument(t.step("audit"))
         .await;
         if let Some(outcome) = outcome {
-            settle(ctx, delivery, outcome, shutdown).await;
+            settle(ctx, delivery, outcome, t, shutdown).await;
         }
     });
     let running = async {
@@ -420,14 +544,21 @@ async fn handle_batch(ctx: &WorkerContext, batch: Vec<lapin::message::Delivery>,
         }
         let events: Vec<(&crate::event::AccessEvent, u32)> =
             to_run.iter().map(|(_, p)| (p.event(), p.attempt())).collect();
-        let Some(outcomes) = persist("running the provider calls", shutdown, || execute(ctx, &events)).await else {
+        let spans: Vec<tracing::Span> = to_run.iter().map(|(d, _)| traced[&d.delivery_tag].span.clone()).collect();
+        let Some(outcomes) = persist("running the provider calls", shutdown, || execute(ctx, &events, &spans)).await
+        else {
             return;
         };
-        let settling =
-            to_run.into_iter().zip(outcomes).map(|((delivery, _), outcome)| settle(ctx, delivery, outcome, shutdown));
+        let settling = to_run.into_iter().zip(outcomes).map(|((delivery, _), outcome)| {
+            let t = &traced[&delivery.delivery_tag];
+            settle(ctx, delivery, outcome, t, shutdown)
+        });
         futures_util::future::join_all(settling).await;
     };
-    let settling = settled.into_iter().map(|(delivery, outcome)| settle(ctx, delivery, outcome, shutdown));
+    let settling = settled.into_iter().map(|(delivery, outcome)| {
+        let t = &traced[&delivery.delivery_tag];
+        settle(ctx, delivery, outcome, t, shutdown)
+    });
     futures_util::future::join3(
         futures_util::future::join_all(finishing),
         futures_util::future::join_all(settling),
@@ -441,17 +572,19 @@ async fn handle_batch(ctx: &WorkerContext, batch: Vec<lapin::message::Delivery>,
 async fn execute(
     ctx: &WorkerContext,
     events: &[(&crate::event::AccessEvent, u32)],
+    spans: &[tracing::Span],
 ) -> Result<Vec<Outcome>, sqlx::Error> {
-    match process::execute_batch(ctx, events).await {
+    match process::execute_batch(ctx, events, spans).await {
         Err(e) if retry::is_data_error(&e) && events.len() > 1 => {
             tracing::warn!(error = %e, size = events.len(), "running a batch met a data error; running its events one by one");
         }
         other => return data_error_is_poison(other, || vec![poison_outcome()]),
     }
     let mut out = Vec::with_capacity(events.len());
-    for one in events {
+    for (i, one) in events.iter().enumerate() {
+        let span = spans.get(i..=i).unwrap_or_default();
         out.push(data_error_is_poison(
-            process::execute_batch(ctx, std::slice::from_ref(one)).await.map(|mut o| o.remove(0)),
+            process::execute_batch(ctx, std::slice::from_ref(one), span).await.map(|mut o| o.remove(0)),
             poison_outcome,
         )?);
     }
@@ -496,14 +629,35 @@ async fn settle(
     ctx: &WorkerContext,
     delivery: lapin::message::Delivery,
     outcome: Outcome,
+    traced: &Traced,
+    shutdown: &CancellationToken,
+) {
+    traced.span.record("outcome", outcome.label());
+    metrics::worker_event(traced.action, &traced.application, outcome.label());
+    match &outcome {
+        Outcome::Failed { next: retry::Next::Retry { .. }, .. } => metrics::retry_scheduled(&traced.application),
+        Outcome::Recorded(_) | Outcome::Failed { next: retry::Next::DeadLetter, .. } => {
+            if let Some(at) = traced.received_at {
+                metrics::end_to_end(traced.action, (chrono::Utc::now() - at).to_std().unwrap_or_default());
+            }
+        }
+        Outcome::Duplicate | Outcome::Poison(_) => {}
+    }
+    // Inside the span: a retry's or dead letter's headers continue this trace.
+    settle_delivery(ctx, delivery, outcome, shutdown).instrument(traced.span.clone()).await;
+}
+
+async fn settle_delivery(
+    ctx: &WorkerContext,
+    delivery: lapin::message::Delivery,
+    outcome: Outcome,
     shutdown: &CancellationToken,
 ) {
     let attempt = attempt_of(&delivery);
-    crate::metrics::worker_event(outcome.label());
     let timeout = ctx.config.broker.confirm_timeout;
     let settled = match &outcome {
         Outcome::Poison(reason) => {
-            crate::metrics::worker_poison();
+            metrics::worker_poison();
             tracing::error!(reason = %reason, "undecodable message; dead-lettering it as poison");
             // No requeue: the queue's dead-letter exchange takes it to the dead queue.
             delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await

@@ -108,7 +108,7 @@ pub async fn unmanaged(
         if managed.is_empty() {
             continue;
         }
-        match connector.memberships(&identity, &managed).await {
+        match crate::metrics::provider_scope(app, "memberships", connector.memberships(&identity, &managed)).await {
             Ok(held_there) => {
                 let ours: Vec<&String> =
                     holds.iter().filter(|h| &h.application == app).flat_map(|h| h.targets.iter()).collect();

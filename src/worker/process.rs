@@ -30,6 +30,7 @@ use crate::rules::{self, Decision};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::PgConnection;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// What became of a delivery.
@@ -509,7 +510,7 @@ async fn record(
 
 /// Runs one event's open intents and completes it (a resumed run).
 async fn execute(ctx: &WorkerContext, event: &AccessEvent, attempt: u32) -> Result<Outcome, sqlx::Error> {
-    Ok(execute_batch(ctx, &[(event, attempt)]).await?.remove(0))
+    Ok(execute_batch(ctx, &[(event, attempt)], &[]).await?.remove(0))
 }
 
 /// One event of [`execute_batch`].
@@ -532,17 +533,27 @@ struct Run<'a> {
 ///
 /// The same event delivered twice in one batch runs once: the other deliveries
 /// are recorded as duplicates once it is settled.
-pub async fn execute_batch(ctx: &WorkerContext, events: &[(&AccessEvent, u32)]) -> Result<Vec<Outcome>, sqlx::Error> {
+///
+/// `spans` (one per event, or none) are the events' `consume` spans: each
+/// provider call is traced as an `apply` span under its event's, and the
+/// recording of its results as an `audit` span.
+pub async fn execute_batch(
+    ctx: &WorkerContext,
+    events: &[(&AccessEvent, u32)],
+    spans: &[tracing::Span],
+) -> Result<Vec<Outcome>, sqlx::Error> {
     let mut first: std::collections::HashMap<uuid::Uuid, usize> = std::collections::HashMap::new();
     let mut unique = Vec::new();
+    let mut unique_spans = Vec::new();
     let mut slot = Vec::with_capacity(events.len());
-    for &(event, attempt) in events {
+    for (n, &(event, attempt)) in events.iter().enumerate() {
         slot.push(*first.entry(event.event_id).or_insert_with(|| {
             unique.push((event, attempt));
+            unique_spans.push(spans.get(n).cloned().unwrap_or_else(tracing::Span::current));
             unique.len() - 1
         }));
     }
-    let outcomes = execute_unique(ctx, &unique).await?;
+    let outcomes = execute_unique(ctx, &unique, &unique_spans).await?;
     let mut used = vec![false; unique.len()];
     let mut out = Vec::with_capacity(events.len());
     for (&(event, attempt), u) in events.iter().zip(slot) {
@@ -561,7 +572,11 @@ pub async fn execute_batch(ctx: &WorkerContext, events: &[(&AccessEvent, u32)]) 
 }
 
 /// [`execute_batch`] for distinct events.
-async fn execute_unique(ctx: &WorkerContext, events: &[(&AccessEvent, u32)]) -> Result<Vec<Outcome>, sqlx::Error> {
+async fn execute_unique(
+    ctx: &WorkerContext,
+    events: &[(&AccessEvent, u32)],
+    spans: &[tracing::Span],
+) -> Result<Vec<Outcome>, sqlx::Error> {
     use std::collections::{BTreeMap, HashSet};
     let lease = ctx.config.worker.intent_lease;
     let ids: Vec<uuid::Uuid> = events.iter().map(|(e, _)| e.event_id).collect();
@@ -625,8 +640,23 @@ async fn execute_unique(ctx: &WorkerContext, events: &[(&AccessEvent, u32)]) -> 
                 progressed = true;
             }
         }
-        let results = futures_util::future::join_all(calls.iter().map(|(_, claimed)| async move {
-            ctx.call(&claimed.application, &claimed.subject(), &claimed.provider_op(), &claimed.access_level).await
+        let results = futures_util::future::join_all(calls.iter().map(|(i, claimed)| {
+            let span = tracing::info_span!(
+                parent: &spans[*i],
+                "apply",
+                application = %claimed.application,
+                op = %claimed.op,
+                intent = claimed.id,
+                outcome = tracing::field::Empty,
+            );
+            async move {
+                let result = ctx
+                    .call(&claimed.application, &claimed.subject(), &claimed.provider_op(), &claimed.access_level)
+                    .await;
+                tracing::Span::current().record("outcome", result.as_ref().map_or_else(|e| e.class(), |r| *r));
+                result
+            }
+            .instrument(span)
         }))
         .await;
         let mut done = Vec::new();
@@ -668,6 +698,8 @@ async fn execute_unique(ctx: &WorkerContext, events: &[(&AccessEvent, u32)]) -> 
         let finished: Vec<usize> =
             round.iter().copied().filter(|&i| runs[i].outcome.is_none() && runs[i].queue.is_empty()).collect();
         if !done.is_empty() || !finished.is_empty() {
+            let _audit: Vec<tracing::Span> =
+                round.iter().map(|&i| tracing::info_span!(parent: &spans[i], "audit")).collect();
             let mut tx = ctx.pool.begin().await?;
             let mut rows = crate::intents::succeed_all(&mut tx, done).await?;
             // Complete the events still running (another delivery may have completed
@@ -709,7 +741,7 @@ async fn execute_unique(ctx: &WorkerContext, events: &[(&AccessEvent, u32)]) -> 
                         reason: "cancelled by a later request before it ran".into(),
                     })
                     .collect();
-                tracing::info!(event_id = %event.event_id, ticket = %event.ticket.key, ops = ops.len(), "event applied");
+                tracing::info!(parent: &spans[i], event_id = %event.event_id, ticket = %event.ticket.key, ops = ops.len(), "event applied");
                 ctx.write_back(event, done_note(event, &ops, &notes)).await;
                 runs[i].outcome = Some(Outcome::Recorded("applied"));
             }
@@ -1037,34 +1069,34 @@ impl WorkerContext {
         };
         let role = self.config.rule_for(application, access_level).and_then(|r| r.role.clone());
         let target = Target { name: op_target(op).to_owned(), role };
-        let mut waits = self.config.worker.inline_backoff.iter();
-        loop {
-            // A call slot for the request itself, never across a retry's sleep.
-            let slot = self.calls.acquire().await.expect("the call semaphore is never closed");
-            let result = match op {
-                ProviderOp::Grant(_) => connector.grant(subject, &target).await.map(|r| match r {
-                    crate::connectors::GrantOutcome::Granted => "granted",
-                    crate::connectors::GrantOutcome::AlreadyGranted => "already_granted",
-                }),
-                ProviderOp::Revoke(_) => connector.revoke(subject, &target).await.map(|r| match r {
-                    crate::connectors::RevokeOutcome::Revoked => "revoked",
-                    crate::connectors::RevokeOutcome::AlreadyAbsent => "already_absent",
-                }),
-            };
-            drop(slot);
-            match result {
-                Err(e) if e.is_transient() => {
-                    let Some(base) = waits.next() else { return Err(e) };
-                    let wait = e.retry_after().map_or_else(|| retry::jitter(*base), |hint| hint.max(*base));
-                    if wait > self.config.worker.max_inline_wait {
-                        return Err(e);
-                    }
-                    tracing::info!(application, error = %e, wait_ms = wait.as_millis() as u64, "transient provider error; retrying in process");
-                    tokio::time::sleep(wait).await;
+        let operation = match op {
+            ProviderOp::Grant(_) => "grant",
+            ProviderOp::Revoke(_) => "revoke",
+        };
+        let (connector, target) = (connector.as_ref(), &target);
+        let worker = &self.config.worker;
+        let calls = retry::inline(
+            &worker.inline_backoff,
+            worker.max_inline_wait,
+            || async move {
+                // A call slot for the request itself, never across a retry's sleep.
+                let _slot = self.calls.acquire().await.expect("the call semaphore is never closed");
+                match op {
+                    ProviderOp::Grant(_) => connector.grant(subject, target).await.map(|r| match r {
+                        crate::connectors::GrantOutcome::Granted => "granted",
+                        crate::connectors::GrantOutcome::AlreadyGranted => "already_granted",
+                    }),
+                    ProviderOp::Revoke(_) => connector.revoke(subject, target).await.map(|r| match r {
+                        crate::connectors::RevokeOutcome::Revoked => "revoked",
+                        crate::connectors::RevokeOutcome::AlreadyAbsent => "already_absent",
+                    }),
                 }
-                other => return other,
-            }
-        }
+            },
+            |e, wait| {
+                tracing::info!(application, error = %e, wait_ms = wait.as_millis() as u64, "transient provider error; retrying in process");
+            },
+        );
+        crate::metrics::provider_scope(application, operation, calls).await
     }
 
     /// The candidate approvers' Jira groups, needed only when the event's rule

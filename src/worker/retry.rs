@@ -1,6 +1,12 @@
-//! Where a failed attempt goes next: the retry ladder, pure and unit-tested.
+//! Where a failed attempt goes next: the retry ladder across messages (pure and
+//! unit-tested), and the in-process retries with backon: the reconnect and
+//! database-retry backoff, and the provider call's short inline retries.
 
+use crate::connectors::ConnectorError;
+use backon::{Backoff, BackoffBuilder, ConstantBuilder, ExponentialBuilder, Retryable};
+use std::future::Future;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// The next step after a transient failure of attempt number `attempt` (0 = first delivery).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,30 +34,119 @@ pub fn next(ladder: &[Duration], attempt: u32, retry_after: Option<Duration>) ->
     Next::Retry { step, delay: ladder[step], attempt: step as u32 + 1 }
 }
 
-/// "Equal jitter" of a backoff step: half of `base` always, plus a random share
-/// of the other half, i.e. a delay in `[base / 2, base]`. `unit` is the random
-/// draw, uniform in `[0, 1]` (values outside are clamped, NaN counts as 0), so
-/// this is pure and testable; [`jitter`] draws it. Replicas that lost the same
-/// broker or database at the same moment spread their retries instead of
+/// First step of [`backoff`]: the longest wait before the first retry.
+pub const MIN_BACKOFF: Duration = Duration::from_millis(500);
+/// Last step of [`backoff`]: no wait is longer.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The delays of the broker reconnect and the database retries: steps doubling
+/// from [`MIN_BACKOFF`] to [`MAX_BACKOFF`], endlessly, each with "equal jitter"
+/// (a wait in `[step / 2, step]`). backon's jitter adds a random share of the
+/// delay to the delay, so it starts from half the step. Replicas that lost the
+/// same broker or database at the same moment spread their retries instead of
 /// reconnecting in lockstep, and no retry comes sooner than half the step.
-pub fn jittered(base: Duration, unit: f64) -> Duration {
-    let unit = if unit.is_nan() { 0.0 } else { unit.clamp(0.0, 1.0) };
-    let floor = base / 2;
-    // (Capped at `base`: the float product may round up past the exact span.)
-    floor.saturating_add((base - floor).mul_f64(unit)).min(base)
+pub fn backoff() -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_min_delay(MIN_BACKOFF / 2)
+        .with_max_delay(MAX_BACKOFF / 2)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
 }
 
-/// [`jittered`] with a fresh random draw (from a v4 UUID's random bits: no RNG
-/// crate). Use as `tokio::time::sleep(retry::jitter(backoff))`.
-pub fn jitter(base: Duration) -> Duration {
-    jittered(base, random_unit())
+/// `[worker] inline_backoff` as backon delays: one per configured step, each
+/// with equal jitter (a wait in `[step / 2, step]`), then none (the retry
+/// ladder takes over).
+pub fn inline_backoff(steps: &[Duration]) -> impl Backoff + '_ {
+    steps.iter().flat_map(|&step| ConstantBuilder::new().with_delay(step / 2).with_jitter().with_max_times(1).build())
 }
 
-/// A uniform draw from `[0, 1)`: 53 random bits of a v4 UUID (the low word
-/// minus its two variant bits).
-fn random_unit() -> f64 {
-    let (_, low) = uuid::Uuid::new_v4().as_u64_pair();
-    ((low << 2) >> 11) as f64 / (1u64 << 53) as f64
+/// One provider call with short in-process retries of transient failures
+/// (`[worker] inline_backoff`): a transient error is retried after the next
+/// step's jittered delay or, when the provider sent a Retry-After hint, after
+/// at least the hint. The error is returned for the retry ladder once the steps
+/// are used up, or when the wait would be longer than `max_wait`
+/// (`[worker] max_inline_wait`); any other error is returned at once. `notify`
+/// hears each retry and its wait. Not cut short by shutdown: the delivery's
+/// grace period bounds it.
+pub async fn inline<T, F, Fut>(
+    steps: &[Duration],
+    max_wait: Duration,
+    call: F,
+    notify: impl FnMut(&ConnectorError, Duration),
+) -> Result<T, ConnectorError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ConnectorError>>,
+{
+    call.retry(inline_backoff(steps))
+        .sleep(tokio::time::sleep)
+        .when(ConnectorError::is_transient)
+        .adjust(move |e, step| {
+            let wait = step?;
+            let wait = e.retry_after().map_or(wait, |hint| hint.max(wait));
+            (wait <= max_wait).then_some(wait)
+        })
+        .notify(notify)
+        .await
+}
+
+/// Runs `f` until it succeeds, retrying every error after a [`backoff`] delay;
+/// `None` once `shutdown` is cancelled. The first try always runs (a delivery
+/// finishing in the shutdown grace period still records its result); a
+/// shutdown during a wait ends it without another try. `notify` hears every
+/// failure, with the wait before the next try, or `None` when a failed try
+/// came after shutdown and is not retried.
+pub async fn until_shutdown<T, E, F, Fut>(
+    shutdown: &CancellationToken,
+    mut f: F,
+    mut notify: impl FnMut(&E, Option<Duration>),
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    enum Stop<E> {
+        Failed(E),
+        Shutdown,
+    }
+    let mut tried = false;
+    let token = shutdown.clone();
+    let result = (|| {
+        let attempt = (!tried || !shutdown.is_cancelled()).then(&mut f);
+        tried = true;
+        async move {
+            match attempt {
+                Some(attempt) => attempt.await.map_err(Stop::Failed),
+                None => Err(Stop::Shutdown),
+            }
+        }
+    })
+    .retry(backoff())
+    .sleep(move |wait| {
+        let token = token.clone();
+        async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    })
+    .when(|e| matches!(e, Stop::Failed(_)) && !shutdown.is_cancelled())
+    .notify(|e, wait| {
+        if let Stop::Failed(e) = e {
+            notify(e, Some(wait));
+        }
+    })
+    .await;
+    match result {
+        Ok(v) => Some(v),
+        Err(Stop::Failed(e)) => {
+            notify(&e, None);
+            None
+        }
+        Err(Stop::Shutdown) => None,
+    }
 }
 
 /// A database error caused by the message's own data, which no retry can fix:
@@ -83,33 +178,47 @@ mod tests {
         assert_eq!(next(&ladder(), 4, None), Next::DeadLetter);
     }
 
-    #[test]
-    fn jittered_stays_between_half_the_step_and_the_step() {
-        let base = Duration::from_secs(10);
-        assert_eq!(jittered(base, 0.0), Duration::from_secs(5));
-        assert_eq!(jittered(base, 0.5), Duration::from_millis(7500));
-        assert_eq!(jittered(base, 1.0), base);
-        // Out-of-range draws are clamped, never panic.
-        assert_eq!(jittered(base, -3.0), Duration::from_secs(5));
-        assert_eq!(jittered(base, 7.0), base);
-        assert_eq!(jittered(base, f64::NAN), Duration::from_secs(5));
-        assert_eq!(jittered(base, f64::INFINITY), base);
-        assert_eq!(jittered(Duration::ZERO, 0.7), Duration::ZERO);
-        // Odd nanoseconds and the largest duration stay in bounds without overflow.
-        let odd = Duration::from_nanos(3);
-        assert!((Duration::from_nanos(1)..=odd).contains(&jittered(odd, 0.99)));
-        assert!(jittered(Duration::MAX, 1.0) <= Duration::MAX);
-        assert!(jittered(Duration::MAX, 0.0) >= Duration::MAX / 2);
-        // Monotonic in the draw.
-        let steps: Vec<Duration> = (0..=10).map(|i| jittered(base, f64::from(i) / 10.0)).collect();
-        assert!(steps.windows(2).all(|w| w[0] <= w[1]), "{steps:?}");
+    /// `d` is within equal jitter of `step`: `[step / 2, step]`.
+    fn within(d: Duration, step: Duration) -> bool {
+        (step / 2..=step).contains(&d)
     }
 
     #[test]
-    fn jitter_spreads_its_draws_over_the_whole_range() {
+    fn the_backoff_doubles_from_half_a_second_to_thirty_seconds_with_jitter_between_half_the_step_and_the_step() {
+        for _ in 0..200 {
+            let delays: Vec<Duration> = backoff().build().take(12).collect();
+            assert_eq!(delays.len(), 12, "the backoff never runs out");
+            for (i, d) in delays.iter().enumerate() {
+                let step = (MIN_BACKOFF * 2u32.pow(i as u32)).min(MAX_BACKOFF);
+                assert!(within(*d, step), "delay {i}: {d:?} is not within [{:?}, {step:?}]", step / 2);
+            }
+        }
+        // The cap holds however long the outage lasts.
+        assert!(backoff().build().take(1000).all(|d| d <= MAX_BACKOFF));
+        assert!(backoff().build().skip(100).take(100).all(|d| within(d, MAX_BACKOFF)));
+    }
+
+    #[test]
+    fn inline_backoff_gives_one_jittered_delay_per_configured_step_and_then_none() {
+        let steps = [Duration::from_millis(10), Duration::from_millis(20), Duration::from_secs(3), Duration::ZERO];
+        for _ in 0..200 {
+            let delays: Vec<Duration> = inline_backoff(&steps).collect();
+            assert_eq!(delays.len(), steps.len(), "{delays:?}");
+            for (d, step) in delays.iter().zip(steps) {
+                assert!(within(*d, step), "{d:?} is not within [{:?}, {step:?}]", step / 2);
+            }
+        }
+        assert_eq!(inline_backoff(&[]).next(), None);
+        // Odd nanoseconds stay in bounds.
+        let odd = Duration::from_nanos(3);
+        assert!(inline_backoff(&[odd]).all(|d| (Duration::from_nanos(1)..=odd).contains(&d)));
+    }
+
+    #[test]
+    fn the_jitter_spreads_its_draws_over_the_whole_range() {
         let base = Duration::from_millis(1000);
-        let draws: Vec<Duration> = (0..1000).map(|_| jitter(base)).collect();
-        assert!(draws.iter().all(|d| (base / 2..=base).contains(d)), "out of [base/2, base]");
+        let draws: Vec<Duration> = (0..1000).map(|_| inline_backoff(&[base]).next().unwrap()).collect();
+        assert!(draws.iter().all(|d| within(*d, base)), "out of [base/2, base]");
         let distinct: std::collections::BTreeSet<Duration> = draws.iter().copied().collect();
         assert!(distinct.len() > 900, "only {} distinct delays in 1000 draws", distinct.len());
         // Five equal buckets of [500ms, 1000ms): each expects 200 of 1000 draws; 100
@@ -122,10 +231,172 @@ mod tests {
         assert!(buckets.iter().all(|&n| n >= 100), "skewed: {buckets:?}");
         let mean = draws.iter().map(Duration::as_secs_f64).sum::<f64>() / draws.len() as f64;
         assert!((0.7..0.8).contains(&mean), "mean {mean} is not near 0.75s");
-        for _ in 0..1000 {
-            let u = random_unit();
-            assert!((0.0..1.0).contains(&u), "{u}");
+        // The same spread for the reconnect backoff's first step.
+        let first: std::collections::BTreeSet<Duration> =
+            (0..1000).map(|_| backoff().build().next().unwrap()).collect();
+        assert!(first.len() > 900, "only {} distinct first delays in 1000 draws", first.len());
+    }
+
+    fn transient(retry_after: Option<Duration>) -> ConnectorError {
+        ConnectorError::Transient { reason: "503".into(), retry_after }
+    }
+
+    /// Runs [`inline`] against a provider that answers `answers` in turn (the last
+    /// one for ever): the result, the calls made, the waits notified and the time taken.
+    async fn run_inline(
+        steps: &[Duration],
+        max_wait: Duration,
+        answers: Vec<Result<u32, ConnectorError>>,
+    ) -> (Result<u32, ConnectorError>, usize, Vec<Duration>, Duration) {
+        let calls = std::cell::Cell::new(0usize);
+        let mut waits = Vec::new();
+        let start = tokio::time::Instant::now();
+        let result = inline(
+            steps,
+            max_wait,
+            || {
+                let n = calls.get();
+                calls.set(n + 1);
+                let answer = answers[n.min(answers.len() - 1)].clone();
+                async move { answer }
+            },
+            |_, wait| waits.push(wait),
+        )
+        .await;
+        (result, calls.get(), waits, start.elapsed())
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn inline_retries_a_transient_failure_once_per_step_then_leaves_it_to_the_ladder() {
+        let steps = [ms(200), ms(1000), ms(3000)];
+        let (result, calls, waits, took) = run_inline(&steps, ms(5000), vec![Err(transient(None))]).await;
+        assert!(result.is_err_and(|e| e.is_transient()));
+        assert_eq!(calls, 4, "the first call and one per step");
+        assert_eq!(waits.len(), 3);
+        assert!(waits.iter().zip(steps).all(|(w, s)| within(*w, s)), "{waits:?}");
+        assert!((ms(2100)..=ms(4200)).contains(&took), "{took:?}");
+
+        // Success on the third call ends the retries.
+        let answers = vec![Err(transient(None)), Err(transient(None)), Ok(7)];
+        let (result, calls, waits, _) = run_inline(&steps, ms(5000), answers).await;
+        assert_eq!((result.ok(), calls, waits.len()), (Some(7), 3, 2));
+
+        // No steps: no in-process retry at all.
+        let (result, calls, _, took) = run_inline(&[], ms(5000), vec![Err(transient(None))]).await;
+        assert!(result.is_err());
+        assert_eq!((calls, took), (1, Duration::ZERO));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn inline_never_retries_a_permanent_failure() {
+        for e in [
+            ConnectorError::Permanent { reason: "400".into() },
+            ConnectorError::NotFound { what: "user".into() },
+            ConnectorError::Unauthorized("401".into()),
+        ] {
+            let (result, calls, waits, took) = run_inline(&[ms(10), ms(20)], ms(5000), vec![Err(e)]).await;
+            assert!(result.is_err_and(|e| !e.is_transient()));
+            assert_eq!((calls, waits.len(), took), (1, 0, Duration::ZERO));
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn inline_waits_out_a_retry_after_hint_up_to_the_maximum_and_no_longer() {
+        // A hint longer than the step is waited out in full.
+        let answers = vec![Err(transient(Some(ms(4000)))), Ok(1)];
+        let (result, calls, waits, took) = run_inline(&[ms(200)], ms(5000), answers).await;
+        assert_eq!((result.ok(), calls), (Some(1), 2));
+        assert_eq!(waits, vec![ms(4000)]);
+        assert!(took >= ms(4000), "{took:?}");
+
+        // A hint shorter than the step still waits the (jittered) step.
+        let answers = vec![Err(transient(Some(ms(1)))), Ok(1)];
+        let (_, _, waits, _) = run_inline(&[ms(200)], ms(5000), answers).await;
+        assert!(within(waits[0], ms(200)), "{waits:?}");
+
+        // A hint beyond max_inline_wait goes to the ladder at once, steps or not.
+        let answers = vec![Err(transient(Some(ms(6000)))), Ok(1)];
+        let (result, calls, waits, took) = run_inline(&[ms(200), ms(1000)], ms(5000), answers).await;
+        assert_eq!(result.err().and_then(|e| e.retry_after()), Some(ms(6000)));
+        assert_eq!((calls, waits.len(), took), (1, 0, Duration::ZERO));
+
+        // ...also after earlier retries: two calls, then the long hint.
+        let answers = vec![Err(transient(None)), Err(transient(Some(ms(6000)))), Ok(1)];
+        let (result, calls, _, _) = run_inline(&[ms(200), ms(1000)], ms(5000), answers).await;
+        assert!(result.is_err());
+        assert_eq!(calls, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn until_shutdown_retries_with_the_backoff_until_it_succeeds() {
+        let shutdown = CancellationToken::new();
+        let calls = std::cell::Cell::new(0u32);
+        let mut waits = Vec::new();
+        let got = until_shutdown(
+            &shutdown,
+            || {
+                calls.set(calls.get() + 1);
+                let n = calls.get();
+                async move { if n < 4 { Err("down") } else { Ok(n) } }
+            },
+            |_: &&str, wait| waits.push(wait.expect("retried")),
+        )
+        .await;
+        assert_eq!(got, Some(4));
+        assert_eq!(waits.len(), 3);
+        for (i, w) in waits.iter().enumerate() {
+            assert!(within(*w, MIN_BACKOFF * 2u32.pow(i as u32)), "wait {i}: {w:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn until_shutdown_gives_up_on_shutdown_during_a_wait_without_another_try() {
+        let shutdown = CancellationToken::new();
+        let cancel = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(ms(100)).await;
+            cancel.cancel();
+        });
+        let calls = std::cell::Cell::new(0u32);
+        let start = tokio::time::Instant::now();
+        let mut heard = Vec::new();
+        let got: Option<()> = until_shutdown(
+            &shutdown,
+            || {
+                calls.set(calls.get() + 1);
+                async { Err("down") }
+            },
+            |_, wait| heard.push(wait.is_some()),
+        )
+        .await;
+        assert_eq!((got, calls.get()), (None, 1));
+        assert_eq!(heard, vec![true], "one failure, retried after a wait that shutdown cut short");
+        assert!(start.elapsed() < MIN_BACKOFF / 2, "the wait was cut short: {:?}", start.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn until_shutdown_runs_the_first_try_even_after_shutdown_but_never_a_second() {
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let calls = std::cell::Cell::new(0u32);
+        let ok = until_shutdown(&shutdown, || async { Ok::<_, &str>(5) }, |_, _| {}).await;
+        assert_eq!(ok, Some(5));
+        let mut heard = Vec::new();
+        let failed: Option<()> = until_shutdown(
+            &shutdown,
+            || {
+                calls.set(calls.get() + 1);
+                async { Err("down") }
+            },
+            |e, wait| heard.push((*e, wait)),
+        )
+        .await;
+        assert_eq!((failed, calls.get()), (None, 1));
+        assert_eq!(heard, vec![("down", None)], "the failure is reported, not retried");
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod helpers;
 mod ingress;
 mod jsm_flow;
 mod jsm_setup;
+mod observability;
 mod offboard;
 mod operator;
 mod pipeline;

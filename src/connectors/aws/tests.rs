@@ -789,3 +789,31 @@ async fn identity_is_the_lowercased_email_or_user_name() {
     s.fields.insert("customfield_10050".into(), "ASmith".into());
     assert_eq!(f.aws.identity(&s), Ok("asmith".to_owned()));
 }
+
+#[tokio::test]
+async fn every_identity_store_request_is_counted_with_its_status_class() {
+    let f = fixture("").await;
+    let metrics = crate::metrics::handle();
+    user_found(&f.server).await;
+    group_found(&f.server).await;
+    create(&f.server, fault(409, "ConflictException", json!({"Reason": "UNIQUENESS_CONSTRAINT_VIOLATION"})), 1).await;
+    let (who, what) = (subject(), target("Engineering"));
+    let granted = crate::metrics::provider_scope("aws-metrics-test", "grant", f.aws.grant(&who, &what));
+    assert_eq!(granted.await, Ok(GrantOutcome::AlreadyGranted));
+    let text = metrics.render();
+    let count = |status: &str| {
+        let series = format!(
+            "accessgov_provider_requests_total{{application=\"aws-metrics-test\",operation=\"grant\",status=\"{status}\"}} "
+        );
+        text.lines().find_map(|l| l.strip_prefix(series.as_str())).map(|v| v.trim().to_owned())
+    };
+    // GetUserId and GetGroupId answered 200, CreateGroupMembership 409.
+    assert_eq!(count("2xx").as_deref(), Some("2"), "{text}");
+    assert_eq!(count("4xx").as_deref(), Some("1"), "{text}");
+    assert!(
+        text.contains(
+            "accessgov_provider_request_duration_seconds_count{application=\"aws-metrics-test\",operation=\"grant\"} 3"
+        ),
+        "{text}"
+    );
+}

@@ -232,7 +232,7 @@ pub async fn login(
 
 /// Counts, logs and (rate-limited) audits a refused login. Never the token.
 async fn refused(state: &OpsState, reason: LoginFailure, client: Option<std::net::IpAddr>, claimed: &str) {
-    metrics::counter!("accessgov_console_login_failures_total", "reason" => reason.as_str()).increment(1);
+    crate::metrics::console_login_failure(reason.as_str());
     tracing::warn!(reason = reason.as_str(), "console login refused");
     if let Some(suppressed) = console(state).failures.admit(reason, Instant::now()) {
         let mut e = AuditEntry::new("console_login_failed", "refused");
