@@ -515,7 +515,9 @@ fn audit_page(html: &str) -> (Vec<i64>, Option<String>, Option<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_audit_pages_follow_keyset_links_without_overlap_or_gap_and_filter() {
     let tokens = Tokens::new();
-    let app = console_app(&tokens, |_| {}).await;
+    let admin_token = tokens.dir.path().join("admin");
+    std::fs::write(&admin_token, "console-test-admin-token-0123456789").unwrap();
+    let app = console_app(&tokens, |c| c.ops.admin_token_file = Some(admin_token.display().to_string())).await;
     // 130 rows of our own (plus the logins), every third for one user.
     let mut tx = app.pool.begin().await.unwrap();
     let entries: Vec<AuditEntry> = (0..130)
@@ -592,6 +594,27 @@ async fn console_audit_pages_follow_keyset_links_without_overlap_or_gap_and_filt
     assert!(!html.contains("<b>escaped</b>"));
     let bad = c.get("/console/audit?since=yesterday-ish").await;
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+
+    // The admin API pages back the same way (`before_seq`: the rows just older, oldest first).
+    let page: Value = reqwest::Client::new()
+        .get(format!("http://{}/admin/audit?user=u-third&before_seq={}&limit=5", app.ops_addr, expected[4]))
+        .bearer_auth("console-test-admin-token-0123456789")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let seqs: Vec<i64> = page["rows"].as_array().unwrap().iter().map(|r| r["seq"].as_i64().unwrap()).collect();
+    let mut want: Vec<i64> = sqlx::query_scalar(
+        "SELECT seq FROM audit_log WHERE subject = 'u-third' AND seq < $1 ORDER BY seq DESC LIMIT 5",
+    )
+    .bind(expected[4])
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    want.reverse();
+    assert_eq!(seqs, want);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
