@@ -87,6 +87,7 @@ impl App {
             anyhow::bail!("application {name:?} is live (dry_run = false) but has no connector");
         }
         let admin_token = admin_token_from_config(&config)?;
+        let console = ops::console::Console::from_config(&config)?;
         if migrate {
             // As the owner ([database] migrate_url); the services below connect with `url`.
             let prepared = db::prepare(&config.database).await?;
@@ -112,6 +113,7 @@ impl App {
             admin_token: admin_token.map(Arc::new),
             auth_failures: Default::default(),
             backlog: role.worker().then(Default::default),
+            console: console.map(Arc::new),
         };
         let token = shutdown.clone();
         tasks.spawn(async move { ("ops", ops::serve(ops_listener, ops_state, token).await.map_err(Into::into)) });

@@ -17,7 +17,9 @@ use std::path::PathBuf;
                   /healthz, /readyz, and the admin API under /admin (dead letters, audit, grants; JSON, \
                   Authorization: Bearer <admin token>). The admin API is enabled exactly when [ops] \
                   admin_token_env or admin_token_file is set; a process whose admin token is configured but \
-                  cannot be read refuses to start. Operators use `dlq`, `audit` and `grants` on the command line.",
+                  cannot be read refuses to start. The operator web console under /console is enabled exactly \
+                  when [ops] console_viewer_token_env / console_operator_token_env (or their _file forms) is \
+                  set (README: Operator console). Operators use `dlq`, `audit` and `grants` on the command line.",
     propagate_version = true
 )]
 pub struct Cli {
@@ -163,10 +165,16 @@ pub enum ConnectorsCommand {
     /// The "Test Connection" button: for each configured application (or APP),
     /// authenticate and make the provider's cheapest read call; print a table of
     /// application, kind, result, latency and the usual fix. Dry-run applications
-    /// are skipped. Exits 1 when any live application fails.
+    /// are skipped. Exits 1 when any live application fails. Each live
+    /// application's result is recorded (the `connection_tests` table and a
+    /// `connection_tested` audit row with the operator) for the console's
+    /// overview; when the database cannot be reached it says so and still exits
+    /// by the test's result.
     Test {
         /// Only this application (a key of [applications]).
         app: Option<String>,
+        #[command(flatten)]
+        operator: OperatorArg,
     },
 }
 
@@ -346,6 +354,10 @@ pub struct AuditListArgs {
     /// At most N rows, the newest ones (0: no limit).
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub limit: i64,
+    /// Only rows older than this sequence number: the next page back (keyset
+    /// paging: pass the oldest SEQ of the page shown).
+    #[arg(long, value_name = "SEQ")]
+    pub before_seq: Option<i64>,
     /// Print JSON (with the chain hashes) instead of a table.
     #[arg(long)]
     pub json: bool,

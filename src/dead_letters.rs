@@ -520,7 +520,8 @@ pub struct NewDeadLetter<'a> {
     pub traceparent: Option<&'a str>,
 }
 
-/// How many dead letters are open, and when the oldest of them died.
+/// How many dead letters are open, and when the oldest of them died (the
+/// backlog gauges and the console's overview).
 pub async fn open_summary(pool: &sqlx::PgPool) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
     sqlx::query_as("SELECT count(*), min(died_at) FROM dead_letters WHERE replayed_at IS NULL AND discarded_at IS NULL")
         .fetch_one(pool)

@@ -22,6 +22,7 @@
 //! - [`db`]: pool and embedded migrations.
 //! - [`ops`]: `/metrics`, health and the admin API ([`ops::admin`]) on the operator listener.
 //! - [`dead_letters`]: the operator's inbox (list, replay, discard); [`operator`]: who acts.
+//! - [`ops::console`]: the operator web console on the ops listener; [`connection_tests`]: recorded "Test connection" results.
 //! - [`app`]: the composition root; [`commands`]: one function per CLI command.
 //!
 //! Errors: `thiserror` enums at module boundaries (`ConfigError`, `BrokerError`,
@@ -33,6 +34,7 @@ pub mod broker;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod connection_tests;
 pub mod connectors;
 pub mod db;
 pub mod dead_letters;

@@ -19,6 +19,8 @@
 //! - `accessgov_retries_scheduled_total{application}`, `accessgov_dead_letters_recorded_total{application}`
 //! - `accessgov_admin_auth_failures_total{reason}`: refused `/admin` calls (every one,
 //!   including those the audit log's rate limit does not write)
+//! - `accessgov_console_login_failures_total{reason}`: refused console logins
+//!   (`missing_token`, `wrong_token`, `rate_limited`; every one, as above)
 //!
 //! Histograms (seconds):
 //! - `accessgov_provider_request_duration_seconds{application,operation}`
@@ -128,6 +130,11 @@ pub fn in_flight(n: i64) {
 
 pub fn admin_auth_failure(reason: &'static str) {
     metrics::counter!("accessgov_admin_auth_failures_total", "reason" => reason).increment(1);
+}
+
+/// A refused console login (`/console/login`).
+pub fn console_login_failure(reason: &'static str) {
+    metrics::counter!("accessgov_console_login_failures_total", "reason" => reason).increment(1);
 }
 
 /// The status class of an HTTP answer, or `error` when none came.

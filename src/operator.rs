@@ -16,6 +16,8 @@ pub enum Via {
     AdminApi,
     /// The workers' own schedule (`[reconcile] interval`).
     Schedule,
+    /// The operator web console (`/console`).
+    Console,
 }
 
 impl Via {
@@ -24,6 +26,7 @@ impl Via {
             Self::Cli => "cli",
             Self::AdminApi => "admin_api",
             Self::Schedule => "schedule",
+            Self::Console => "console",
         }
     }
 }

@@ -190,3 +190,11 @@ pub async fn mark_revoked(tx: &mut PgConnection, ticket: &str, at: DateTime<Utc>
     .await?;
     Ok(())
 }
+
+/// Events processed at or after `since` (the console's "events today").
+pub async fn processed_since(pool: &sqlx::PgPool, since: chrono::DateTime<chrono::Utc>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE processed_at >= $1")
+        .bind(since)
+        .fetch_one(pool)
+        .await
+}

@@ -23,6 +23,9 @@ pub struct Filter {
     pub until: Option<DateTime<Utc>>,
     /// `seq >= since_seq`.
     pub since_seq: Option<i64>,
+    /// `seq < before_seq`: with [`list`]'s limit, the page of rows just older
+    /// than a seq (keyset paging, as the console's [`page`] does).
+    pub before_seq: Option<i64>,
 }
 
 fn push_filter(qb: &mut QueryBuilder<Postgres>, f: &Filter) {
@@ -43,6 +46,9 @@ fn push_filter(qb: &mut QueryBuilder<Postgres>, f: &Filter) {
     if let Some(s) = f.since_seq {
         qb.push(" AND seq >= ").push_bind(s);
     }
+    if let Some(s) = f.before_seq {
+        qb.push(" AND seq < ").push_bind(s);
+    }
 }
 
 /// The newest `limit` matching rows (all when `None`), oldest first.
@@ -56,6 +62,83 @@ pub async fn list(pool: &PgPool, filter: &Filter, limit: Option<i64>) -> Result<
     let mut rows: Vec<AuditRow> = qb.build_query_as().fetch_all(pool).await?;
     rows.reverse();
     Ok(rows)
+}
+
+/// Where a page of [`page`] starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    /// The newest matching rows.
+    Newest,
+    /// The rows just older than this seq (the "older" link).
+    Before(i64),
+    /// The rows just newer than this seq (the "newer" link).
+    After(i64),
+}
+
+/// One page of matching rows, newest first, with the cursors of its neighbours.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub rows: Vec<AuditRow>,
+    /// `Cursor::After(n)` leads to the newer page; `None` when this is the newest.
+    pub newer: Option<i64>,
+    /// `Cursor::Before(n)` leads to the older page; `None` when this is the oldest.
+    pub older: Option<i64>,
+}
+
+/// Keyset pagination: one page of `limit` matching rows at `cursor`, newest
+/// first. Each page is one index range scan from its cursor (`seq < n ORDER BY
+/// seq DESC LIMIT limit + 1`, or `seq > n ORDER BY seq LIMIT limit + 1` for a
+/// newer page) plus an `EXISTS` probe the other way, so the thousandth page costs
+/// what the first does, and rows appended meanwhile never shift a page (no row
+/// is shown twice or skipped when following the links). With a filter, the
+/// `(column, seq)` indexes keep it so.
+pub async fn page(pool: &PgPool, filter: &Filter, cursor: Cursor, limit: i64) -> Result<Page, sqlx::Error> {
+    let limit = limit.max(1);
+    let mut qb = QueryBuilder::new("SELECT * FROM audit_log");
+    push_filter(&mut qb, filter);
+    match cursor {
+        Cursor::Newest => qb.push(" ORDER BY seq DESC"),
+        Cursor::Before(s) => qb.push(" AND seq < ").push_bind(s).push(" ORDER BY seq DESC"),
+        Cursor::After(s) => qb.push(" AND seq > ").push_bind(s).push(" ORDER BY seq ASC"),
+    };
+    qb.push(" LIMIT ").push_bind(limit + 1);
+    let mut rows: Vec<AuditRow> = qb.build_query_as().fetch_all(pool).await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    if matches!(cursor, Cursor::After(_)) {
+        rows.reverse();
+    }
+    let (Some(newest), Some(oldest)) = (rows.first().map(|r| r.seq), rows.last().map(|r| r.seq)) else {
+        // An empty page (a filter that matches nothing, or a stale cursor): lead back to its edge.
+        return Ok(match cursor {
+            Cursor::Newest => Page { rows, newer: None, older: None },
+            Cursor::Before(s) => {
+                Page { rows, newer: exists(pool, filter, Cursor::After(s - 1)).await?.then_some(s - 1), older: None }
+            }
+            Cursor::After(s) => {
+                Page { rows, newer: None, older: exists(pool, filter, Cursor::Before(s + 1)).await?.then_some(s + 1) }
+            }
+        });
+    };
+    let (newer, older) = match cursor {
+        Cursor::Newest => (false, more),
+        Cursor::Before(_) => (exists(pool, filter, Cursor::After(newest)).await?, more),
+        Cursor::After(_) => (more, exists(pool, filter, Cursor::Before(oldest)).await?),
+    };
+    Ok(Page { rows, newer: newer.then_some(newest), older: older.then_some(oldest) })
+}
+
+/// Whether a matching row lies beyond `cursor` (`Before`: older, `After`: newer).
+async fn exists(pool: &PgPool, filter: &Filter, cursor: Cursor) -> Result<bool, sqlx::Error> {
+    let mut qb = QueryBuilder::new("SELECT EXISTS (SELECT 1 FROM audit_log");
+    push_filter(&mut qb, filter);
+    match cursor {
+        Cursor::Newest => qb.push(""),
+        Cursor::Before(s) => qb.push(" AND seq < ").push_bind(s),
+        Cursor::After(s) => qb.push(" AND seq > ").push_bind(s),
+    };
+    qb.push(")");
+    qb.build_query_scalar().fetch_one(pool).await
 }
 
 /// Export formats.
@@ -124,7 +207,7 @@ impl<'a> Record<'a> {
 }
 
 /// A CSV field: `None` is empty and unquoted, text is quoted with `"` doubled.
-fn csv_field(out: &mut impl Write, value: Option<&str>) -> std::io::Result<()> {
+pub fn csv_field(out: &mut impl Write, value: Option<&str>) -> std::io::Result<()> {
     match value {
         None => Ok(()),
         Some(v) => write!(out, "\"{}\"", v.replace('"', "\"\"")),
@@ -170,37 +253,66 @@ pub enum ExportError {
 /// at a time: memory stays flat whatever the table size). `progress` is called
 /// after every row with the count so far. Returns the number of rows written.
 /// The one streaming statement runs without the pool's `statement_timeout`
-/// (see [`crate::db::begin_unbounded`]).
+/// (see [`crate::db::begin_unbounded`]). The CLI's `audit export`; the
+/// console streams the same bytes over HTTP with [`export_chunks`].
 pub async fn export(
     pool: &PgPool,
     filter: &Filter,
     format: Format,
     out: &mut impl Write,
-    mut progress: impl FnMut(u64),
+    progress: impl FnMut(u64),
 ) -> Result<u64, ExportError> {
+    // Chunks are handed over as they fill; writing one to `out` is synchronous.
+    let n = export_chunks(pool, filter, format, 64 * 1024, progress, |chunk| std::future::ready(out.write_all(&chunk)))
+        .await?;
+    out.flush()?;
+    Ok(n)
+}
+
+/// [`export`]'s rows, encoded exactly as it encodes them, handed to `emit` in
+/// chunks of about `chunk_bytes` (and a last, shorter one). `emit` may wait
+/// (an HTTP body whose reader is slow): the next rows are read only once it
+/// returns, so memory stays flat. An `emit` error stops the export.
+pub async fn export_chunks<Fut>(
+    pool: &PgPool,
+    filter: &Filter,
+    format: Format,
+    chunk_bytes: usize,
+    mut progress: impl FnMut(u64),
+    mut emit: impl FnMut(Vec<u8>) -> Fut,
+) -> Result<u64, ExportError>
+where
+    Fut: std::future::Future<Output = std::io::Result<()>>,
+{
     let mut qb = QueryBuilder::new("SELECT * FROM audit_log");
     push_filter(&mut qb, filter);
     qb.push(" ORDER BY seq");
     let mut tx = crate::db::begin_unbounded(pool).await?;
     let mut rows = qb.build_query_as::<AuditRow>().fetch(&mut *tx);
+    let mut buf: Vec<u8> = Vec::with_capacity(chunk_bytes + 4096);
     if format == Format::Csv {
-        writeln!(out, "{}\r", COLUMNS.join(","))?;
+        write!(buf, "{}\r\n", COLUMNS.join(","))?;
     }
     let mut n = 0u64;
     while let Some(row) = rows.try_next().await? {
         match format {
             Format::Jsonl => {
-                serde_json::to_writer(&mut *out, &Record::of(&row)).map_err(std::io::Error::from)?;
-                out.write_all(b"\n")?;
+                serde_json::to_writer(&mut buf, &Record::of(&row)).map_err(std::io::Error::from)?;
+                buf.push(b'\n');
             }
-            Format::Csv => write_csv_row(out, &row)?,
+            Format::Csv => write_csv_row(&mut buf, &row)?,
         }
         n += 1;
         progress(n);
+        if buf.len() >= chunk_bytes {
+            emit(std::mem::replace(&mut buf, Vec::with_capacity(chunk_bytes + 4096))).await?;
+        }
     }
     drop(rows);
     tx.rollback().await?;
-    out.flush()?;
+    if !buf.is_empty() {
+        emit(buf).await?;
+    }
     Ok(n)
 }
 

@@ -29,6 +29,7 @@ async fn list(pool: &sqlx::PgPool, args: &AuditListArgs) -> anyhow::Result<ExitC
         since: args.since,
         until: args.until,
         since_seq: None,
+        before_seq: args.before_seq,
     };
     let limit = (args.limit > 0).then_some(args.limit);
     let rows = query::list(pool, &filter, limit).await.context("reading audit_log")?;
@@ -52,7 +53,11 @@ async fn list(pool: &sqlx::PgPool, args: &AuditListArgs) -> anyhow::Result<ExitC
     }
     print!("{}", t.render());
     let more = limit.is_some_and(|l| rows.len() as i64 == l);
-    eprintln!("{} row(s){}", rows.len(), if more { " (the newest; raise --limit for more)" } else { "" });
+    eprintln!(
+        "{} row(s){}",
+        rows.len(),
+        if more { " (the newest; raise --limit, or page back with --before-seq)" } else { "" }
+    );
     Ok(ExitCode::SUCCESS)
 }
 

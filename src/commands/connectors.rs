@@ -9,6 +9,7 @@ use super::output::Table;
 use crate::cli::ConnectorsCommand;
 use crate::config::{ApplicationConfig, Config};
 use crate::connectors::ConnectorError;
+use crate::operator::{Operator, Via};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub async fn run(config: &Config, cmd: ConnectorsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        ConnectorsCommand::Test { app } => {
+        ConnectorsCommand::Test { app, operator } => {
             let rows = match test(config, app.as_deref()).await {
                 Ok(rows) => rows,
                 Err(message) => {
@@ -26,6 +27,7 @@ pub async fn run(config: &Config, cmd: ConnectorsCommand) -> anyhow::Result<Exit
                 }
             };
             print!("{}", render(&rows));
+            record(config, &rows, operator.operator.as_deref()).await;
             let failed = rows.iter().filter(|r| r.failed()).count();
             let live = rows.iter().filter(|r| !matches!(r.result, Outcome::Skipped)).count();
             if failed > 0 {
@@ -36,6 +38,26 @@ pub async fn run(config: &Config, cmd: ConnectorsCommand) -> anyhow::Result<Exit
                 Ok(ExitCode::SUCCESS)
             }
         }
+    }
+}
+
+/// Records the live applications' results for the console's overview
+/// ([`crate::connection_tests`]). A database that cannot be reached is reported,
+/// not fatal: the test itself is what the exit code tells.
+async fn record(config: &Config, rows: &[Row], operator: Option<&str>) {
+    if rows.iter().all(|r| matches!(r.result, Outcome::Skipped)) {
+        return;
+    }
+    let operator = Operator::from_cli(operator, &crate::config::process_env)
+        .unwrap_or_else(|_| Operator { name: "unknown".into(), via: Via::Cli });
+    let recorded = async {
+        let pool = crate::db::pool(&config.database.url, 1, &config.database.timeouts())?;
+        let result = crate::connection_tests::record(&pool, rows, &operator).await;
+        pool.close().await;
+        result.map_err(anyhow::Error::from)
+    };
+    if let Err(e) = recorded.await {
+        eprintln!("warning: the results were not recorded for the console ({e:#})");
     }
 }
 

@@ -31,6 +31,7 @@ async fn list(pool: &sqlx::PgPool, args: &GrantsListArgs) -> anyhow::Result<Exit
     let filter = Filter {
         subject: args.subject.clone(),
         application: args.application.clone(),
+        target: None,
         expiring_before,
         state: args.state,
     };

@@ -2,7 +2,7 @@
 //! with their context chain; exit codes are non-zero on failure.
 
 mod audit;
-mod connectors;
+pub mod connectors;
 mod dlq;
 mod grants;
 mod jsm;

@@ -272,11 +272,37 @@ pub struct OpsConfig {
     pub admin_token_env: Option<String>,
     /// File holding the admin API bearer token.
     pub admin_token_file: Option<String>,
+    /// Env var holding the operator console's `viewer` token (read-only pages).
+    /// The console (`/console`) is enabled exactly when a viewer or an operator
+    /// token is configured; one that is configured but cannot be read stops the start.
+    pub console_viewer_token_env: Option<String>,
+    /// File holding the console's `viewer` token. A file is read again on every
+    /// login and page: replacing its content revokes the sessions made with the
+    /// old token, without a restart.
+    pub console_viewer_token_file: Option<String>,
+    /// Env var holding the console's `operator` token (read, plus replay,
+    /// discard and "Test connection").
+    pub console_operator_token_env: Option<String>,
+    /// File holding the console's `operator` token (read again on every request,
+    /// like `console_viewer_token_file`).
+    pub console_operator_token_file: Option<String>,
+    /// A console session unused this long ends (the next page asks to log in again).
+    #[serde(deserialize_with = "duration::de")]
+    pub console_session_idle: Duration,
 }
 
 impl Default for OpsConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9090".parse().expect("static"), admin_token_env: None, admin_token_file: None }
+        Self {
+            listen: "127.0.0.1:9090".parse().expect("static"),
+            admin_token_env: None,
+            admin_token_file: None,
+            console_viewer_token_env: None,
+            console_viewer_token_file: None,
+            console_operator_token_env: None,
+            console_operator_token_file: None,
+            console_session_idle: Duration::from_secs(30 * 60),
+        }
     }
 }
 
@@ -835,6 +861,9 @@ impl Config {
         if self.worker.concurrency == 0 {
             add("worker.concurrency".into(), "must be at least 1".into());
         }
+        if self.ops.console_session_idle.is_zero() || self.ops.console_session_idle > Duration::from_secs(86_400) {
+            add("ops.console_session_idle".into(), "must be between 1s and 24h, e.g. \"30m\"".into());
+        }
         if self.ingress.hmac_secret().is_none() && self.ingress.bearer_token().is_none() {
             add(
                 "ingress".into(),
@@ -847,6 +876,8 @@ impl Config {
             ("ingress.hmac_secret", &self.ingress.hmac_secret_env, &self.ingress.hmac_secret_file),
             ("ingress.bearer_token", &self.ingress.bearer_token_env, &self.ingress.bearer_token_file),
             ("ops.admin_token", &self.ops.admin_token_env, &self.ops.admin_token_file),
+            ("ops.console_viewer_token", &self.ops.console_viewer_token_env, &self.ops.console_viewer_token_file),
+            ("ops.console_operator_token", &self.ops.console_operator_token_env, &self.ops.console_operator_token_file),
             ("jsm.api_token", &self.jsm.api_token_env, &self.jsm.api_token_file),
             ("jsm.email", &self.jsm.email_env, &self.jsm.email_file),
             ("database.app_password", &self.database.app_password_env, &self.database.app_password_file),
@@ -1033,6 +1064,12 @@ impl Config {
         if let Some(r) = self.ops_admin_token() {
             refs.push(("ops.admin_token".into(), r));
         }
+        if let Some(r) = self.console_viewer_token() {
+            refs.push(("ops.console_viewer_token".into(), r));
+        }
+        if let Some(r) = self.console_operator_token() {
+            refs.push(("ops.console_operator_token".into(), r));
+        }
         if let Some(r) = self.database.app_password() {
             refs.push(("database.app_password".into(), r));
         }
@@ -1063,6 +1100,22 @@ impl Config {
 
     pub fn ops_admin_token(&self) -> Option<SecretRef> {
         SecretRef::from_pair(self.ops.admin_token_env.as_deref(), self.ops.admin_token_file.as_deref())
+    }
+
+    /// The console's `viewer` token (`[ops] console_viewer_token_env` / `_file`).
+    pub fn console_viewer_token(&self) -> Option<SecretRef> {
+        SecretRef::from_pair(
+            self.ops.console_viewer_token_env.as_deref(),
+            self.ops.console_viewer_token_file.as_deref(),
+        )
+    }
+
+    /// The console's `operator` token (`[ops] console_operator_token_env` / `_file`).
+    pub fn console_operator_token(&self) -> Option<SecretRef> {
+        SecretRef::from_pair(
+            self.ops.console_operator_token_env.as_deref(),
+            self.ops.console_operator_token_file.as_deref(),
+        )
     }
 
     /// Whether the worker re-reads approvals through the JSM API before a grant:
@@ -1150,6 +1203,26 @@ impl Config {
             self.ops.listen,
             self.ops_admin_token()
                 .map_or("disabled (no admin token)".into(), |r| format!("token from {}", r.describe()))
+        );
+        let console: Vec<String> = [
+            self.console_viewer_token().map(|r| format!("viewer token from {}", r.describe())),
+            self.console_operator_token().map(|r| format!("operator token from {}", r.describe())),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let _ = writeln!(
+            s,
+            "           console {}",
+            if console.is_empty() {
+                "disabled (no console token)".to_owned()
+            } else {
+                format!(
+                    "/console, {}, idle logout {}",
+                    console.join(", "),
+                    duration::format(self.ops.console_session_idle)
+                )
+            }
         );
         let _ = writeln!(
             s,

@@ -22,6 +22,8 @@ pub enum StateFilter {
 pub struct Filter {
     pub subject: Option<String>,
     pub application: Option<String>,
+    /// The group or permission.
+    pub target: Option<String>,
     /// Only holds that expire before this time.
     pub expiring_before: Option<DateTime<Utc>>,
     pub state: StateFilter,
@@ -35,6 +37,9 @@ pub struct HoldRow {
     pub event_id: Uuid,
     pub held_since: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// Who approved the ticket's event that took the hold: the actor of its
+    /// latest `decided` (or `onboarded`) audit row, when there is one.
+    pub approved_by: Option<String>,
 }
 
 /// One (application, subject, target) of the ledger with its holds.
@@ -68,6 +73,7 @@ struct Flat {
     event_id: Option<Uuid>,
     held_since: Option<DateTime<Utc>>,
     expires_at: Option<DateTime<Utc>>,
+    approved_by: Option<String>,
     until: Option<DateTime<Utc>>,
 }
 
@@ -78,6 +84,8 @@ pub async fn list(pool: &PgPool, f: &Filter) -> Result<Vec<GrantRow>, sqlx::Erro
     let mut qb = QueryBuilder::<Postgres>::new(
         "SELECT g.id, g.application, g.subject, g.target, g.state, g.granted_at, g.revoked_at, g.updated_at, \
          h.ticket, h.access_level, h.event_id, h.held_since, h.expires_at, \
+         (SELECT a.actor FROM audit_log a WHERE a.event_id = h.event_id \
+            AND a.action IN ('decided', 'onboarded') ORDER BY a.seq DESC LIMIT 1) AS approved_by, \
          (SELECT CASE WHEN bool_and(x.expires_at IS NOT NULL) THEN max(x.expires_at) END \
             FROM grant_holds x WHERE x.grant_id = g.id) AS until \
          FROM access_grants g LEFT JOIN grant_holds h ON h.grant_id = g.id WHERE true",
@@ -87,6 +95,9 @@ pub async fn list(pool: &PgPool, f: &Filter) -> Result<Vec<GrantRow>, sqlx::Erro
     }
     if let Some(a) = &f.application {
         qb.push(" AND g.application = ").push_bind(a.clone());
+    }
+    if let Some(t) = &f.target {
+        qb.push(" AND g.target = ").push_bind(t.clone());
     }
     match f.state {
         StateFilter::Active => qb.push(" AND g.state = 'active'"),
@@ -120,8 +131,35 @@ pub async fn list(pool: &PgPool, f: &Filter) -> Result<Vec<GrantRow>, sqlx::Erro
         if let (Some(ticket), Some(access_level), Some(event_id), Some(held_since)) =
             (r.ticket, r.access_level, r.event_id, r.held_since)
         {
-            g.holds.push(HoldRow { ticket, access_level, event_id, held_since, expires_at: r.expires_at });
+            g.holds.push(HoldRow {
+                ticket,
+                access_level,
+                event_id,
+                held_since,
+                expires_at: r.expires_at,
+                approved_by: r.approved_by,
+            });
         }
     }
     Ok(out)
+}
+
+/// The ledger's headline numbers at `now` (the console's overview).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Counts {
+    /// Holds of active grants (one per ticket holding an access).
+    pub active_holds: i64,
+    /// Of those, holds expiring before `soon`.
+    pub expiring_soon: i64,
+}
+
+pub async fn counts(pool: &PgPool, soon: DateTime<Utc>) -> Result<Counts, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*) AS active_holds, \
+                count(*) FILTER (WHERE h.expires_at IS NOT NULL AND h.expires_at <= $1) AS expiring_soon \
+         FROM grant_holds h JOIN access_grants g ON g.id = h.grant_id WHERE g.state = 'active'",
+    )
+    .bind(soon)
+    .fetch_one(pool)
+    .await
 }

@@ -150,9 +150,17 @@ fn bearer(headers: &HeaderMap) -> Result<&str, AdminAuthFailure> {
 /// grow it (or hold the audit lock) at its own pace. So per reason, one row per
 /// [`AUTH_FAILURE_AUDIT_INTERVAL`]; the attempts in between are only counted,
 /// and the count travels in the next row's `suppressed`. The metric counts all.
-#[derive(Debug, Default)]
-pub struct AuthFailureAudit {
-    windows: Mutex<HashMap<AdminAuthFailure, Window>>,
+///
+/// Generic over the reason type: the console's failed logins use it too.
+#[derive(Debug)]
+pub struct AuthFailureAudit<K = AdminAuthFailure> {
+    windows: Mutex<HashMap<K, Window>>,
+}
+
+impl<K> Default for AuthFailureAudit<K> {
+    fn default() -> Self {
+        Self { windows: Mutex::new(HashMap::new()) }
+    }
 }
 
 #[derive(Debug)]
@@ -161,11 +169,11 @@ struct Window {
     suppressed: u64,
 }
 
-impl AuthFailureAudit {
+impl<K: std::hash::Hash + Eq> AuthFailureAudit<K> {
     /// Takes one failure seen at `now`. `Some(suppressed)`: write a row now,
     /// carrying the number of failures of this reason not written since the
     /// last row. `None`: only counted, for the next row.
-    pub fn admit(&self, reason: AdminAuthFailure, now: Instant) -> Option<u64> {
+    pub fn admit(&self, reason: K, now: Instant) -> Option<u64> {
         let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
         match windows.get_mut(&reason) {
             Some(w) if now.saturating_duration_since(w.written_at) < AUTH_FAILURE_AUDIT_INTERVAL => {
@@ -426,11 +434,13 @@ struct AuditQuery {
     since: Option<String>,
     until: Option<String>,
     since_seq: Option<i64>,
+    before_seq: Option<i64>,
     limit: Option<i64>,
 }
 
-/// `GET /admin/audit?ticket=&subject=|user=&application=&action=&since=&until=&since_seq=&limit=`
-/// (the newest `limit` matching rows, oldest first).
+/// `GET /admin/audit?ticket=&subject=|user=&application=&action=&since=&until=&since_seq=&before_seq=&limit=`
+/// (the newest `limit` matching rows, oldest first; `before_seq` = the oldest
+/// seq of the previous answer pages back, keyset-wise).
 async fn list_audit(
     State(state): State<OpsState>,
     q: Result<Query<AuditQuery>, QueryRejection>,
@@ -444,6 +454,7 @@ async fn list_audit(
         since: time("since", q.since.as_deref())?,
         until: time("until", q.until.as_deref())?,
         since_seq: q.since_seq,
+        before_seq: q.before_seq,
     };
     let rows = audit_query::list(&state.pool, &filter, Some(limit(q.limit))).await.map_err(ApiError::internal)?;
     Ok(Json(json!({"count": rows.len(), "rows": rows})))
@@ -473,12 +484,13 @@ struct GrantsQuery {
     #[serde(alias = "user")]
     subject: Option<String>,
     application: Option<String>,
+    target: Option<String>,
     expiring_within: Option<String>,
     #[serde(default)]
     state: grants_list::StateFilter,
 }
 
-/// `GET /admin/grants?subject=|user=&application=&expiring_within=7d&state=active|revoked|all`
+/// `GET /admin/grants?subject=|user=&application=&target=&expiring_within=7d&state=active|revoked|all`
 async fn list_grants(
     State(state): State<OpsState>,
     q: Result<Query<GrantsQuery>, QueryRejection>,
@@ -494,8 +506,13 @@ async fn list_grants(
             Some(chrono::Utc::now().checked_add_signed(d).ok_or_else(too_large)?)
         }
     };
-    let filter =
-        grants_list::Filter { subject: q.subject, application: q.application, expiring_before, state: q.state };
+    let filter = grants_list::Filter {
+        subject: q.subject,
+        application: q.application,
+        target: q.target,
+        expiring_before,
+        state: q.state,
+    };
     let grants = grants_list::list(&state.pool, &filter).await.map_err(ApiError::internal)?;
     Ok(Json(json!({"count": grants.len(), "grants": grants})))
 }

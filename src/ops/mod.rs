@@ -1,8 +1,9 @@
-//! The operator listener: `/metrics` (Prometheus), `/healthz`, `/readyz`, and
-//! the admin API under `/admin` ([`admin`]). Routes are listed in one place;
-//! adding one is one line.
+//! The operator listener: `/metrics` (Prometheus), `/healthz`, `/readyz`, the
+//! admin API under `/admin` ([`admin`]) and the web console under `/console`
+//! ([`console`]). Routes are listed in one place; adding one is one line.
 
 pub mod admin;
+pub mod console;
 
 use crate::broker::Broker;
 use crate::config::Config;
@@ -28,6 +29,8 @@ pub struct OpsState {
     pub admin_token: Option<Arc<SecretString>>,
     /// Rate limit of the `admin_auth_failed` audit rows.
     pub auth_failures: Arc<admin::AuthFailureAudit>,
+    /// The web console; `None` turns `/console` off (no console token configured).
+    pub console: Option<Arc<console::Console>>,
     /// The backlog gauges (dead letters, intents, queues, audit verification),
     /// read when `/metrics` is scraped; `None` in a process without a worker.
     pub backlog: Option<Arc<BacklogGauges>>,
@@ -86,6 +89,7 @@ pub fn router(state: OpsState) -> Router {
         .route("/healthz", get(crate::ingress::handlers::healthz))
         .route("/readyz", get(readyz))
         .nest("/admin", admin::router(&state))
+        .nest("/console", console::router(&state))
         .with_state(state)
 }
 
@@ -102,7 +106,8 @@ async fn readyz(State(state): State<OpsState>) -> axum::response::Response {
 
 pub async fn serve(listener: TcpListener, state: OpsState, shutdown: CancellationToken) -> std::io::Result<()> {
     let admin = if state.admin_token.is_some() { "enabled" } else { "disabled (no [ops] admin token)" };
-    tracing::info!(addr = %listener.local_addr()?, admin_api = admin, "ops listener (metrics, health, admin) listening");
+    let console = if state.console.is_some() { "enabled" } else { "disabled (no [ops] console token)" };
+    tracing::info!(addr = %listener.local_addr()?, admin_api = admin, console, "ops listener (metrics, health, admin, console) listening");
     // Slow headers are cut off as on the ingress (`[ingress] header_read_timeout`),
     // and handlers see the peer address, which a refused admin call's audit row names.
     let header_read_timeout = state.config.ingress.header_read_timeout;

@@ -5,6 +5,7 @@
 
 mod audit;
 mod cli;
+mod console;
 mod db;
 mod e2e;
 mod faults;
