@@ -14,8 +14,8 @@
 # "FAIL: <check>" with the tool's output, the remaining checks still run, and
 # the script exits 1.
 #
-# The KEDA CRDs come from ../shared/specs/keda next to the repository (as CI
-# lays it out); KEDA_SPECS=DIR points elsewhere. Missing, the KEDA check fails.
+# The KEDA CRDs are vendored in deploy/k8s/schemas/keda (KEDA's own, unchanged);
+# KEDA_SPECS=DIR points elsewhere (a newer KEDA). Missing, the KEDA check fails.
 set -euo pipefail
 
 # Pinned so a new release of a validator cannot turn CI red on its own.
@@ -40,7 +40,7 @@ k8s_overlays=deploy/k8s-overlays
 compose_config=deploy/compose/accessgov.toml
 obs=deploy/observability
 helpers=deploy/validate_checks.py
-keda_specs="${KEDA_SPECS:-$root/../shared/specs/keda}"
+keda_specs="${KEDA_SPECS:-$root/deploy/k8s/schemas/keda}"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/accessgov"
 
 tmp="$(mktemp -d)"
@@ -406,7 +406,7 @@ keda_schema() { # KIND VERSION FILE...
 if ! $have_py || ! $have_jsonschema; then
     :
 elif [[ ! -d "$keda_specs" ]]; then
-    fail_now "KEDA objects vs CRD schemas" "$keda_specs not found (the KEDA CRDs; CI has ../shared next to the repository, elsewhere set KEDA_SPECS=DIR)"
+    fail_now "KEDA objects vs CRD schemas" "$keda_specs not found (the vendored KEDA CRDs; or set KEDA_SPECS=DIR)"
 elif ! helper keda-schemas "$keda_specs" "$tmp/keda-schemas" >"$tmp/out" 2>&1; then
     fail_now "KEDA objects vs CRD schemas" "cannot read the CRDs in $keda_specs"
     sed 's/^/    /' "$tmp/out"
