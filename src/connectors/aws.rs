@@ -721,15 +721,7 @@ trait Observed<T, E>: std::future::Future<Output = Result<T, SdkError<E>>> + Siz
             Ok(_) => Some(200),
             Err(e) => e.raw_response().map(|r| r.status().as_u16()),
         };
-        if let Some(code) = status {
-            span.record("http.response.status_code", code);
-        }
-        crate::metrics::provider_request(
-            &application,
-            operation,
-            crate::metrics::status_class(status),
-            started.elapsed(),
-        );
+        super::http::finished(&span, &application, operation, status, started);
         result
     }
 }

@@ -192,16 +192,7 @@ impl Http {
         }
         let started = std::time::Instant::now();
         let result = tracing::Instrument::instrument(self.client.execute(request), span.clone()).await;
-        let status = result.as_ref().ok().map(|r| r.status().as_u16());
-        if let Some(code) = status {
-            span.record("http.response.status_code", code);
-        }
-        crate::metrics::provider_request(
-            &application,
-            operation,
-            crate::metrics::status_class(status),
-            started.elapsed(),
-        );
+        finished(&span, &application, operation, result.as_ref().ok().map(|r| r.status().as_u16()), started);
         result.map_err(|e| transport_error(self.provider, &e))
     }
 
@@ -212,6 +203,21 @@ impl Http {
         let body = resp.text().await.unwrap_or_default();
         classify(self.provider, status, &headers, &body)
     }
+}
+
+/// Ends a provider request: its status on its span, and its count and
+/// latency (`status` is the HTTP status, `None` when no answer came).
+pub(crate) fn finished(
+    span: &tracing::Span,
+    application: &str,
+    operation: &'static str,
+    status: Option<u16>,
+    started: std::time::Instant,
+) {
+    if let Some(code) = status {
+        span.record("http.response.status_code", code);
+    }
+    crate::metrics::provider_request(application, operation, crate::metrics::status_class(status), started.elapsed());
 }
 
 /// An answer that was not a success: status, headers and body, read once, so a
