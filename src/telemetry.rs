@@ -52,13 +52,6 @@ pub struct Telemetry {
     exporting: bool,
 }
 
-impl Telemetry {
-    /// Whether spans are exported (an OTLP endpoint is configured).
-    pub fn exporting(&self) -> bool {
-        self.exporting
-    }
-}
-
 impl Drop for Telemetry {
     fn drop(&mut self) {
         if self.exporting {
@@ -341,11 +334,6 @@ pub fn inject(span: &tracing::Span) -> Vec<(&'static str, String)> {
     let mut headers = Headers::default();
     TraceContextPropagator::new().inject_context(&span.context(), &mut headers);
     headers.0
-}
-
-/// The `traceparent` that makes the receiver a child of the current span.
-pub fn current_traceparent() -> Option<String> {
-    inject(&tracing::Span::current()).into_iter().find(|(k, _)| *k == "traceparent").map(|(_, v)| v)
 }
 
 #[cfg(test)]

@@ -209,7 +209,8 @@ mod tests {
             let consume = tracing::info_span!("consume");
             crate::telemetry::extract(&consume, |k| (k == "traceparent").then_some(incoming));
             let _in = consume.enter();
-            let tp = crate::telemetry::current_traceparent().expect("a traceparent");
+            let tp = crate::telemetry::inject(&consume).into_iter().find(|(k, _)| *k == "traceparent");
+            let tp = tp.expect("a traceparent").1;
             (republish_props(&original, 1, &[], None), tp)
         });
         let sent = header_str(&retry, TRACEPARENT_HEADER).expect("a traceparent on the retry");

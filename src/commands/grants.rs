@@ -21,12 +21,7 @@ pub async fn run(config: &Config, cmd: GrantsCommand) -> anyhow::Result<ExitCode
 async fn list(pool: &sqlx::PgPool, args: &GrantsListArgs) -> anyhow::Result<ExitCode> {
     let expiring_before = match args.expiring_within {
         None => None,
-        Some(d) => Some(
-            chrono::Duration::from_std(d)
-                .ok()
-                .and_then(|d| chrono::Utc::now().checked_add_signed(d))
-                .context("--expiring-within is too large (at most 3650d)")?,
-        ),
+        Some(d) => Some(list::expiring_before(d).context("--expiring-within is too large (at most 3650d)")?),
     };
     let filter = Filter {
         subject: args.subject.clone(),

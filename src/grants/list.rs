@@ -29,6 +29,12 @@ pub struct Filter {
     pub state: StateFilter,
 }
 
+/// The bound of "expiring within `within`" (now + `within`); `None` when that
+/// is too far to be a time. Shared by `grants list`, the admin API and the console.
+pub fn expiring_before(within: std::time::Duration) -> Option<DateTime<Utc>> {
+    chrono::Duration::from_std(within).ok().and_then(|d| Utc::now().checked_add_signed(d))
+}
+
 /// One ticket's hold on a grant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HoldRow {

@@ -501,9 +501,10 @@ async fn list_grants(
         Some(d) => {
             let d = crate::config::duration::parse(d)
                 .map_err(|e| ApiError::bad_request(format!("expiring_within: {e}")))?;
-            let too_large = || ApiError::bad_request("expiring_within is too large (at most 3650d)");
-            let d = chrono::Duration::from_std(d).map_err(|_| too_large())?;
-            Some(chrono::Utc::now().checked_add_signed(d).ok_or_else(too_large)?)
+            Some(
+                grants_list::expiring_before(d)
+                    .ok_or_else(|| ApiError::bad_request("expiring_within is too large (at most 3650d)"))?,
+            )
         }
     };
     let filter = grants_list::Filter {

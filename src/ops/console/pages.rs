@@ -345,8 +345,7 @@ impl AccessQuery {
             None => None,
             Some(d) => {
                 let d = crate::config::duration::parse(&d).map_err(|e| format!("expiring within: {e}"))?;
-                let d = chrono::Duration::from_std(d).map_err(|_| "expiring within: too large".to_owned())?;
-                Some(Utc::now() + d)
+                Some(grants_list::expiring_before(d).ok_or_else(|| "expiring within: too large".to_owned())?)
             }
         };
         Ok(grants_list::Filter {
